@@ -1,0 +1,58 @@
+# Sparse Experts Workbook. `make run` runs every notebook on the embedded data; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PRESET ?= cpu
+ONLY ?=
+PYTEST_ARGS ?=
+# OFFLINE=1 installs the loopback-only network guard in the runner and in every notebook kernel.
+OFFLINE_ENV := $(if $(filter 1,$(OFFLINE)),SPARSE_EXPERTS_OFFLINE=1 PYTHONPATH=lib/sparse_experts/_offline_site,)
+
+.PHONY: setup run test lab bench lint format strip lock help
+
+help:
+	@echo "make run [PRESET=smoke|cpu|gpu|tpu] [ONLY=02] [OFFLINE=1]  execute notebooks -> outputs/<preset>/"
+	@echo "make test                                                  pytest, incl. every notebook under smoke"
+	@echo "make lab                                                   JupyterLab on 127.0.0.1 with the venv kernel"
+	@echo "make setup | lint | format | strip | lock"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	@touch $(STAMP)
+
+run: setup
+	$(OFFLINE_ENV) $(PY) -m sparse_experts.workbook run --preset $(PRESET) $(if $(ONLY),--only $(ONLY),)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks
+
+lint: setup
+	$(VENV)/bin/ruff check lib tests benchmarks
+	$(VENV)/bin/ruff format --check lib tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff format lib tests benchmarks
+	$(VENV)/bin/ruff check --fix lib tests benchmarks
+
+# Notebooks are committed without outputs.
+strip: setup
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
+
+# Rebuild the lock from the direct dependencies in a scratch venv, then mirror it into environment.yml.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -e ".[test]"
+	{ echo "# Exact pins (the lock) for the Sparse Experts Workbook: Python 3.11, CPU jax."; \
+	  echo "# Regenerate: make lock (pip freeze of a fresh venv made from the direct dependencies in pyproject.toml)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable; } > requirements.txt
+	.lock-venv/bin/python -c "import sys; sys.path.insert(0, 'lib'); from sparse_experts import envfile; envfile.write()"
+	rm -rf .lock-venv

@@ -1,0 +1,284 @@
+"""Presets and notebook knobs: the one place that says what each preset means for each notebook.
+
+A preset is a named bundle of knob values:
+
+- ``smoke``: CI. Seconds per notebook, tiny data and models; checks that the code runs, not the science.
+- ``cpu``: the default. Minutes per notebook on a 2-core laptop, embedded offline data.
+- ``gpu``: one accelerator. Catalog datasets (CIFAR-100 upstream, VTAB-like downstream tasks) and real sizes.
+- ``tpu``: a TPU slice. ImageNet-scale upstream data and real sizes.
+
+Every notebook starts with a papermill ``parameters`` cell whose first knobs are ``preset`` and ``seed``;
+its other knobs default to ``None``, meaning "the preset's value". :func:`resolve` fills those in and
+validates everything before any compute, raising :class:`ParameterError` that names the knob, the value
+and what is allowed.
+
+Adding a notebook means adding its knobs to :data:`NOTEBOOK_KNOBS` (with a validator each) and a value for
+every knob under every preset in :data:`PRESET_VALUES`; ``tests/test_presets.py`` checks both are complete.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+PRESET_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "tpu")
+DEFAULT_PRESET = "cpu"
+
+PRESET_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "smoke": "CI: seconds per notebook on embedded data; proves the code runs, not the science",
+        "cpu": "default: minutes per notebook on 2 CPU cores, embedded offline data",
+        "gpu": "one GPU: catalog datasets (CIFAR-100 upstream, VTAB-like tasks), real sizes",
+        "tpu": "TPU slice: ImageNet-scale upstream, real sizes",
+    }
+)
+
+
+class ParameterError(ValueError):
+    """A notebook knob has a value outside what is allowed. The message names knob, value and allowed."""
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ParameterError(f"parameter {name}={value!r} is not allowed; expected {allowed}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validators: each takes (name, value) and raises ParameterError, or returns the (normalised) value.
+# ---------------------------------------------------------------------------------------------------------
+Validator = Callable[[str, Any], Any]
+
+
+def choice(*allowed: Any) -> Validator:
+    def check(name: str, value: Any) -> Any:
+        if value not in allowed:
+            _fail(name, value, "one of " + ", ".join(repr(a) for a in allowed))
+        return value
+
+    check.allowed = allowed  # type: ignore[attr-defined]
+    return check
+
+
+def integer(low: int | None = None, high: int | None = None) -> Validator:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(name, value, f"an integer{_range_text(low, high)}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            _fail(name, value, f"an integer{_range_text(low, high)}")
+        return int(value)
+
+    return check
+
+
+def real(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Validator:
+    def check(name: str, value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            bound = f" > {low}" if low_open and low is not None else _range_text(low, high)
+            _fail(name, value, f"a finite number{bound}")
+        return float(value)
+
+    return check
+
+
+def boolean() -> Validator:
+    def check(name: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            _fail(name, value, "True or False")
+        return value
+
+    return check
+
+
+def dataset_name(name: str, value: Any) -> str:
+    """An embedded dataset name, or a TFDS catalog name (checked against the TFDS registry, offline)."""
+    from sparse_experts import datasets
+
+    if not isinstance(value, str) or not value:
+        _fail(
+            name, value, "a dataset name: one of " + ", ".join(datasets.list_datasets()) + " or a TFDS name"
+        )
+    if value in datasets.list_datasets():
+        return value
+    if _is_catalog_name(value):
+        return value
+    _fail(
+        name,
+        value,
+        "an embedded dataset (" + ", ".join(datasets.list_datasets()) + ") or a TFDS catalog dataset name",
+    )
+    return value  # unreachable
+
+
+def dataset_list(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) == 0:
+        _fail(name, value, "a non-empty list of dataset names")
+    return tuple(dataset_name(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def _is_catalog_name(value: str) -> bool:
+    import tensorflow_datasets as tfds
+
+    base = value.split(":")[0].split("/")[0]
+    return base in set(tfds.list_builders(with_community_datasets=False))
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f" in [{low}, {high}]"
+    if low is not None:
+        return f" >= {low}"
+    if high is not None:
+        return f" <= {high}"
+    return ""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One notebook parameter: what it means and how to check it."""
+
+    doc: str
+    check: Validator
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The knobs of every notebook, and their values under every preset.
+# ---------------------------------------------------------------------------------------------------------
+NOTEBOOK_KNOBS: dict[str, dict[str, Knob]] = {
+    "00_tour": {
+        "upstream": Knob("upstream (pretraining) dataset to show", dataset_name),
+        "downstream": Knob("downstream tasks to show, a list of dataset names", dataset_list),
+        "images_per_class": Knob("images per class in each example grid", integer(1, 16)),
+        "classes_shown": Knob("classes shown per example grid", integer(1, 40)),
+    },
+}
+
+_EMBEDDED_DOWNSTREAM = (
+    "shapes_novel",
+    "shapes_texture",
+    "shapes_count",
+    "shapes_position",
+    "shapes_orientation",
+    "shapes_shift",
+)
+_CATALOG_DOWNSTREAM = ("cifar10", "oxford_flowers102", "dtd", "oxford_iiit_pet", "svhn_cropped", "eurosat")
+
+PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "00_tour": {
+        "smoke": dict(
+            upstream="shapes_upstream_small",
+            downstream=_EMBEDDED_DOWNSTREAM[:2],
+            images_per_class=2,
+            classes_shown=6,
+        ),
+        "cpu": dict(
+            upstream="shapes_upstream",
+            downstream=_EMBEDDED_DOWNSTREAM,
+            images_per_class=4,
+            classes_shown=12,
+        ),
+        "gpu": dict(
+            upstream="cifar100", downstream=_CATALOG_DOWNSTREAM, images_per_class=4, classes_shown=12
+        ),
+        "tpu": dict(
+            upstream="imagenet2012", downstream=_CATALOG_DOWNSTREAM, images_per_class=4, classes_shown=12
+        ),
+    },
+}
+
+
+class Params(Mapping[str, Any]):
+    """Resolved, validated knobs of one notebook run: read as ``params.seed`` or ``params["seed"]``."""
+
+    def __init__(self, notebook: str, values: Mapping[str, Any], given: Mapping[str, Any]):
+        self._notebook = notebook
+        self._values = dict(values)
+        self._given = dict(given)
+
+    @property
+    def notebook(self) -> str:
+        return self._notebook
+
+    @property
+    def given(self) -> dict[str, Any]:
+        """The knobs as passed (``None`` where the preset's value was used)."""
+        return dict(self._given)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self._notebook} has no parameter {name!r}") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"Params[{self._notebook}]({inner})"
+
+
+def check_preset(preset: Any) -> str:
+    if preset not in PRESET_NAMES:
+        _fail("preset", preset, "one of " + ", ".join(repr(p) for p in PRESET_NAMES))
+    return preset
+
+
+def check_seed(seed: Any) -> int:
+    return integer(0, 2**31 - 1)("seed", seed)
+
+
+def knob_names(notebook: str) -> tuple[str, ...]:
+    """All parameters a notebook declares, in order: ``preset``, ``seed``, then its knobs."""
+    return ("preset", "seed", *_knobs(notebook))
+
+
+def _knobs(notebook: str) -> dict[str, Knob]:
+    if notebook not in NOTEBOOK_KNOBS:
+        raise ParameterError(
+            f"notebook {notebook!r} has no knobs registered in sparse_experts.presets.NOTEBOOK_KNOBS; "
+            f"known notebooks: {', '.join(sorted(NOTEBOOK_KNOBS))}"
+        )
+    return NOTEBOOK_KNOBS[notebook]
+
+
+def preset_value(notebook: str, preset: str, knob: str) -> Any:
+    check_preset(preset)
+    return PRESET_VALUES[notebook][preset][knob]
+
+
+def resolve(notebook: str, preset: str = DEFAULT_PRESET, seed: int = 0, **knobs: Any) -> Params:
+    """Validate a notebook's parameters and fill every ``None`` with the preset's value.
+
+    Raises ``ParameterError`` for an unknown preset, an unknown knob, or a value out of range, before any
+    compute happens. Returns a read-only :class:`Params` holding ``preset``, ``seed`` and every knob.
+    """
+    check_preset(preset)
+    seed = check_seed(seed)
+    spec = _knobs(notebook)
+    unknown = sorted(set(knobs) - set(spec))
+    if unknown:
+        raise ParameterError(
+            f"{notebook} has no parameter {unknown[0]!r}; its parameters are: "
+            + ", ".join(knob_names(notebook))
+        )
+    values: dict[str, Any] = {"preset": preset, "seed": seed}
+    for name, knob in spec.items():
+        value = knobs.get(name)
+        if value is None:
+            value = PRESET_VALUES[notebook][preset][name]
+        values[name] = knob.check(name, value)
+    given = {"preset": preset, "seed": seed, **{k: knobs.get(k) for k in spec}}
+    return Params(notebook, values, given)

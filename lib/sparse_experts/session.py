@@ -1,0 +1,197 @@
+"""A notebook run: validated parameters, a clock, and saving figures as JSON with provenance.
+
+Every notebook's second cell does::
+
+    run = session.start("02_train_vmoe", preset=preset, seed=seed, lr=lr, ...)
+    run.params.lr          # the value after the preset filled in None
+    ...
+    run.save({"test_accuracy": 0.81, ...}, headline=["test_accuracy"])
+
+``start`` validates before any compute (see :mod:`sparse_experts.presets`). ``save`` writes
+``<output dir>/<notebook>.json`` atomically (temporary name, then rename), holding the figures and their
+provenance: package versions, git commit, device kind and count, preset, seed, parameters and wall time.
+The output directory is ``$SPARSE_EXPERTS_OUTPUT_DIR`` (set by the runner for each notebook), otherwise
+``outputs/interactive/<preset>/`` so interactive runs in JupyterLab never overwrite the runner's results.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sparse_experts import paths, presets
+
+OUTPUT_DIR_ENV = "SPARSE_EXPERTS_OUTPUT_DIR"
+PACKAGES = (
+    "sparse_experts",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "numpy",
+    "tensorflow-datasets",
+    "papermill",
+    "plotly",
+)
+
+
+class Run:
+    """One execution of one notebook. Create with :func:`start`."""
+
+    def __init__(self, params: presets.Params):
+        self.params = params
+        self.notebook = params.notebook
+        self.started = time.perf_counter()
+        self.started_at = _dt.datetime.now(_dt.UTC)
+
+    @property
+    def preset(self) -> str:
+        return self.params.preset
+
+    @property
+    def seed(self) -> int:
+        return self.params.seed
+
+    @property
+    def output_dir(self) -> Path:
+        env = os.environ.get(OUTPUT_DIR_ENV)
+        return Path(env) if env else paths.outputs_root() / "interactive" / self.preset
+
+    def elapsed(self) -> float:
+        """Seconds since :func:`start`."""
+        return time.perf_counter() - self.started
+
+    def save(self, figures: Mapping[str, Any], headline: Sequence[str] | None = None) -> Path:
+        """Write the figures with provenance to ``<output dir>/<notebook>.json``; return the path.
+
+        ``headline`` names the figures the index page shows (default: the top-level scalars, up to 8).
+        Values may be numpy or jax scalars and arrays; NaN and infinity are stored as strings.
+        """
+        figures = _jsonable(dict(figures))
+        if headline is None:
+            headline = [k for k, v in figures.items() if isinstance(v, int | float | str | bool)][:8]
+        missing = [h for h in headline if h not in figures]
+        if missing:
+            raise KeyError(f"headline figure {missing[0]!r} is not among the saved figures {sorted(figures)}")
+        record = {
+            "notebook": self.notebook,
+            "headline": list(headline),
+            "figures": figures,
+            "provenance": provenance(self),
+        }
+        out = self.output_dir / f"{self.notebook}.json"
+        write_json_atomic(out, record)
+        return out
+
+
+def start(notebook: str, preset: str = presets.DEFAULT_PRESET, seed: int = 0, **knobs: Any) -> Run:
+    """Validate a notebook's parameters (before any compute) and start its clock."""
+    return Run(presets.resolve(notebook, preset=preset, seed=seed, **knobs))
+
+
+def provenance(run: Run | None = None) -> dict[str, Any]:
+    """Where a figure came from: versions, commit, device, preset, seed, parameters, wall time."""
+    record: dict[str, Any] = {
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "git": git_state(),
+        "devices": device_summary(),
+    }
+    if run is not None:
+        record.update(
+            notebook=run.notebook,
+            preset=run.preset,
+            seed=run.seed,
+            parameters=_jsonable(dict(run.params)),
+            parameters_given=_jsonable(run.params.given),
+            started=run.started_at.isoformat(timespec="seconds"),
+            wall_time_s=round(run.elapsed(), 3),
+        )
+    return record
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state() -> dict[str, Any]:
+    """The commit of the checkout and whether it had uncommitted changes (None outside a git checkout)."""
+    root = paths.repo_root()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def device_summary() -> dict[str, Any]:
+    """Device kind and count as JAX sees them."""
+    import jax
+
+    devices = jax.devices()
+    return {
+        "platform": devices[0].platform,
+        "kind": devices[0].device_kind,
+        "count": len(devices),
+        "process_count": jax.process_count(),
+    }
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON under a temporary name in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=False, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy/jax values, tuples and non-finite floats into plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool | str) or value is None:
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if hasattr(value, "tolist"):  # numpy / jax arrays and scalars
+        return _jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot save a value of type {type(value).__name__} as a JSON figure: {value!r}")

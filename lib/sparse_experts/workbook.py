@@ -1,0 +1,379 @@
+"""Run the workbook's notebooks headlessly with papermill, in order, under one preset.
+
+    python -m sparse_experts.workbook run [--preset cpu] [--only 02 ...] [--out DIR] [-p name=value ...]
+    python -m sparse_experts.workbook list
+
+For each notebook it prints one progress line with the elapsed time. Everything is checked before the first
+notebook starts: the preset, the ``--only`` selection, and every ``-p`` parameter, which must be declared in
+the notebook's ``parameters`` cell (papermill itself only warns) and hold an allowed value.
+
+Outputs go to ``outputs/<preset>/`` (or ``--out``): the executed notebook ``<name>.ipynb``, its figures
+``<name>.json``, ``status.json`` and ``index.html``. A notebook executes into a staging folder; only when it
+succeeds and has saved its figures are they moved into place, so a failed or interrupted run never replaces
+a previous good output. A failed notebook is kept as ``<name>.failed.ipynb`` for inspection, and the run
+stops with the notebook, cell index and error, exiting non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as _dt
+import html
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparse_experts import offline, paths, presets
+from sparse_experts.session import OUTPUT_DIR_ENV, write_json_atomic
+
+
+# The workbook's notebooks and the question each answers (the tour and the README show this map).
+NOTEBOOK_QUESTIONS: dict[str, str] = {
+    "00_tour": "What is in this workbook, and what do the datasets look like?",
+    "01_vit22b_recipe": "What does each ViT-22B ingredient buy, why does QK-norm matter, and what would 22B "
+    "parameters cost?",
+    "02_train_vmoe": "Does a sparse V-MoE beat a dense ViT at the same inference compute?",
+    "03_routing_explorer": "Which patches go to which expert, what gets dropped, and do experts specialise?",
+    "04_adaptive_compute": "How much accuracy does each unit of compute buy when capacity is cut at test time, "
+    "with and without BPR?",
+    "05_ensembles": "Can cheap kNN ranking pick which pre-trained models to fine-tune and ensemble for a small "
+    "task?",
+    "06_expert_models": "Does an expert chosen by a cheap proxy beat the generalist, and can adapters hold many "
+    "experts in one model?",
+    "07_scale_out": "Does the same code run expert-parallel across devices and processes, and how do costs grow "
+    "with scale?",
+}
+
+
+class WorkbookError(Exception):
+    """A problem with what the runner was asked to do (reported without a traceback)."""
+
+
+@dataclass(frozen=True)
+class Notebook:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def number(self) -> str:
+        return self.name.split("_", 1)[0]
+
+
+def discover(notebooks_dir: Path | None = None) -> list[Notebook]:
+    """Every ``NN_name.ipynb`` in the notebooks folder, in order of its number."""
+    folder = notebooks_dir or paths.notebooks_dir()
+    found = [Notebook(p) for p in sorted(folder.glob("[0-9][0-9]_*.ipynb"))]
+    if not found:
+        raise WorkbookError(f"no notebooks named NN_*.ipynb in {folder}")
+    return found
+
+
+def select(notebooks: list[Notebook], only: Sequence[str] | None) -> list[Notebook]:
+    """Keep the notebooks named by number (``02``) or name (``02_train_vmoe``), in workbook order."""
+    if not only:
+        return notebooks
+    wanted: list[str] = [w for item in only for w in item.split(",") if w]
+    chosen = []
+    for w in wanted:
+        matches = [nb for nb in notebooks if w in (nb.number, nb.name)]
+        if not matches:
+            raise WorkbookError(
+                f"--only {w!r} matches no notebook; available: " + ", ".join(nb.name for nb in notebooks)
+            )
+        chosen.extend(matches)
+    return [nb for nb in notebooks if nb in chosen]
+
+
+def parse_assignments(items: Sequence[str] | None) -> dict[str, Any]:
+    """``name=value`` pairs; values are Python literals (``3``, ``0.1``, ``[1, 2]``, ``None``) or strings."""
+    params: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise WorkbookError(f"-p {item!r} must look like name=value")
+        name, raw = item.split("=", 1)
+        name = name.strip()
+        if not name.isidentifier():
+            raise WorkbookError(f"-p {item!r}: {name!r} is not a parameter name")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        params[name] = value
+    return params
+
+
+def declared_parameters(notebook: Notebook) -> list[str]:
+    """Names declared in the notebook's ``parameters`` cell (papermill's own parser)."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook.path))
+    if not declared:
+        raise WorkbookError(f"{notebook.name} has no cell tagged 'parameters'")
+    return list(declared)
+
+
+def check_request(notebooks: list[Notebook], preset: str, params: dict[str, Any]) -> None:
+    """Every check that can fail before compute: preset, declared parameters, allowed values."""
+    presets.check_preset(preset)
+    if "preset" in params:
+        raise WorkbookError("pass the preset with --preset, not -p preset=...")
+    for nb in notebooks:
+        declared = declared_parameters(nb)
+        for name in params:
+            if name not in declared:
+                raise WorkbookError(
+                    f"parameter {name!r} is not declared by {nb.name}; its parameters are: "
+                    + ", ".join(declared)
+                )
+        expected = list(presets.knob_names(nb.name))
+        if declared != expected:
+            raise WorkbookError(
+                f"{nb.name} declares parameters {declared}, but sparse_experts.presets registers {expected}"
+            )
+        presets.resolve(nb.name, preset=preset, **params)
+
+
+def run(
+    preset: str = presets.DEFAULT_PRESET,
+    only: Sequence[str] | None = None,
+    out: Path | None = None,
+    params: dict[str, Any] | None = None,
+    notebooks_dir: Path | None = None,
+    log=None,
+) -> list[dict[str, Any]]:
+    """Execute the selected notebooks in order; return their status records. Raises on the first failure."""
+    log = log or _print
+    params = dict(params or {})
+    presets.check_preset(preset)  # before anything touches the output folder
+    notebooks = select(discover(notebooks_dir), only)
+    check_request(notebooks, preset, params)
+
+    out = Path(out) if out is not None else paths.outputs_root() / preset
+    out.mkdir(parents=True, exist_ok=True)
+    status_path = out / "status.json"
+    status = _read_status(status_path)
+    if offline.requested():
+        offline.enable_for_subprocesses()
+
+    records = []
+    total = len(notebooks)
+    log(f"workbook: preset={preset}, {total} notebook(s) -> {out}")
+    for i, nb in enumerate(notebooks, 1):
+        log(f"[{i}/{total}] {nb.name} ...")
+        record = _run_one(nb, preset, params, out)
+        status[nb.name] = record
+        write_json_atomic(status_path, status)
+        write_index(out, preset, status)
+        records.append(record)
+        line = f"[{i}/{total}] {nb.name} {record['status']} in {record['wall_time_s']:.1f} s"
+        if record["status"] != "ok":
+            log(line + f"\n{record['error']}")
+            raise NotebookFailed(record)
+        log(line)
+    log(f"workbook: done; index at {out / 'index.html'}")
+    return records
+
+
+class NotebookFailed(WorkbookError):
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+        super().__init__(record["error"])
+
+
+def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> dict[str, Any]:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    staging = out / ".staging" / f"{nb.name}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    executed = staging / f"{nb.name}.ipynb"
+    figures = staging / f"{nb.name}.json"
+    previous_env = os.environ.get(OUTPUT_DIR_ENV)
+    os.environ[OUTPUT_DIR_ENV] = str(staging)
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "notebook": nb.name,
+        "preset": preset,
+        "parameters": {"preset": preset, **params},
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        papermill.execute_notebook(
+            str(nb.path),
+            str(executed),
+            parameters={"preset": preset, **params},
+            kernel_name="python3",
+            cwd=str(nb.path.parent),
+            progress_bar=False,
+            log_output=False,
+        )
+        if not figures.exists():
+            raise WorkbookError(f"{nb.name} ran but did not save its figures (call run.save(...))")
+    except PapermillExecutionError as err:
+        record.update(
+            status="failed",
+            error=f"{nb.name} failed at cell {err.cell_index} (execution count {err.exec_count}): "
+            f"{err.ename}: {err.evalue}",
+            cell_index=err.cell_index,
+        )
+    except WorkbookError as err:
+        record.update(status="failed", error=str(err), cell_index=None)
+    except BaseException as err:  # an interrupted kernel, a dead kernel, Ctrl-C: never leave a half output
+        record.update(status="failed", error=f"{nb.name}: {type(err).__name__}: {err}", cell_index=None)
+        _keep_failed(executed, out, nb)
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+    finally:
+        if previous_env is None:
+            os.environ.pop(OUTPUT_DIR_ENV, None)
+        else:
+            os.environ[OUTPUT_DIR_ENV] = previous_env
+    record["wall_time_s"] = round(time.perf_counter() - started, 2)
+    record["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    if record.get("status") == "failed":
+        _keep_failed(executed, out, nb)
+        shutil.rmtree(staging, ignore_errors=True)
+        return record
+    os.replace(executed, out / executed.name)
+    os.replace(figures, out / figures.name)
+    stale = out / f"{nb.name}.failed.ipynb"
+    if stale.exists():
+        stale.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
+    record["status"] = "ok"
+    return record
+
+
+def _keep_failed(executed: Path, out: Path, nb: Notebook) -> None:
+    if executed.exists():
+        os.replace(executed, out / f"{nb.name}.failed.ipynb")
+
+
+def _read_status(path: Path) -> dict[str, Any]:
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
+    """``index.html``: every notebook of the workbook with its status, run time and headline figures."""
+    try:
+        names = [nb.name for nb in discover()]
+    except WorkbookError:
+        names = []
+    names += [n for n in status if n not in names]
+    rows = []
+    for name in names:
+        rec = status.get(name)
+        figures_file = out / f"{name}.json"
+        headline = ""
+        commit = ""
+        if figures_file.exists():
+            saved = json.loads(figures_file.read_text())
+            items = [(k, saved["figures"].get(k)) for k in saved.get("headline", [])]
+            headline = "<br>".join(f"{html.escape(k)}: <b>{html.escape(_fmt(v))}</b>" for k, v in items)
+            commit = (saved.get("provenance", {}).get("git", {}).get("commit") or "")[:10]
+        if rec is None:
+            state, seconds, error = "not run", "", ""
+        else:
+            state = rec["status"]
+            seconds = f"{rec['wall_time_s']:.1f}"
+            error = html.escape(rec.get("error", "")) if state != "ok" else ""
+        links = []
+        if (out / f"{name}.ipynb").exists():
+            links.append(f'<a href="{name}.ipynb">notebook</a>')
+        if figures_file.exists():
+            links.append(f'<a href="{name}.json">figures</a>')
+        if (out / f"{name}.failed.ipynb").exists():
+            links.append(f'<a href="{name}.failed.ipynb">failed run</a>')
+        note = " (last good output kept)" if state == "failed" and figures_file.exists() else ""
+        rows.append(
+            f'<tr class="{state.replace(" ", "-")}"><td>{html.escape(name)}</td><td>{state}{note}'
+            f"<div class=err>{error}</div></td><td>{seconds}</td><td>{headline}</td><td>{commit}</td>"
+            f"<td>{' '.join(links)}</td></tr>"
+        )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Sparse Experts Workbook: {preset}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top;text-align:left}}
+tr.ok td:nth-child(2){{color:#17702a}} tr.failed td:nth-child(2){{color:#b00020}}
+.err{{font-family:monospace;font-size:.85em;white-space:pre-wrap;max-width:40em}}</style></head>
+<body><h1>Sparse Experts Workbook: preset <code>{html.escape(preset)}</code></h1>
+<p>{html.escape(presets.PRESET_DESCRIPTIONS.get(preset, ""))}. Updated
+{_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}.</p>
+<table><tr><th>notebook</th><th>status</th><th>run time (s)</th><th>headline figures</th>
+<th>commit</th><th>files</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    path = out / "index.html"
+    tmp = path.with_name(f".index.html.tmp-{os.getpid()}")
+    tmp.write_text(page)
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def list_notebooks(log=print) -> None:
+    for nb in discover():
+        try:
+            declared = ", ".join(declared_parameters(nb))
+        except WorkbookError as err:
+            declared = str(err)
+        log(f"{nb.name}: {declared}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sparse_experts.workbook", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="execute notebooks with papermill")
+    p_run.add_argument(
+        "--preset", default=presets.DEFAULT_PRESET, help="one of " + ", ".join(presets.PRESET_NAMES)
+    )
+    p_run.add_argument("--only", action="append", help="notebook number or name (repeatable, or comma list)")
+    p_run.add_argument("--out", type=Path, help="output folder (default outputs/<preset>)")
+    p_run.add_argument("-p", dest="params", action="append", metavar="NAME=VALUE", help="notebook parameter")
+    sub.add_parser("list", help="list notebooks and their parameters")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            list_notebooks()
+            return 0
+        run(args.preset, args.only, args.out, parse_assignments(args.params))
+    except NotebookFailed:
+        return 1
+    except (WorkbookError, presets.ParameterError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Every notebook runs headlessly through the real runner and papermill under the `smoke` preset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparse_experts import workbook
+
+NOTEBOOKS = [nb.name for nb in workbook.discover()]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("smoke-outputs")
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_under_smoke(name, out):
+    (record,) = workbook.run("smoke", only=[name], out=out, log=lambda message: None)
+    assert record["status"] == "ok", record.get("error")
+    saved = json.loads((out / f"{name}.json").read_text())
+    assert saved["provenance"]["preset"] == "smoke"
+    assert saved["headline"], f"{name} saved no headline figures"
+    assert (out / f"{name}.ipynb").exists()
+
+
+@pytest.mark.notebooks
+def test_tour_runs_under_gpu_preset_without_catalog_data(tmp_path, monkeypatch):
+    """00_tour runs under every preset: offline, catalog datasets that are not prepared are reported."""
+    monkeypatch.setenv("SPARSE_EXPERTS_DATA_DIR", str(tmp_path / "data"))
+    (record,) = workbook.run("gpu", only=["00"], out=tmp_path / "out", log=lambda message: None)
+    assert record["status"] == "ok", record.get("error")
+    figures = json.loads((tmp_path / "out" / "00_tour.json").read_text())["figures"]
+    assert figures["upstream"]["name"] == "cifar100"
+    assert figures["upstream"]["prepared"] is False
+    assert all(task["prepared"] is False for task in figures["downstream"])

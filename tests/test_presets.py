@@ -1,0 +1,75 @@
+"""Presets: complete for every notebook, validation names parameter, value and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparse_experts import presets, workbook
+
+
+def test_every_notebook_is_registered_with_every_preset():
+    names = [nb.name for nb in workbook.discover()]
+    assert sorted(presets.NOTEBOOK_KNOBS) == sorted(names)
+    for name in names:
+        for preset in presets.PRESET_NAMES:
+            assert set(presets.PRESET_VALUES[name][preset]) == set(presets.NOTEBOOK_KNOBS[name]), (name, preset)
+
+
+@pytest.mark.parametrize("preset", presets.PRESET_NAMES)
+def test_every_preset_resolves_and_validates(preset):
+    """Dry run of each preset: every notebook's values pass their own validators (no data, no compute)."""
+    for name in presets.NOTEBOOK_KNOBS:
+        params = presets.resolve(name, preset=preset, seed=1)
+        assert params.preset == preset and params.seed == 1
+        assert all(params[k] is not None for k in presets.NOTEBOOK_KNOBS[name])
+
+
+def test_none_means_preset_value_and_explicit_wins():
+    p = presets.resolve("00_tour", preset="smoke")
+    assert p.images_per_class == presets.PRESET_VALUES["00_tour"]["smoke"]["images_per_class"]
+    p = presets.resolve("00_tour", preset="smoke", images_per_class=3)
+    assert p.images_per_class == 3
+    assert p.given["images_per_class"] == 3 and p.given["classes_shown"] is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(preset="nosuch"), "preset='nosuch' is not allowed; expected one of 'smoke', 'cpu', 'gpu', 'tpu'"),
+        (dict(seed=-1), "seed=-1"),
+        (dict(seed=1.5), "seed=1.5"),
+        (dict(images_per_class=0), "images_per_class=0 is not allowed; expected an integer in [1, 16]"),
+        (dict(images_per_class="4"), "images_per_class='4'"),
+        (dict(upstream="nosuch_dataset"), "upstream='nosuch_dataset' is not allowed; expected an embedded dataset"),
+        (dict(downstream="shapes_novel"), "downstream='shapes_novel'"),
+        (dict(downstream=["shapes_novel", "bogus"]), "downstream[1]='bogus'"),
+        (dict(learning_rate=0.1), "00_tour has no parameter 'learning_rate'; its parameters are: preset, seed"),
+    ],
+)
+def test_bad_values_name_parameter_value_and_allowed(kwargs, message):
+    with pytest.raises(presets.ParameterError) as err:
+        presets.resolve("00_tour", **kwargs)
+    assert message in str(err.value)
+
+
+def test_catalog_names_are_accepted_offline():
+    p = presets.resolve("00_tour", preset="cpu", upstream="cifar100", downstream=["dtd", "oxford_flowers102"])
+    assert p.upstream == "cifar100" and p.downstream == ("dtd", "oxford_flowers102")
+
+
+@pytest.mark.parametrize(
+    "check, good, bad",
+    [
+        (presets.real(0.0, 1.0), [0.0, 0.5, 1, 1.0], [-0.1, 1.01, float("nan"), "0.5", True]),
+        (presets.real(0.0, low_open=True), [1e-9, 3.0], [0.0, -1.0, float("inf")]),
+        (presets.integer(1, 3), [1, 3], [0, 4, 2.0, True]),
+        (presets.choice("a", "b"), ["a", "b"], ["c", None]),
+        (presets.boolean(), [True, False], [0, 1, "yes"]),
+    ],
+)
+def test_validators(check, good, bad):
+    for value in good:
+        check("knob", value)
+    for value in bad:
+        with pytest.raises(presets.ParameterError, match="knob="):
+            check("knob", value)

@@ -1,0 +1,147 @@
+"""The headless runner: argument errors before compute, progress, failures, and the no-overwrite rule."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from sparse_experts import presets, workbook
+
+_SAVE = """
+from sparse_experts.presets import Params
+from sparse_experts.session import Run
+params = Params("{name}", dict(preset=preset, seed=seed, fail=fail), dict(preset=preset, seed=seed, fail=fail))
+run = Run(params)
+if fail:
+    raise RuntimeError("planned failure for the test")
+run.save({{"answer": 42 + seed, "label": "ok"}}, headline=["answer"])
+"""
+
+
+def _make_notebook(folder, name):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('preset = "cpu"\nseed = 0\nfail = False')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), params, nbformat.v4.new_code_cell(_SAVE.format(name=name))]
+    nbformat.write(nb, folder / f"{name}.ipynb")
+
+
+@pytest.fixture
+def notebooks(tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name in ("91_first", "92_second"):
+        _make_notebook(folder, name)
+        knobs = {"fail": presets.Knob("fail on purpose", presets.boolean())}
+        monkeypatch.setitem(presets.NOTEBOOK_KNOBS, name, knobs)
+        monkeypatch.setitem(presets.PRESET_VALUES, name, {p: {"fail": False} for p in presets.PRESET_NAMES})
+    return folder
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_runs_in_order_and_writes_outputs(notebooks, tmp_path):
+    out = tmp_path / "out"
+    lines = []
+    records = workbook.run("smoke", out=out, notebooks_dir=notebooks, params={"seed": 3}, log=lines.append)
+    assert [r["notebook"] for r in records] == ["91_first", "92_second"]
+    assert all(r["status"] == "ok" for r in records)
+    for name in ("91_first", "92_second"):
+        saved = json.loads((out / f"{name}.json").read_text())
+        assert saved["figures"]["answer"] == 45
+        prov = saved["provenance"]
+        assert prov["preset"] == "smoke" and prov["seed"] == 3
+        assert prov["devices"]["count"] >= 1 and prov["devices"]["platform"] == "cpu"
+        assert prov["packages"]["jax"] and prov["wall_time_s"] >= 0
+        executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    progress = [line for line in lines if line.startswith("[")]
+    assert progress[0] == "[1/2] 91_first ..." and progress[1].startswith("[1/2] 91_first ok in ")
+    page = (out / "index.html").read_text()
+    assert "91_first" in page and "answer: <b>45</b>" in page
+    assert not (out / ".staging").exists() or not any((out / ".staging").iterdir())
+
+
+def test_only_selects_by_number_and_name(notebooks):
+    found = workbook.discover(notebooks)
+    assert [nb.name for nb in workbook.select(found, ["92"])] == ["92_second"]
+    assert [nb.name for nb in workbook.select(found, ["92_second,91"])] == ["91_first", "92_second"]
+    with pytest.raises(workbook.WorkbookError, match="--only '07' matches no notebook; available: 91_first"):
+        workbook.select(found, ["07"])
+
+
+def test_failure_keeps_previous_good_output(notebooks, tmp_path):
+    out = tmp_path / "out"
+    workbook.run("smoke", out=out, notebooks_dir=notebooks, only=["91"], log=lambda m: None)
+    good = _snapshot(out)
+    good_outputs = {k: v for k, v in good.items() if k.name.startswith("91_first.")}
+    assert set(k.name for k in good_outputs) == {"91_first.ipynb", "91_first.json"}
+
+    lines = []
+    with pytest.raises(workbook.NotebookFailed) as failure:
+        workbook.run("smoke", out=out, notebooks_dir=notebooks, params={"fail": True}, log=lines.append)
+    message = str(failure.value)
+    assert "91_first failed at cell 2" in message and "RuntimeError: planned failure" in message
+    after = _snapshot(out)
+    for key, data in good_outputs.items():
+        assert after[key] == data, f"{key} was replaced by a failed run"
+    assert (out / "91_first.failed.ipynb").exists()
+    assert not (out / "92_second.json").exists(), "the run must stop at the first failing notebook"
+    status = json.loads((out / "status.json").read_text())
+    assert status["91_first"]["status"] == "failed" and status["91_first"]["cell_index"] == 2
+    assert "last good output kept" in (out / "index.html").read_text()
+
+
+def test_unknown_preset_is_rejected_before_touching_outputs(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00_tour.json").write_text('{"keep": true}')
+    before = _snapshot(out)
+    code = workbook.main(["run", "--preset", "nosuch", "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "preset='nosuch'" in err and "'smoke', 'cpu', 'gpu', 'tpu'" in err
+    assert _snapshot(out) == before
+
+
+def test_undeclared_parameter_is_an_error(notebooks, tmp_path):
+    with pytest.raises(workbook.WorkbookError, match="parameter 'learning_rate' is not declared by 91_first"):
+        workbook.run("smoke", out=tmp_path / "o", notebooks_dir=notebooks, params={"learning_rate": 0.1})
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_of_range_value_is_an_error_before_compute(tmp_path, capsys):
+    code = workbook.main(["run", "--preset", "smoke", "--only", "00", "--out", str(tmp_path / "o"),
+                          "-p", "images_per_class=99"])
+    assert code == 2
+    assert "images_per_class=99" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_preset_through_p_is_refused(notebooks, tmp_path):
+    with pytest.raises(workbook.WorkbookError, match="--preset"):
+        workbook.run("smoke", out=tmp_path / "o", notebooks_dir=notebooks, params={"preset": "gpu"})
+
+
+@pytest.mark.parametrize(
+    "items, expected",
+    [
+        (["a=3"], {"a": 3}),
+        (["a=0.5", "b=[1, 2]"], {"a": 0.5, "b": [1, 2]}),
+        (["name=shapes_novel"], {"name": "shapes_novel"}),
+        (["x=None", "flag=True"], {"x": None, "flag": True}),
+        (["s=a=b"], {"s": "a=b"}),
+    ],
+)
+def test_parse_assignments(items, expected):
+    assert workbook.parse_assignments(items) == expected
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "2x=1"])
+def test_parse_assignments_errors(bad):
+    with pytest.raises(workbook.WorkbookError):
+        workbook.parse_assignments([bad])
