@@ -76,8 +76,10 @@ def test_guard_in_subprocess():
 
 def test_guard_in_papermill_kernel(tmp_path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(_PROBE.replace('print("blocked")', "result = 'blocked'")),
-                nbformat.v4.new_code_cell("print(result)")]
+    nb.cells = [
+        nbformat.v4.new_code_cell(_PROBE.replace('print("blocked")', "result = 'blocked'")),
+        nbformat.v4.new_code_cell("print(result)"),
+    ]
     src, out = tmp_path / "probe.ipynb", tmp_path / "probe-out.ipynb"
     nbformat.write(nb, src)
     papermill.execute_notebook(str(src), str(out), kernel_name="python3", progress_bar=False)

@@ -12,7 +12,10 @@ def test_every_notebook_is_registered_with_every_preset():
     assert sorted(presets.NOTEBOOK_KNOBS) == sorted(names)
     for name in names:
         for preset in presets.PRESET_NAMES:
-            assert set(presets.PRESET_VALUES[name][preset]) == set(presets.NOTEBOOK_KNOBS[name]), (name, preset)
+            assert set(presets.PRESET_VALUES[name][preset]) == set(presets.NOTEBOOK_KNOBS[name]), (
+                name,
+                preset,
+            )
 
 
 @pytest.mark.parametrize("preset", presets.PRESET_NAMES)
@@ -35,15 +38,24 @@ def test_none_means_preset_value_and_explicit_wins():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(preset="nosuch"), "preset='nosuch' is not allowed; expected one of 'smoke', 'cpu', 'gpu', 'tpu'"),
+        (
+            dict(preset="nosuch"),
+            "preset='nosuch' is not allowed; expected one of 'smoke', 'cpu', 'gpu', 'tpu'",
+        ),
         (dict(seed=-1), "seed=-1"),
         (dict(seed=1.5), "seed=1.5"),
         (dict(images_per_class=0), "images_per_class=0 is not allowed; expected an integer in [1, 16]"),
         (dict(images_per_class="4"), "images_per_class='4'"),
-        (dict(upstream="nosuch_dataset"), "upstream='nosuch_dataset' is not allowed; expected an embedded dataset"),
+        (
+            dict(upstream="nosuch_dataset"),
+            "upstream='nosuch_dataset' is not allowed; expected an embedded dataset",
+        ),
         (dict(downstream="shapes_novel"), "downstream='shapes_novel'"),
         (dict(downstream=["shapes_novel", "bogus"]), "downstream[1]='bogus'"),
-        (dict(learning_rate=0.1), "00_tour has no parameter 'learning_rate'; its parameters are: preset, seed"),
+        (
+            dict(learning_rate=0.1),
+            "00_tour has no parameter 'learning_rate'; its parameters are: preset, seed",
+        ),
     ],
 )
 def test_bad_values_name_parameter_value_and_allowed(kwargs, message):
@@ -73,3 +85,22 @@ def test_validators(check, good, bad):
     for value in bad:
         with pytest.raises(presets.ParameterError, match="knob="):
             check("knob", value)
+
+
+@pytest.mark.parametrize("preset", ["gpu", "tpu"])
+def test_accelerator_presets_dry_run_catalog_datasets(preset, tmp_path):
+    """gpu/tpu presets name real catalog datasets whose features fit the loader (no data, no network)."""
+    import tensorflow_datasets as tfds
+
+    names = set()
+    for notebook, knobs in presets.NOTEBOOK_KNOBS.items():
+        params = presets.resolve(notebook, preset=preset)
+        for knob in knobs:
+            value = params[knob]
+            if knobs[knob].check in (presets.dataset_name, presets.dataset_list):
+                names.update([value] if isinstance(value, str) else value)
+    assert names, "the accelerator presets name no datasets"
+    for name in sorted(names):
+        features = tfds.builder(name, data_dir=str(tmp_path)).info.features
+        assert features["image"].shape[-1] == 3, (name, features["image"].shape)
+        assert features["label"].num_classes >= 2, name

@@ -12,7 +12,8 @@ from sparse_experts import presets, workbook
 _SAVE = """
 from sparse_experts.presets import Params
 from sparse_experts.session import Run
-params = Params("{name}", dict(preset=preset, seed=seed, fail=fail), dict(preset=preset, seed=seed, fail=fail))
+values = dict(preset=preset, seed=seed, fail=fail)
+params = Params("{name}", values, values)
 run = Run(params)
 if fail:
     raise RuntimeError("planned failure for the test")
@@ -22,9 +23,14 @@ run.save({{"answer": 42 + seed, "label": "ok"}}, headline=["answer"])
 
 def _make_notebook(folder, name):
     nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell('preset = "cpu"\nseed = 0\nfail = False')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), params, nbformat.v4.new_code_cell(_SAVE.format(name=name))]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {name}"),
+        params,
+        nbformat.v4.new_code_cell(_SAVE.format(name=name)),
+    ]
     nbformat.write(nb, folder / f"{name}.ipynb")
 
 
@@ -115,8 +121,19 @@ def test_undeclared_parameter_is_an_error(notebooks, tmp_path):
 
 
 def test_out_of_range_value_is_an_error_before_compute(tmp_path, capsys):
-    code = workbook.main(["run", "--preset", "smoke", "--only", "00", "--out", str(tmp_path / "o"),
-                          "-p", "images_per_class=99"])
+    code = workbook.main(
+        [
+            "run",
+            "--preset",
+            "smoke",
+            "--only",
+            "00",
+            "--out",
+            str(tmp_path / "o"),
+            "-p",
+            "images_per_class=99",
+        ]
+    )
     assert code == 2
     assert "images_per_class=99" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -66,9 +66,7 @@ def image_grid(
     return fig
 
 
-def sample_per_class(
-    labels: np.ndarray, classes: Sequence[int], per_class: int, seed: int = 0
-) -> np.ndarray:
+def sample_per_class(labels: np.ndarray, classes: Sequence[int], per_class: int, seed: int = 0) -> np.ndarray:
     """Indices of ``per_class`` examples of each class in ``classes`` (in that order), chosen by ``seed``.
 
     A class with fewer examples than ``per_class`` is an error naming the class and its count.

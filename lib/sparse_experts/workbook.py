@@ -33,22 +33,21 @@ from typing import Any
 from sparse_experts import offline, paths, presets
 from sparse_experts.session import OUTPUT_DIR_ENV, write_json_atomic
 
-
 # The workbook's notebooks and the question each answers (the tour and the README show this map).
 NOTEBOOK_QUESTIONS: dict[str, str] = {
     "00_tour": "What is in this workbook, and what do the datasets look like?",
-    "01_vit22b_recipe": "What does each ViT-22B ingredient buy, why does QK-norm matter, and what would 22B "
-    "parameters cost?",
+    "01_vit22b_recipe": "What does each ViT-22B ingredient buy, why does QK-norm matter, "
+    "and what would 22B parameters cost?",
     "02_train_vmoe": "Does a sparse V-MoE beat a dense ViT at the same inference compute?",
     "03_routing_explorer": "Which patches go to which expert, what gets dropped, and do experts specialise?",
-    "04_adaptive_compute": "How much accuracy does each unit of compute buy when capacity is cut at test time, "
-    "with and without BPR?",
-    "05_ensembles": "Can cheap kNN ranking pick which pre-trained models to fine-tune and ensemble for a small "
-    "task?",
-    "06_expert_models": "Does an expert chosen by a cheap proxy beat the generalist, and can adapters hold many "
-    "experts in one model?",
-    "07_scale_out": "Does the same code run expert-parallel across devices and processes, and how do costs grow "
-    "with scale?",
+    "04_adaptive_compute": "How much accuracy does each unit of compute buy when capacity is cut "
+    "at test time, with and without BPR?",
+    "05_ensembles": "Can cheap kNN ranking pick which pre-trained models to fine-tune and ensemble "
+    "for a small task?",
+    "06_expert_models": "Does an expert chosen by a cheap proxy beat the generalist, and can adapters "
+    "hold many experts in one model?",
+    "07_scale_out": "Does the same code run expert-parallel across devices and processes, and how do "
+    "costs grow with scale?",
 }
 
 
@@ -116,7 +115,10 @@ def declared_parameters(notebook: Notebook) -> list[str]:
     """Names declared in the notebook's ``parameters`` cell (papermill's own parser)."""
     import papermill
 
-    declared = papermill.inspect_notebook(str(notebook.path))
+    try:
+        declared = papermill.inspect_notebook(str(notebook.path))
+    except ValueError as err:  # e.g. no kernelspec in the notebook's metadata
+        raise WorkbookError(f"{notebook.name}: cannot read its parameters: {err}") from err
     if not declared:
         raise WorkbookError(f"{notebook.name} has no cell tagged 'parameters'")
     return list(declared)
@@ -222,11 +224,12 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
         if not figures.exists():
             raise WorkbookError(f"{nb.name} ran but did not save its figures (call run.save(...))")
     except PapermillExecutionError as err:
+        source_index = _source_cell_index(executed, err.cell_index)
         record.update(
             status="failed",
-            error=f"{nb.name} failed at cell {err.cell_index} (execution count {err.exec_count}): "
-            f"{err.ename}: {err.evalue}",
-            cell_index=err.cell_index,
+            error=f"{nb.name} failed at cell {source_index} (0-based; cell {err.cell_index} of the executed "
+            f"notebook, which holds papermill's injected parameters): {err.ename}: {err.evalue}",
+            cell_index=source_index,
         )
     except WorkbookError as err:
         record.update(status="failed", error=str(err), cell_index=None)
@@ -255,6 +258,18 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
     shutil.rmtree(staging, ignore_errors=True)
     record["status"] = "ok"
     return record
+
+
+def _source_cell_index(executed: Path, executed_index: int) -> int:
+    """Map a cell index of the executed notebook back to the source (papermill inserts one cell)."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+    except (OSError, ValueError):
+        return executed_index
+    injected = sum("injected-parameters" in c.metadata.get("tags", []) for c in cells[: executed_index + 1])
+    return executed_index - injected
 
 
 def _keep_failed(executed: Path, out: Path, nb: Notebook) -> None:
