@@ -122,6 +122,26 @@ def dataset_list(name: str, value: Any) -> tuple[str, ...]:
     return tuple(dataset_name(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
+def vit_size(name: str, value: Any) -> str:
+    """A ViT size string such as 'mu/4', 'Ti/16', 'B/16' (checked by decoding it)."""
+    from sparse_experts import models
+
+    try:
+        models.vit_config(value)
+    except (ValueError, TypeError) as err:
+        _fail(name, value, f"a ViT size string ({err})")
+    return value
+
+
+def lr_grid(name: str, value: Any) -> tuple[float, ...]:
+    """At least 5 positive learning rates spanning at least 2 orders of magnitude."""
+    ok = not isinstance(value, str) and isinstance(value, Sequence) and len(value) >= 5
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value)
+    if not ok or max(value) / min(value) < 100:
+        _fail(name, value, "a list of >= 5 learning rates > 0 whose largest is >= 100x the smallest")
+    return tuple(float(v) for v in sorted(value))
+
+
 def _is_catalog_name(value: str) -> bool:
     import tensorflow_datasets as tfds
 
@@ -157,6 +177,23 @@ NOTEBOOK_KNOBS: dict[str, dict[str, Knob]] = {
         "images_per_class": Knob("images per class in each example grid", integer(1, 16)),
         "classes_shown": Knob("classes shown per example grid", integer(1, 40)),
     },
+    "01_vit22b_recipe": {
+        "dataset": Knob("dataset for the small-scale experiments (upstream)", dataset_name),
+        "image_size": Knob("image side in pixels fed to the models", integer(8, 512)),
+        "model": Knob("ViT size string for the experiments, e.g. 'mu/4' or 'S/16'", vit_size),
+        "batch_size": Knob("training batch size", integer(1, 65536)),
+        "learning_rates": Knob("learning rates of the QK-norm sweep (>= 5, spanning >= 2 orders)", lr_grid),
+        "sweep_steps": Knob("training steps per learning rate in the sweep", integer(1, 1_000_000)),
+        "compare_steps": Knob(
+            "training steps for the parallel vs sequential comparison", integer(2, 1_000_000)
+        ),
+        "plan_devices": Knob(
+            "devices of the mesh on which the 22B memory plan is computed", integer(1, 65536)
+        ),
+        "plan_model_axis": Knob(
+            "size of the 'model' axis of that mesh (divides plan_devices)", integer(1, 1024)
+        ),
+    },
 }
 
 _EMBEDDED_DOWNSTREAM = (
@@ -190,6 +227,79 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             upstream="imagenet2012", downstream=_CATALOG_DOWNSTREAM, images_per_class=4, classes_shown=12
         ),
     },
+}
+
+
+_SWEEP_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+PRESET_VALUES["01_vit22b_recipe"] = {
+    "smoke": dict(
+        dataset="shapes_upstream_small",
+        image_size=32,
+        model="mu/8",
+        batch_size=16,
+        learning_rates=(1e-3, 1e-2, 1e-1, 3e-1, 1.0),
+        sweep_steps=12,
+        compare_steps=6,
+        plan_devices=1024,
+        plan_model_axis=8,
+    ),
+    "cpu": dict(
+        dataset="shapes_upstream",
+        image_size=32,
+        model="mu/4",
+        batch_size=32,
+        learning_rates=_SWEEP_RATES,
+        sweep_steps=200,
+        compare_steps=200,
+        plan_devices=1024,
+        plan_model_axis=8,
+    ),
+    "gpu": dict(
+        dataset="cifar100",
+        image_size=32,
+        model="S/4",
+        batch_size=256,
+        learning_rates=_SWEEP_RATES,
+        sweep_steps=2000,
+        compare_steps=2000,
+        plan_devices=1024,
+        plan_model_axis=8,
+    ),
+    "tpu": dict(
+        dataset="imagenet2012",
+        image_size=224,
+        model="B/16",
+        batch_size=1024,
+        learning_rates=_SWEEP_RATES,
+        sweep_steps=5000,
+        compare_steps=5000,
+        plan_devices=1024,
+        plan_model_axis=8,
+    ),
+}
+
+
+def _recipe_constraints(values: dict[str, Any]) -> None:
+    from sparse_experts import models
+
+    if values["plan_devices"] % values["plan_model_axis"]:
+        _fail(
+            "plan_model_axis",
+            values["plan_model_axis"],
+            f"a divisor of plan_devices={values['plan_devices']}",
+        )
+    patch = models.vit_config(values["model"]).patch_size
+    if values["image_size"] % patch:
+        _fail(
+            "image_size",
+            values["image_size"],
+            f"a multiple of the patch size {patch} of model={values['model']!r}",
+        )
+
+
+# Checks that involve several knobs of one notebook, run after each knob passed its own check.
+CONSTRAINTS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
+    "01_vit22b_recipe": [_recipe_constraints],
 }
 
 
@@ -280,5 +390,7 @@ def resolve(notebook: str, preset: str = DEFAULT_PRESET, seed: int = 0, **knobs:
         if value is None:
             value = PRESET_VALUES[notebook][preset][name]
         values[name] = knob.check(name, value)
+    for constraint in CONSTRAINTS.get(notebook, ()):
+        constraint(values)
     given = {"preset": preset, "seed": seed, **{k: knobs.get(k) for k in spec}}
     return Params(notebook, values, given)

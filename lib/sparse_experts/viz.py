@@ -80,3 +80,57 @@ def sample_per_class(labels: np.ndarray, classes: Sequence[int], per_class: int,
             raise ValueError(f"class {c} has {len(members)} examples, fewer than per_class={per_class}")
         chosen.append(np.sort(rng.choice(members, per_class, replace=False)))
     return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+
+
+def sweep_logit_growth(results: dict, title: str = "Max attention logit during training") -> go.Figure:
+    """One panel per sweep (e.g. {"plain attention": r1, "QK-norm": r2}), one line per learning rate:
+    the max attention logit over layers at each step (log scale). ``results`` values are ``SweepResult``.
+    """
+    from plotly.subplots import make_subplots
+
+    names = list(results)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
+    palette = ["#440154", "#3b528b", "#21918c", "#5ec962", "#b5de2b", "#fde725", "#f89540", "#cc4778"]
+    for col, name in enumerate(names, 1):
+        result = results[name]
+        for r, lr in enumerate(result.learning_rates):
+            series = np.nanmax(
+                np.where(np.isfinite(result.attn_max_logit[r]), result.attn_max_logit[r], np.nan), -1
+            )
+            fig.add_scatter(
+                x=np.arange(len(series)),
+                y=series,
+                mode="lines",
+                name=f"lr={lr:g}",
+                legendgroup=f"{lr:g}",
+                showlegend=col == 1,
+                line=dict(color=palette[r % len(palette)]),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_yaxes(type="log", title_text="max attention logit (any layer)", row=1, col=1)
+    fig.update_layout(title=title, height=420, width=980)
+    return fig
+
+
+def sweep_final_loss(results: dict, title: str = "Final training loss against learning rate") -> go.Figure:
+    """Final loss (mean of the last steps) per learning rate, one line per sweep; diverged runs as crosses."""
+    fig = go.Figure()
+    for name, result in results.items():
+        final = result.final_loss()
+        finite = np.isfinite(final)
+        fig.add_scatter(x=result.learning_rates[finite], y=final[finite], mode="lines+markers", name=name)
+        if (~finite).any():
+            ceiling = np.nanmax(np.where(finite, final, np.nan)) if finite.any() else 1.0
+            fig.add_scatter(
+                x=result.learning_rates[~finite],
+                y=np.full((~finite).sum(), ceiling * 1.1),
+                mode="markers",
+                marker=dict(symbol="x", size=12),
+                name=f"{name}: diverged",
+            )
+    fig.update_xaxes(type="log", title_text="peak learning rate")
+    fig.update_yaxes(title_text="training loss (mean of the last 10 steps)")
+    fig.update_layout(title=title, height=420, width=760)
+    return fig
