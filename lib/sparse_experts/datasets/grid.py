@@ -34,6 +34,15 @@ def image_grid(images: np.ndarray, *, cols: int = 8, scale: int = 2, pad: int = 
     return np.kron(out, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else out
 
 
+def by_class(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
+    """Indices of the first ``per_class`` examples of each class, class after class.
+
+    Returns int [num_classes * per_class] (fewer when a class has fewer examples).
+    """
+    labels = np.asarray(labels)
+    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
+
+
 def save_grid(
     images: np.ndarray,
     path: str | Path,
@@ -42,8 +51,12 @@ def save_grid(
     class_names: Sequence[str] | None = None,
     cols: int = 8,
     scale: int = 2,
+    palette: bool = True,
 ) -> Path:
-    """Save :func:`image_grid` as a PNG; with ``labels`` and ``class_names``, one caption row per grid row."""
+    """Save :func:`image_grid` as a PNG; with ``labels`` and ``class_names``, one caption row per grid row.
+
+    ``palette`` stores 256 colours (a few times smaller files) instead of full RGB.
+    """
     from PIL import Image, ImageDraw
 
     grid = image_grid(images, cols=cols, scale=scale)
@@ -65,5 +78,7 @@ def save_grid(
         img = canvas
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if palette:  # 256 colours: a few times smaller, good enough to look at
+        img = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     img.save(path, optimize=True)
     return path

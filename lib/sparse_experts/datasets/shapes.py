@@ -155,7 +155,9 @@ SHAPES: dict[str, SDF] = {
     "circle_ring": lambda u, v: np.abs(_circle(u, v, 0.8)) - 0.15,
     "square_frame": lambda u, v: np.abs(_box(u, v, 0.72, 0.72)) - 0.14,
     "triangle_frame": lambda u, v: np.abs(_ngon(u, v, 3, 0.9)) - 0.15,
-    "double_ring": lambda u, v: np.minimum(np.abs(_circle(u, v, 0.85)) - 0.11, np.abs(_circle(u, v, 0.4)) - 0.11),
+    "double_ring": lambda u, v: np.minimum(
+        np.abs(_circle(u, v, 0.85)) - 0.11, np.abs(_circle(u, v, 0.4)) - 0.11
+    ),
     "donut": lambda u, v: np.abs(_circle(u, v, 0.62)) - 0.33,
     "hexagon_frame": lambda u, v: np.abs(_ngon(u, v, 6, 0.85)) - 0.14,
     # crosses
@@ -200,17 +202,27 @@ SHAPES: dict[str, SDF] = {
         0.13,
     ),
     "glyph_f": lambda u, v: _strokes(
-        u, v, [((-0.55, -0.85), (-0.55, 0.85)), ((-0.55, 0.85), (0.6, 0.85)), ((-0.55, 0.0), (0.4, 0.0))], 0.13
+        u,
+        v,
+        [((-0.55, -0.85), (-0.55, 0.85)), ((-0.55, 0.85), (0.6, 0.85)), ((-0.55, 0.0), (0.4, 0.0))],
+        0.13,
     ),
     "glyph_a": lambda u, v: _strokes(
-        u, v, [((-0.7, -0.85), (0.0, 0.85)), ((0.0, 0.85), (0.7, -0.85)), ((-0.38, -0.15), (0.38, -0.15))], 0.13
+        u,
+        v,
+        [((-0.7, -0.85), (0.0, 0.85)), ((0.0, 0.85), (0.7, -0.85)), ((-0.38, -0.15), (0.38, -0.15))],
+        0.13,
     ),
     "glyph_k": lambda u, v: _strokes(
         u, v, [((-0.55, -0.85), (-0.55, 0.85)), ((-0.5, 0.0), (0.6, 0.85)), ((-0.5, 0.0), (0.6, -0.85))], 0.13
     ),
-    "glyph_m": lambda u, v: _polyline(u, v, [(-0.7, -0.85), (-0.7, 0.85), (0.0, 0.0), (0.7, 0.85), (0.7, -0.85)], 0.13),
+    "glyph_m": lambda u, v: _polyline(
+        u, v, [(-0.7, -0.85), (-0.7, 0.85), (0.0, 0.0), (0.7, 0.85), (0.7, -0.85)], 0.13
+    ),
     # arrows (pointing to +u)
-    "arrow": lambda u, v: np.minimum(_segment(u, v, (-0.9, 0.0), (0.3, 0.0), 0.12), _convex(u, v, _ARROW_HEAD)),
+    "arrow": lambda u, v: np.minimum(
+        _segment(u, v, (-0.9, 0.0), (0.3, 0.0), 0.12), _convex(u, v, _ARROW_HEAD)
+    ),
     "block_arrow": lambda u, v: np.minimum(
         _box(u, v, 0.5, 0.25, cx=-0.4), _convex(u, v, [(0.95, 0.0), (0.1, 0.7), (0.1, -0.7)])
     ),
@@ -236,7 +248,9 @@ SHAPES: dict[str, SDF] = {
     "two_dots": lambda u, v: _dots(u, v, [(-0.5, 0.0), (0.5, 0.0)], 0.32),
     "three_line": lambda u, v: _dots(u, v, [(-0.65, 0.0), (0.0, 0.0), (0.65, 0.0)], 0.26),
     "three_triangle": lambda u, v: _dots(u, v, _ring_positions(3, 0.55), 0.3),
-    "four_square": lambda u, v: _dots(u, v, [(-0.45, -0.45), (-0.45, 0.45), (0.45, -0.45), (0.45, 0.45)], 0.26),
+    "four_square": lambda u, v: _dots(
+        u, v, [(-0.45, -0.45), (-0.45, 0.45), (0.45, -0.45), (0.45, 0.45)], 0.26
+    ),
     "five_dice": lambda u, v: _dots(
         u, v, [(-0.5, -0.5), (-0.5, 0.5), (0.5, -0.5), (0.5, 0.5), (0.0, 0.0)], 0.22
     ),
@@ -401,7 +415,9 @@ def hsv_to_rgb(h: Array, s: Array, v: Array) -> Array:
     return table[np.arange(len(h)), i].astype(np.float32)
 
 
-def random_colour(rng: np.random.Generator, n: int, value_lo: Array, value_hi: Array, sat=(0.25, 1.0)) -> Array:
+def random_colour(
+    rng: np.random.Generator, n: int, value_lo: Array, value_hi: Array, sat=(0.25, 1.0)
+) -> Array:
     """Random colours (float32 [n, 3]) with HSV value in [value_lo, value_hi] per image."""
     h = rng.random(n)
     s = rng.uniform(sat[0], sat[1], n)
@@ -447,11 +463,13 @@ def draw_objects(canvas: Array, layer: ObjectLayer, shape_names: Sequence[str]) 
         colour = layer.colour[idx][:, None, None, :]
         if layer.style is not None:
             style = layer.style[idx][:, None, None, None]
-            shade = (1.0 + 0.35 * np.clip(u + v, -1.0, 1.0) * 0.5)[..., None]
-            colour = np.where(style == 1, np.clip(colour * shade, 0.0, 1.0), colour)
-            edge = np.clip(0.5 - (np.abs(d) - 0.09) * r, 0.0, 1.0)[..., None]
-            colour = np.where(
-                style == 2, colour * (1 - edge) + layer.edge_colour[idx][:, None, None, :] * edge, colour
+            shaded = (style == 1).astype(np.float32)
+            outlined = (style == 2).astype(np.float32)
+            shade = 1.0 + shaded * (0.175 * np.clip(u + v, -1.0, 1.0))[..., None]
+            edge = outlined * np.clip(0.5 - (np.abs(d) - 0.09) * r, 0.0, 1.0)[..., None]
+            colour = (
+                np.clip(colour * shade, 0.0, 1.0) * (1.0 - edge)
+                + layer.edge_colour[idx][:, None, None, :] * edge
             )
         canvas[idx] = canvas[idx] * (1.0 - alpha) + colour * alpha
 
@@ -459,24 +477,36 @@ def draw_objects(canvas: Array, layer: ObjectLayer, shape_names: Sequence[str]) 
 def draw_specks(
     canvas: Array, cx: Array, cy: Array, radius: Array, square: Array, colour: Array, present: Array
 ) -> None:
-    """Small distractors (discs or squares a few pixels wide), one per image where ``present``."""
-    x, y = _grid_xy()
-    c = lambda a: a[:, None, None]  # noqa: E731
-    dx, dy = np.abs(x - c(cx)), np.abs(y - c(cy))
-    d = np.where(c(square), np.maximum(dx, dy), np.hypot(dx, dy)) - c(radius)
-    alpha = (np.clip(0.5 - d, 0.0, 1.0) * c(present))[..., None].astype(np.float32)
-    canvas *= 1.0 - alpha
-    canvas += alpha * colour[:, None, None, :]
+    """Small distractors (discs or squares, radius under 2.5 px), one per image where ``present``.
+
+    Only a 6x6 window around each speck is computed.
+    """
+    idx = np.flatnonzero(present)
+    if idx.size == 0:
+        return
+    win = 6
+    ix0 = np.clip(np.floor(cx[idx]).astype(np.int64) - 2, 0, IMAGE_SIZE - win)
+    iy0 = np.clip(np.floor(cy[idx]).astype(np.int64) - 2, 0, IMAGE_SIZE - win)
+    cols = ix0[:, None] + np.arange(win)  # [m, win]
+    rows = iy0[:, None] + np.arange(win)
+    dx = np.abs(cols + 0.5 - cx[idx, None]).astype(np.float32)[:, None, :]
+    dy = np.abs(rows + 0.5 - cy[idx, None]).astype(np.float32)[:, :, None]
+    d = np.where(square[idx, None, None], np.maximum(dx, dy), np.hypot(dx, dy)) - radius[idx, None, None]
+    alpha = np.clip(0.5 - d, 0.0, 1.0).astype(np.float32)[..., None]
+    sel = (idx[:, None, None], rows[:, :, None], cols[:, None, :])
+    canvas[sel] = canvas[sel] * (1.0 - alpha) + alpha * colour[idx, None, None, :]
 
 
-def draw_lines(canvas: Array, x0: Array, y0: Array, angle: Array, width: Array, colour: Array, present: Array):
+def draw_lines(
+    canvas: Array, x0: Array, y0: Array, angle: Array, width: Array, colour: Array, present: Array
+):
     """A straight line across the whole image through (x0, y0), one per image where ``present``."""
+    idx = np.flatnonzero(present)
     x, y = _grid_xy()
-    c = lambda a: a[:, None, None]  # noqa: E731
+    c = lambda a: a[idx][:, None, None].astype(np.float32)  # noqa: E731
     d = np.abs((x - c(x0)) * np.sin(c(angle)) - (y - c(y0)) * np.cos(c(angle))) - c(width)
-    alpha = (np.clip(0.5 - d, 0.0, 1.0) * c(present))[..., None].astype(np.float32)
-    canvas *= 1.0 - alpha
-    canvas += alpha * colour[:, None, None, :]
+    alpha = np.clip(0.5 - d, 0.0, 1.0)[..., None]
+    canvas[idx] = canvas[idx] * (1.0 - alpha) + alpha * colour[idx][:, None, None, :]
 
 
 def to_uint8(canvas: Array) -> Array:

@@ -1,0 +1,591 @@
+"""One loader for every dataset: the embedded ones (generated on first use) and TFDS catalog datasets.
+
+- :func:`info` describes a dataset without reading it (classes, hierarchy, split sizes, group, allowed
+  augmentations).
+- :func:`load_split` reads one split into memory once per process, as numpy arrays.
+- :func:`batch_at` / :func:`batches` serve shuffled, optionally augmented batches whose content is a
+  function of ``(seed, step)`` only, so a resumed run sees exactly the batches it would have seen.
+
+Embedded datasets are TFDS builders (``builders.py``) prepared into ``paths.tfds_data_dir()`` (or the given
+``data_dir``) the first time they are needed and reused afterwards. Any other name is looked up in the TFDS
+catalog with the same ``data_dir``; if it is prepared there it is read the same way, otherwise
+:class:`DatasetNotPreparedError` says how to prepare it and which embedded dataset stands in for it.
+
+Image values: ``Split.images`` are uint8 [N, height, width, channels] in 0..255; batches carry float32 in
+[-1, 1] (``x / 127.5 - 1``, see :func:`to_float`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sparse_experts import paths
+from sparse_experts.datasets import tasks
+from sparse_experts.datasets.digits import DIGITS_CLASS_NAMES, DIGITS_SIZES
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+AUGMENTATIONS = ("crop", "flip")
+
+_SHAPES_TASKS = {
+    "shapes_upstream": "upstream",
+    "shapes_upstream_small": "upstream_small",
+    "shapes_novel": "novel",
+    "shapes_finegrained": "finegrained",
+    "shapes_shift": "shift",
+    "shapes_texture": "texture",
+    "shapes_count": "count",
+    "shapes_position": "position",
+    "shapes_orientation": "orientation",
+}
+DATASETS: tuple[str, ...] = ("digits", *_SHAPES_TASKS)
+"""Names of the embedded datasets (generated offline on first use)."""
+DOWNSTREAM_TASKS: tuple[str, ...] = tuple(n for n, t in _SHAPES_TASKS.items() if not t.startswith("upstream"))
+"""The low-data downstream tasks (train 800 / validation 200 / test 200 each)."""
+
+CATALOG_STAND_INS = {
+    "cifar10": "shapes_upstream",
+    "cifar100": "shapes_upstream",
+    "imagenet2012": "shapes_upstream",
+    "imagenet_v2": "shapes_upstream",
+    "mnist": "digits",
+    "svhn_cropped": "digits",
+    "oxford_flowers102": "shapes_finegrained",
+    "oxford_iiit_pet": "shapes_finegrained",
+    "caltech101": "shapes_novel",
+    "dtd": "shapes_texture",
+    "eurosat": "shapes_texture",
+    "resisc45": "shapes_texture",
+    "clevr": "shapes_count",
+    "dsprites": "shapes_position",
+    "smallnorb": "shapes_orientation",
+}
+"""Catalog dataset -> the embedded dataset that plays its role offline."""
+
+_CATALOG_GROUPS = {
+    "imagenet2012": "upstream",
+    "imagenet_v2": "upstream",
+    "eurosat": "specialized",
+    "resisc45": "specialized",
+    "patch_camelyon": "specialized",
+    "diabetic_retinopathy_detection": "specialized",
+    "clevr": "structured",
+    "dsprites": "structured",
+    "smallnorb": "structured",
+    "kitti": "structured",
+    "dmlab": "structured",
+}
+
+
+def list_datasets() -> list[str]:
+    """The embedded dataset names (catalog names also work wherever a name is taken)."""
+    return list(DATASETS)
+
+
+class DatasetNotPreparedError(RuntimeError):
+    """A TFDS catalog dataset is not prepared in the data_dir, and cannot be downloaded here."""
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetInfo:
+    """What a dataset is, without reading it.
+
+    ``image_shape`` is (height, width, channels), with None for a catalog dataset of varying image sizes
+    (pass ``image_size`` to :func:`load_split`). ``fine_to_coarse`` is int32 [num_classes] (fine label ->
+    coarse label) when the dataset has a two-level hierarchy and the mapping is known ahead of the data.
+    ``augmentations`` lists what :func:`batches` may apply without changing the label ("crop", "flip").
+    """
+
+    name: str
+    image_shape: tuple[int | None, int | None, int]
+    num_classes: int
+    class_names: list[str]
+    splits: dict[str, int]
+    description: str
+    group: str  # "upstream" | "natural" | "specialized" | "structured"
+    augmentations: tuple[str, ...]
+    source: str  # "embedded" | "catalog"
+    tfds_name: str
+    num_coarse_classes: int | None = None
+    coarse_class_names: list[str] | None = None
+    fine_to_coarse: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split in memory: ``images`` uint8 [N, height, width, channels], ``labels`` int32 [N],
+    ``coarse_labels`` int32 [N] or None."""
+
+    dataset: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    coarse_labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Names, builders, info
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _is_embedded(name: str) -> bool:
+    return name in DATASETS
+
+
+def _check_name(dataset: object) -> str:
+    if not isinstance(dataset, str) or not dataset:
+        raise ValueError(f"dataset={dataset!r} must be a non-empty string; embedded datasets: {DATASETS}")
+    return dataset
+
+
+def _data_dir(data_dir: str | Path | None) -> Path:
+    return Path(data_dir).expanduser().resolve() if data_dir is not None else paths.tfds_data_dir()
+
+
+def _embedded_builder(name: str, data_dir: Path):
+    from sparse_experts.datasets import builders
+
+    if name == "digits":
+        return builders.SewDigits(data_dir=str(data_dir), file_format="array_record")
+    return builders.SewShapes(config=_SHAPES_TASKS[name], data_dir=str(data_dir), file_format="array_record")
+
+
+def _catalog_builder(name: str, data_dir: Path):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=str(data_dir))
+    except tfds.core.registered.DatasetNotFoundError as err:
+        raise ValueError(
+            f"dataset={name!r} is neither an embedded dataset {DATASETS} nor a TFDS catalog dataset"
+        ) from err
+
+
+def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
+    """Describe dataset ``name`` (embedded or TFDS catalog) without generating or reading its data."""
+    name = _check_name(name)
+    if name == "digits":
+        return DatasetInfo(
+            name=name,
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            class_names=list(DIGITS_CLASS_NAMES),
+            splits=dict(DIGITS_SIZES),
+            description="scikit-learn's 1,797 real 8x8 handwritten digits (0..16 scaled to 0..255).",
+            group="natural",
+            augmentations=("crop",),  # a flipped digit is not the same digit
+            source="embedded",
+            tfds_name="sew_digits",
+        )
+    if name in _SHAPES_TASKS:
+        spec = tasks.TASKS[_SHAPES_TASKS[name]]
+        f2c = None
+        if spec.fine_to_coarse is not None:
+            f2c = np.asarray(spec.fine_to_coarse, np.int32)
+            f2c.flags.writeable = False
+        return DatasetInfo(
+            name=name,
+            image_shape=(32, 32, 3),
+            num_classes=len(spec.class_names),
+            class_names=list(spec.class_names),
+            splits=dict(spec.sizes),
+            description=spec.description,
+            group=spec.group,
+            augmentations=spec.augmentations,
+            source="embedded",
+            tfds_name=f"sew_shapes/{spec.name}",
+            num_coarse_classes=None if spec.coarse_names is None else len(spec.coarse_names),
+            coarse_class_names=None if spec.coarse_names is None else list(spec.coarse_names),
+            fine_to_coarse=f2c,
+        )
+    builder = _catalog_builder(name, _data_dir(data_dir))
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"dataset={name!r}: the loader needs 'image' and 'label' features, got {list(features)}"
+        )
+    shape = tuple(features["image"].shape)
+    coarse = features["coarse_label"] if "coarse_label" in features else None
+    group = _CATALOG_GROUPS.get(name.split("/")[0].split(":")[0], "natural")
+    return DatasetInfo(
+        name=name,
+        image_shape=shape,
+        num_classes=int(features["label"].num_classes),
+        class_names=list(features["label"].names),
+        splits={s: int(v.num_examples) for s, v in builder.info.splits.items()},
+        description=str(builder.info.description).strip().split("\n")[0],
+        group=group,
+        augmentations=("crop", "flip") if group != "structured" else (),
+        source="catalog",
+        tfds_name=name,
+        num_coarse_classes=None if coarse is None else int(coarse.num_classes),
+        coarse_class_names=None if coarse is None else list(coarse.names),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preparing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _not_prepared_message(name: str, data_dir: Path, reason: str) -> str:
+    stand_in = CATALOG_STAND_INS.get(name.split("/")[0].split(":")[0], "shapes_upstream")
+    return (
+        f"TFDS catalog dataset {name!r} is not prepared in data_dir {str(data_dir)!r} ({reason}). "
+        "It cannot be downloaded here: preparing it needs network access and TensorFlow (the `gpu` install "
+        "extra, `pip install -e '.[gpu]'`, adds tensorflow-cpu). On a machine that has both, run\n"
+        f"    python -m sparse_experts.datasets --data-dir {data_dir} prepare {name}\n"
+        "(it calls download_and_prepare with file_format='array_record'; without --data-dir it uses "
+        "$SPARSE_EXPERTS_DATA_DIR/tfds or <repo>/data/tfds). Offline, use the embedded dataset "
+        f"{stand_in!r} instead (embedded datasets: {', '.join(DATASETS)})."
+    )
+
+
+def is_prepared(name: str, *, data_dir: str | Path | None = None) -> bool:
+    """Whether ``name`` is already prepared in ``data_dir``."""
+    name = _check_name(name)
+    ddir = _data_dir(data_dir)
+    builder = _embedded_builder(name, ddir) if _is_embedded(name) else _catalog_builder(name, ddir)
+    return bool(builder.is_prepared())
+
+
+def prepare(name: str, *, data_dir: str | Path | None = None) -> Path:
+    """Generate (embedded) or download and prepare (catalog) ``name`` unless it is ready; returns its folder.
+
+    Embedded datasets are rendered offline and written as array_record files. Catalog datasets need network
+    and TensorFlow; without TensorFlow this raises :class:`DatasetNotPreparedError`.
+    """
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    name = _check_name(name)
+    ddir = _data_dir(data_dir)
+    builder = _embedded_builder(name, ddir) if _is_embedded(name) else _catalog_builder(name, ddir)
+    if builder.is_prepared():
+        log.info("dataset %s: reusing %s", name, builder.data_dir)
+        return Path(builder.data_dir)
+    if not _is_embedded(name) and importlib.util.find_spec("tensorflow") is None:
+        raise DatasetNotPreparedError(_not_prepared_message(name, ddir, "TensorFlow is not installed"))
+    log.info("dataset %s: preparing into %s", name, builder.data_dir)
+    start = time.perf_counter()
+    was_active = tqdm_utils._active
+    tqdm_utils.disable_progress_bar()
+    try:
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP),
+        )
+    finally:
+        tqdm_utils.display_progress_bar(was_active)
+    log.info("dataset %s: prepared in %.1f s", name, time.perf_counter() - start)
+    return Path(builder.data_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------------
+
+_CACHE: dict[tuple[str, str, str, int | None], Split] = {}
+
+
+def clear_cache() -> None:
+    """Forget every split read in this process."""
+    _CACHE.clear()
+
+
+def _check_split(split: object, allowed: Sequence[str]) -> str:
+    if not isinstance(split, str) or (allowed and split not in allowed):
+        raise ValueError(f"split={split!r} is not a split of this dataset; allowed: {tuple(allowed)}")
+    return split
+
+
+def _resize(images: list[np.ndarray], size: int) -> np.ndarray:
+    """Centre-crop each image to a square and resize it to [size, size] (bilinear, Pillow)."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        h, w = im.shape[:2]
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        crop = im[top : top + s, left : left + s]
+        squeeze = crop.shape[-1] == 1
+        pil = Image.fromarray(crop[..., 0] if squeeze else crop)
+        arr = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+        out.append(arr[..., None] if squeeze else arr)
+    return np.stack(out)
+
+
+def _to_arrays(name: str, split: str, records: list[dict], image_size: int | None) -> Split:
+    images = [np.asarray(r["image"]) for r in records]
+    if image_size is not None and (not images or images[0].shape[:2] != (image_size, image_size)):
+        stacked = _resize(images, image_size)
+    else:
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"dataset={name!r} split={split!r} has images of different sizes ({len(shapes)} shapes); "
+                "pass image_size=... to load_split to resize them"
+            )
+        stacked = np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
+    stacked = stacked.astype(np.uint8, copy=False)
+    labels = np.asarray([int(r["label"]) for r in records], np.int32)
+    coarse = None
+    if records and "coarse_label" in records[0]:
+        coarse = np.asarray([int(r["coarse_label"]) for r in records], np.int32)
+    for arr in (stacked, labels, coarse):
+        if arr is not None:
+            arr.flags.writeable = False
+    return Split(dataset=name, split=split, images=stacked, labels=labels, coarse_labels=coarse)
+
+
+def load_split(
+    name: str, split: str, *, data_dir: str | Path | None = None, image_size: int | None = None
+) -> Split:
+    """Read split ``split`` of dataset ``name`` into memory (cached per process; arrays are read-only).
+
+    Embedded datasets are generated into ``data_dir`` (default ``paths.tfds_data_dir()``) on first use.
+    ``image_size`` resizes (centre crop + bilinear) every image to [image_size, image_size], needed for
+    catalog datasets whose images vary in size.
+
+    Returns:
+      :class:`Split` with ``images`` uint8 [N, height, width, channels], ``labels`` int32 [N] and
+      ``coarse_labels`` int32 [N] (or None when the dataset has no coarse labels).
+    """
+    name = _check_name(name)
+    if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
+        raise ValueError(f"image_size={image_size!r} must be a positive int or None")
+    ddir = _data_dir(data_dir)
+    key = (str(ddir), name, split if isinstance(split, str) else repr(split), image_size)
+    if key in _CACHE:
+        return _CACHE[key]
+    start = time.perf_counter()
+    if _is_embedded(name):
+        _check_split(split, SPLITS)
+        prepare(name, data_dir=ddir)
+        source = _embedded_builder(name, ddir).as_data_source(split=split)
+        records = []
+        for lo in range(0, len(source), 4096):
+            records.extend(source.__getitems__(list(range(lo, min(lo + 4096, len(source))))))
+    else:
+        builder = _catalog_builder(name, ddir)
+        if not builder.is_prepared():
+            raise DatasetNotPreparedError(_not_prepared_message(name, ddir, "no prepared files found"))
+        _check_split(split, list(builder.info.splits))
+        source = builder.as_data_source(split=split)
+        records = [source[i] for i in range(len(source))]
+    out = _to_arrays(name, split, records, image_size)
+    log.info("dataset %s/%s: read %d examples in %.1f s", name, split, len(out), time.perf_counter() - start)
+    _CACHE[key] = out
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 images (any shape) -> float32 in [-1, 1]: ``x / 127.5 - 1`` (0 -> -1, 255 -> 1)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"to_float: images must be uint8, got dtype={images.dtype}")
+    return images.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
+
+
+def _resolve_augment(name: str, augment: bool | Sequence[str] | None, data_dir) -> tuple[str, ...]:
+    if augment is None or augment is False:
+        return ()
+    allowed = info(name, data_dir=data_dir).augmentations
+    if augment is True:
+        return allowed
+    if isinstance(augment, str):
+        augment = (augment,)
+    augment = tuple(augment)
+    bad = [a for a in augment if a not in AUGMENTATIONS]
+    if bad:
+        raise ValueError(f"augment={augment!r}: unknown augmentation(s) {bad}; known: {AUGMENTATIONS}")
+    wrong = [a for a in augment if a not in allowed]
+    if wrong:
+        raise ValueError(
+            f"augment={augment!r}: {wrong} would change the label of dataset {name!r}; "
+            f"allowed there: {allowed}"
+        )
+    return augment
+
+
+def augment_images(images: np.ndarray, augmentations: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """Random crop (reflect padding of height // 8 pixels, at least 1) and/or horizontal flip.
+
+    Args:
+      images: uint8 [B, height, width, channels].
+      augmentations: subset of ("crop", "flip").
+      rng: source of the random offsets and flips (both are always drawn, so the stream is the same
+        whatever subset is asked for).
+
+    Returns:
+      uint8 [B, height, width, channels].
+    """
+    b, h, w, _ = images.shape
+    pad = max(1, h // 8)
+    oy = rng.integers(0, 2 * pad + 1, b)
+    ox = rng.integers(0, 2 * pad + 1, b)
+    flip = rng.random(b) < 0.5
+    out = images
+    if "crop" in augmentations:
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        rows = oy[:, None] + np.arange(h)
+        cols = ox[:, None] + np.arange(w)
+        out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if "flip" in augmentations:
+        out = np.where(flip[:, None, None, None], out[:, :, ::-1], out)
+    return out
+
+
+def _check_batch_size(batch_size: object, n: int, drop_remainder: bool) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    if drop_remainder and batch_size > n:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the split ({n} examples) with drop_remainder=True: "
+            "no full batch exists"
+        )
+    return int(batch_size)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
+    """Batches per epoch: ``num_examples // batch_size``, or rounded up when keeping the remainder."""
+    return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    order.flags.writeable = False
+    return order
+
+
+def batch_at(
+    name: str,
+    split: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    step: int = 0,
+    shuffle: bool = True,
+    augment: bool | Sequence[str] = False,
+    drop_remainder: bool = True,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Batch number ``step`` of the stream :func:`batches` yields: a pure function of (seed, step).
+
+    Epoch ``e = step // steps_per_epoch`` visits the split in the order
+    ``np.random.default_rng([seed, e]).permutation(N)`` (identity order when ``shuffle`` is False);
+    augmentation draws from ``np.random.default_rng([seed, e, step_in_epoch])``.
+
+    Returns:
+      {"image": float32 [B, height, width, channels] in [-1, 1], "label": int32 [B]} plus
+      "coarse_label" int32 [B] when the dataset has coarse labels. B is ``batch_size`` except for the last
+      batch of an epoch when ``drop_remainder`` is False.
+    """
+    data = load_split(name, split, data_dir=data_dir, image_size=image_size)
+    n = len(data)
+    batch_size = _check_batch_size(batch_size, n, drop_remainder)
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+        raise ValueError(f"step={step!r} must be a non-negative int")
+    augs = _resolve_augment(name, augment, data_dir)
+    epoch, i = divmod(int(step), steps_per_epoch(n, batch_size, drop_remainder))
+    idx = _epoch_order(n, int(seed), epoch, bool(shuffle))[i * batch_size : (i + 1) * batch_size]
+    images = data.images[idx]
+    if augs:
+        images = augment_images(images, augs, np.random.default_rng([int(seed), epoch, i]))
+    out = {"image": to_float(images), "label": data.labels[idx]}
+    if data.coarse_labels is not None:
+        out["coarse_label"] = data.coarse_labels[idx]
+    return out
+
+
+def batches(
+    name: str,
+    split: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    augment: bool | Sequence[str] = False,
+    epochs: int | None = None,
+    num_batches: int | None = None,
+    start_step: int = 0,
+    drop_remainder: bool = True,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Iterate over batches of one split (see :func:`batch_at` for content, order and augmentation).
+
+    Args:
+      name, split: the dataset and split (see :func:`load_split`).
+      batch_size: B, a positive int (at most the split size when ``drop_remainder``).
+      seed: fixes the order of every epoch and the augmentation.
+      shuffle: reshuffle each epoch (False: split order, e.g. for evaluation).
+      augment: False, True (every augmentation the dataset allows) or a subset of ("crop", "flip"); asking
+        for one the dataset forbids (e.g. "flip" on ``shapes_orientation``) raises ValueError.
+      epochs: stop after this many passes; ``num_batches``: stop after this many batches (from
+        ``start_step``). Give at most one; neither means an endless stream.
+      start_step: the first step to yield (resume a run).
+      drop_remainder: skip each epoch's last partial batch (default, for training); set False to see
+        every example once per epoch (evaluation).
+
+    Yields:
+      dicts {"image": float32 [B, height, width, channels] in [-1, 1], "label": int32 [B],
+      "coarse_label": int32 [B] (when present)}.
+    """
+    if epochs is not None and num_batches is not None:
+        raise ValueError(f"give epochs={epochs!r} or num_batches={num_batches!r}, not both")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
+        raise ValueError(f"epochs={epochs!r} must be a non-negative int or None")
+    if num_batches is not None and (
+        isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0
+    ):
+        raise ValueError(f"num_batches={num_batches!r} must be a non-negative int or None")
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"start_step={start_step!r} must be a non-negative int")
+    # Validate everything before the generator starts, so that errors surface at the call.
+    data = load_split(name, split, data_dir=data_dir, image_size=image_size)
+    batch_size = _check_batch_size(batch_size, len(data), drop_remainder)
+    _resolve_augment(name, augment, data_dir)
+    per_epoch = steps_per_epoch(len(data), batch_size, drop_remainder)
+    if epochs is not None:
+        stop: int | None = epochs * per_epoch
+    elif num_batches is not None:
+        stop = start_step + num_batches
+    else:
+        stop = None
+    kwargs = dict(
+        seed=seed,
+        shuffle=shuffle,
+        augment=augment,
+        drop_remainder=drop_remainder,
+        data_dir=data_dir,
+        image_size=image_size,
+    )
+
+    def gen() -> Iterator[dict[str, np.ndarray]]:
+        step = start_step
+        while stop is None or step < stop:
+            yield batch_at(name, split, batch_size, step=step, **kwargs)
+            step += 1
+
+    return gen()
