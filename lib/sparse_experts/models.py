@@ -1,0 +1,743 @@
+"""Vision Transformers with the ViT-22B recipe as opt-in flags, and the one hook where V-MoE layers plug in.
+
+Shape letters (../../shared/DESIGN.md): B batch, P patches per image, N tokens (P, or P + 1 with a class
+token), D width, H MLP hidden width, L layers, A heads, Y classes. Letters local to this module: Q head width
+(D / A); T key tokens (the same tokens as N, named apart in the score matrix [B, A, N, T]); X pixels per patch
+(patch_size**2 * channels); F a fused projection width (3D + H in, D + H out).
+
+Defaults are the original ViT (Dosovitskiy et al. 2021): class-token pooling, biases everywhere, LayerNorm
+with bias, sequential blocks, learned position embeddings, zero-initialised head. ``vit_config("22B/14")``
+turns on the ViT-22B recipe (Dehghani et al. 2023). Each ingredient is a :class:`VitConfig` field:
+
+- ``parallel_block``: y = x + attn(norm(x)) + mlp(norm(x)) with one norm per block; the QKV projection and
+  the MLP's first projection are one matmul [D, 3D + H], the attention output and the MLP's second
+  projection are one matmul [D + H, D] (PaLM; ~15% faster at scale). An MoE layer runs beside attention on
+  the same normalised input, unfused.
+- ``qk_norm``: normalise queries and keys per head over Q before the dot product (learned scale [Q] shared
+  by the heads), which bounds the attention logits (ViT-22B's fix for logit growth and divergence).
+- ``qkv_bias``: bias on the query/key/value projections (ViT-22B drops them).
+- ``norm``: "layernorm" (centre, divide by std) or "rmsnorm" (no centring, divide by root mean square);
+  ``norm_bias`` adds a learned bias to either. ViT-22B applies its norms "without bias and centering"
+  (Zhang & Sennrich 2019), i.e. rmsnorm without bias; the parameter count is the same either way.
+- ``mlp_bias``: biases of the MLP projections (ViT-22B keeps them). In a parallel block the attention output
+  shares the fused second projection, so its bias is present iff ``mlp_bias``; in a sequential block the
+  attention output projection always has a bias, as in the original ViT.
+- ``pool``: "cls" (class token, position embeddings over N = P + 1 tokens), "gap" (mean over tokens) or
+  "map" (multihead attention pooling: a learned probe attends over the tokens, then norm + MLP residual).
+- ``posemb``: "learn" or "sincos2d" (fixed; the class token gets zeros).
+- ``param_dtype`` / ``dtype``: parameter and compute dtype ("float32" | "bfloat16"); norms and softmax run in
+  float32, logits come back in float32.
+- ``remat``: recompute each block in the backward pass (nnx.remat). ``scan_layers``: stack the L blocks'
+  parameters on a leading "layers" axis and apply them with nnx.scan (one compiled block; identical layers
+  only, so not with MoE layers).
+
+Partitioning: every parameter carries NNX ``out_sharding`` metadata naming *logical* axes (with
+``eager_sharding=False``, so nothing is placed at creation); ``nnx.get_partition_spec(nnx.state(model))``
+under logical axis rules gives PartitionSpecs. Logical axis names: "embed" (D), "mlp" (H), "heads" (A), "kv"
+(Q), "fused" (the concatenated F axis of the parallel block's fused kernels, laid out [q | k | v | mlp] in,
+[attention heads | mlp] out), "classes" (Y), "layers" (L, stacked layers under scan_layers); None means
+replicated (patch pixel axes, position rows, the [3] of the fused q/k/v bias).
+
+The MoE hook: :func:`make_mlp` chooses each layer's MLP. Layers listed by :func:`moe_layers` get
+``sparse_experts.routing.MoeMlp.from_vit_config(config, layer_index, rngs=rngs)`` (the routing issue); until
+that exists they raise NotImplementedError. Every MLP is called as ``mlp(x[B, N, D], train=..., **overrides)``
+and returns ``(y[B, N, D], record)``; a dense MLP's record is empty; non-empty records come back in the stats
+under "moe", from the same forward pass as the attention statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import importlib
+import json
+import math
+import numbers
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = ("float32", "bfloat16")
+NORMS = ("layernorm", "rmsnorm")
+POOLS = ("cls", "gap", "map")
+POSEMBS = ("learn", "sincos2d")
+ROUTERS = ("top_k", "expert_choice", "soft")
+
+# Size name -> architecture (big_vision's table; "mu" is this workbook's CPU-sized micro model).
+SIZES: Mapping[str, Mapping[str, Any]] = {
+    "mu": dict(width=64, depth=4, mlp_dim=256, num_heads=4),
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+    "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
+    "g": dict(width=1408, depth=40, mlp_dim=6144, num_heads=16),
+    "G": dict(width=1664, depth=48, mlp_dim=8192, num_heads=16),
+    # ViT-22B (Dehghani et al. 2023, Table 1 and Section 2). Pooling is GAP here (an assumption; override
+    # pool="map" for an attention-pooling head, which adds 4D^2 + 2DH = 453M parameters).
+    "22B": dict(
+        width=6144, depth=48, mlp_dim=24576, num_heads=48, parallel_block=True, qk_norm=True,
+        qkv_bias=False, norm="rmsnorm", norm_bias=False, pool="gap",
+    ),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configs: plain frozen data, validated on construction.
+# ---------------------------------------------------------------------------------------------------------
+def _fail(owner: str, field: str, value: Any, expected: str) -> None:
+    raise ValueError(f"{owner}.{field}={value!r} is not allowed; expected {expected}")
+
+
+def _check_int(owner: str, field: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        _fail(owner, field, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def _check_bool(owner: str, field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(owner, field, value, "True or False")
+    return value
+
+
+def _check_choice(owner: str, field: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        _fail(owner, field, value, "one of " + ", ".join(repr(a) for a in allowed))
+    return value
+
+
+def _check_positive_float(owner: str, field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        _fail(owner, field, value, "a number > 0")
+    return float(value)
+
+
+def placement_layers(placement: str | tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """0-based indices of the layers whose MLP is an MoE, as V-MoE defines the placements.
+
+    "every-n": layers n-1, 2n-1, ... (every-2 is 1, 3, 5, ...); "last-n": the last n odd layers (last-2 of 12
+    layers is 9, 11); a tuple: those layers. A placement that does not fit ``depth`` raises ValueError.
+    """
+    if isinstance(placement, str):
+        match = re.fullmatch(r"(every|last)-([1-9]\d*)", placement)
+        if not match:
+            _fail("MoeConfig", "placement", placement, "'every-n', 'last-n' or a tuple of layer indices")
+        n = int(match.group(2))
+        if match.group(1) == "every":
+            layers = tuple(range(n - 1, depth, n))
+        else:
+            odd = tuple(range(1, depth, 2))
+            if n > len(odd):
+                raise ValueError(
+                    f"MoeConfig.placement={placement!r} needs {n} odd layers but depth={depth} has "
+                    f"{len(odd)}; use last-{len(odd)} or fewer, or a deeper model"
+                )
+            layers = odd[len(odd) - n :]
+        if not layers:
+            raise ValueError(f"MoeConfig.placement={placement!r} selects no layer of depth={depth}")
+        return layers
+    bad = [i for i in placement if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+    bad += [i for i in placement if not bad and not 0 <= i < depth]
+    if bad or len(set(placement)) != len(placement) or not placement:
+        raise ValueError(
+            f"MoeConfig.placement={placement!r} is not allowed; expected distinct 0-based layer indices "
+            f"in [0, {depth}) (depth={depth})"
+        )
+    return tuple(sorted(int(i) for i in placement))
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """Where and how MoE layers replace dense MLPs (V-MoE, Riquelme et al. 2021). The routing issue owns
+    the semantics; this is the data the encoder needs to place them.
+
+    ``group_size`` counts images per routing group; ``eval_capacity_factor=None`` means the training value.
+    """
+
+    num_experts: int = 8
+    k: int = 2
+    capacity_factor: float = 1.05
+    eval_capacity_factor: float | None = None
+    batch_priority: bool = False
+    group_size: int = 1
+    router: str = "top_k"
+    placement: str | tuple[int, ...] = "every-2"
+    noise_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        own = "MoeConfig"
+        set_ = functools.partial(object.__setattr__, self)
+        set_("num_experts", _check_int(own, "num_experts", self.num_experts, 1))
+        set_("k", _check_int(own, "k", self.k, 1))
+        if self.k > self.num_experts:
+            raise ValueError(f"MoeConfig.k={self.k} exceeds num_experts={self.num_experts}")
+        set_("capacity_factor", _check_positive_float(own, "capacity_factor", self.capacity_factor))
+        if self.eval_capacity_factor is not None:
+            value = _check_positive_float(own, "eval_capacity_factor", self.eval_capacity_factor)
+            set_("eval_capacity_factor", value)
+        _check_bool(own, "batch_priority", self.batch_priority)
+        set_("group_size", _check_int(own, "group_size", self.group_size, 1))
+        _check_choice(own, "router", self.router, ROUTERS)
+        if (
+            isinstance(self.noise_std, bool)
+            or not isinstance(self.noise_std, numbers.Real)
+            or self.noise_std < 0
+        ):
+            _fail(own, "noise_std", self.noise_std, "a number >= 0")
+        set_("noise_std", float(self.noise_std))
+        if not isinstance(self.placement, str):  # canonical: a sorted tuple; VitConfig checks the depth
+            layers = tuple(self.placement)
+            set_("placement", tuple(sorted(layers)) if all(isinstance(i, int) for i in layers) else layers)
+
+
+@dataclass(frozen=True)
+class VitConfig:
+    """A ViT (or V-MoE) architecture as plain data: printable, comparable, hashable, canonical JSON.
+
+    Build one with :func:`vit_config`; see the module docstring for what each recipe flag does.
+    """
+
+    name: str
+    patch_size: int
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    image_size: int = 224
+    channels: int = 3
+    num_classes: int = 1000  # 0: no head, the model returns pooled features [B, D]
+    parallel_block: bool = False
+    qk_norm: bool = False
+    qkv_bias: bool = True
+    norm: str = "layernorm"
+    norm_bias: bool = True
+    mlp_bias: bool = True
+    pool: str = "cls"
+    posemb: str = "learn"
+    head_zero_init: bool = True
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: bool = False
+    scan_layers: bool = False
+    moe: MoeConfig | None = None
+
+    def __post_init__(self) -> None:
+        own, set_ = "VitConfig", functools.partial(object.__setattr__, self)
+        if not isinstance(self.name, str):
+            _fail(own, "name", self.name, "a size string such as 'B/16'")
+        for field in ["patch_size", "width", "depth", "mlp_dim", "num_heads", "image_size", "channels"]:
+            set_(field, _check_int(own, field, getattr(self, field), 1))
+        set_("num_classes", _check_int(own, "num_classes", self.num_classes, 0))
+        for field in ["parallel_block", "qk_norm", "qkv_bias", "norm_bias", "mlp_bias", "head_zero_init",
+                      "remat", "scan_layers"]:  # fmt: skip
+            _check_bool(own, field, getattr(self, field))
+        _check_choice(own, "norm", self.norm, NORMS)
+        _check_choice(own, "pool", self.pool, POOLS)
+        _check_choice(own, "posemb", self.posemb, POSEMBS)
+        for field in ["param_dtype", "dtype"]:
+            value = getattr(self, field)
+            if not isinstance(value, str):  # accept jnp.bfloat16 and friends, store the name
+                try:
+                    value = jnp.dtype(value).name
+                except TypeError:
+                    pass
+            set_(field, _check_choice(own, field, value, DTYPES))
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"VitConfig.width={self.width} is not divisible by num_heads={self.num_heads}; "
+                f"pick a width that is a multiple of num_heads"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"VitConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}; "
+                f"pick an image size that is a multiple of the patch size"
+            )
+        if self.posemb == "sincos2d" and self.width % 4:
+            raise ValueError(
+                f"VitConfig.posemb='sincos2d' needs width divisible by 4, got width={self.width}"
+            )
+        if isinstance(self.moe, Mapping):
+            set_("moe", MoeConfig(**self.moe))
+        if self.moe is not None:
+            if not isinstance(self.moe, MoeConfig):
+                _fail(own, "moe", self.moe, "None, a MoeConfig or a dict of MoeConfig fields")
+            placement_layers(self.moe.placement, self.depth)
+            if self.scan_layers:
+                raise ValueError(
+                    "VitConfig.scan_layers=True needs identical layers, but moe places MoE layers at "
+                    f"{moe_layers(self)}; set scan_layers=False"
+                )
+
+    @property
+    def head_width(self) -> int:
+        """Q = D / A."""
+        return self.width // self.num_heads
+
+    @property
+    def num_patches(self) -> int:
+        """P = (image_size / patch_size)**2."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        """N: P, plus one for the class token when pool == "cls"."""
+        return self.num_patches + (self.pool == "cls")
+
+    def replace(self, **overrides: Any) -> VitConfig:
+        """A copy with some fields changed; unknown fields raise ValueError naming the valid ones."""
+        _check_fields(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace; equal configs give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def config_hash(self) -> str:
+        """sha256 hex digest of :meth:`to_json`: a stable cache key."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VitConfig:
+        _check_fields(data)
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> VitConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def _check_fields(overrides: Mapping[str, Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(VitConfig)]
+    for key in overrides:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown VitConfig field {key!r}{hint}; valid fields: {', '.join(valid)}")
+
+
+def vit_config(size: str, **overrides: Any) -> VitConfig:
+    """Decode a big_vision size string "NAME/PATCH" (e.g. "B/16", "22B/14", "mu/4") plus field overrides.
+
+    >>> vit_config("B/16").width, vit_config("mu/4", image_size=32, qk_norm=True).qk_norm
+    (768, True)
+    """
+    match = re.fullmatch(r"([^/]+)/(\d+)", size) if isinstance(size, str) else None
+    if not match or match.group(1) not in SIZES:
+        raise ValueError(
+            f"unknown size string {size!r}; expected NAME/PATCH with NAME one of {', '.join(SIZES)} "
+            f"and PATCH a positive integer, e.g. 'B/16' or 'mu/4'"
+        )
+    if "name" in overrides or "patch_size" in overrides:
+        raise ValueError(f"name and patch_size come from the size string {size!r}; change the string instead")
+    _check_fields(overrides)
+    fields = {**SIZES[match.group(1)], **overrides}
+    return VitConfig(name=size, patch_size=int(match.group(2)), **fields)
+
+
+def moe_layers(config: VitConfig) -> tuple[int, ...]:
+    """0-based indices of the layers whose MLP is an MoE (empty for a dense ViT)."""
+    return () if config.moe is None else placement_layers(config.moe.placement, config.depth)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building blocks. Parameters are stored in param_dtype and cast to the compute dtype where used.
+# ---------------------------------------------------------------------------------------------------------
+_zeros, _ones = nnx.initializers.zeros, nnx.initializers.ones
+
+
+def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...], config: VitConfig):
+    value = init(rngs.params(), shape, jnp.dtype(config.param_dtype))
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def _xavier(in_axis, out_axis):
+    return nnx.initializers.xavier_uniform(in_axis=in_axis, out_axis=out_axis)
+
+
+def _get(param: nnx.Param | None, dtype) -> jax.Array | None:
+    return None if param is None else param[...].astype(dtype)
+
+
+class Norm(nnx.Module):
+    """LayerNorm or RMSNorm over the last axis (size ``size``) with a learned scale and optional bias."""
+
+    def __init__(self, size: int, axis: str, config: VitConfig, *, rngs: nnx.Rngs):
+        self.centre = config.norm == "layernorm"
+        self.scale = _param(rngs, _ones, (size,), (axis,), config)
+        self.bias = _param(rngs, _zeros, (size,), (axis,), config) if config.norm_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x.astype(jnp.float32)
+        if self.centre:
+            y = y - jnp.mean(y, axis=-1, keepdims=True)
+        y = y * jax.lax.rsqrt(jnp.mean(jnp.square(y), axis=-1, keepdims=True) + 1e-6)
+        y = y * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+def attend(q, k, v, *, q_norm=None, k_norm=None, with_stats=False):
+    """Multi-head dot-product attention: q [B, N, A, Q], k and v [B, T, A, Q] -> ([B, N, A, Q], stats).
+
+    Logits "BNAQ,BTAQ->BANT" / sqrt(Q); softmax over T in float32; output "BANT,BTAQ->BNAQ". With
+    ``with_stats`` the stats hold the max logit and the mean (over B, A, N) attention entropy, as float32
+    scalars outside the gradient; otherwise they are empty.
+    """
+    if q_norm is not None:
+        q, k = q_norm(q), k_norm(k)
+    logits = jnp.einsum("BNAQ,BTAQ->BANT", q, k) * (q.shape[-1] ** -0.5)
+    log_weights = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    weights = jnp.exp(log_weights)
+    out = jnp.einsum("BANT,BTAQ->BNAQ", weights.astype(v.dtype), v)
+    stats = {}
+    if with_stats:
+        logits, log_weights = jax.lax.stop_gradient((logits.astype(jnp.float32), log_weights))
+        entropy = -jnp.sum(jnp.exp(log_weights) * log_weights, axis=-1)
+        stats = {"attn_max_logit": jnp.max(logits), "attn_entropy": jnp.mean(entropy)}
+    return out, stats
+
+
+class Attention(nnx.Module):
+    """Separate q/k/v projections [D, A, Q] ("BND,DAQ->BNAQ"), attention, output [A, Q, D] ("BNAQ,AQD->BND").
+
+    Used by the sequential block and (as cross-attention from a probe) by the MAP head.
+    """
+
+    def __init__(self, config: VitConfig, *, qk_norm: bool, rngs: nnx.Rngs):
+        D, A, Q = config.width, config.num_heads, config.head_width
+        self.dtype = config.dtype
+        for name in ("query", "key", "value"):
+            setattr(self, name, _param(rngs, _xavier(0, (1, 2)), (D, A, Q), ("embed", "heads", "kv"), config))
+            bias = _param(rngs, _zeros, (A, Q), ("heads", "kv"), config) if config.qkv_bias else None
+            setattr(self, f"{name}_bias", bias)
+        self.out = _param(rngs, _xavier((0, 1), 2), (A, Q, D), ("heads", "kv", "embed"), config)
+        self.out_bias = _param(rngs, _zeros, (D,), ("embed",), config)
+        self.q_norm = Norm(Q, "kv", config, rngs=rngs) if qk_norm else None
+        self.k_norm = Norm(Q, "kv", config, rngs=rngs) if qk_norm else None
+
+    def project(self, x: jax.Array, name: str) -> jax.Array:
+        y = jnp.einsum("BND,DAQ->BNAQ", x, _get(getattr(self, name), self.dtype))
+        bias = _get(getattr(self, f"{name}_bias"), self.dtype)
+        return y if bias is None else y + bias
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, with_stats: bool = False):
+        """x [B, N, D] attends over context [B, T, D] (default: x itself) -> ([B, N, D], stats)."""
+        context = x if context is None else context
+        q, k, v = self.project(x, "query"), self.project(context, "key"), self.project(context, "value")
+        y, stats = attend(q, k, v, q_norm=self.q_norm, k_norm=self.k_norm, with_stats=with_stats)
+        y = jnp.einsum("BNAQ,AQD->BND", y, _get(self.out, self.dtype))
+        return y + _get(self.out_bias, self.dtype), stats
+
+
+class Mlp(nnx.Module):
+    """Dense MLP: "BND,DH->BNH", gelu, "BNH,HD->BND". Returns (y [B, N, D], {}) like every layer MLP."""
+
+    def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
+        D, H = config.width, config.mlp_dim
+        self.dtype = config.dtype
+        self.wi = _param(rngs, _xavier(0, 1), (D, H), ("embed", "mlp"), config)
+        self.bi = _param(rngs, _zeros, (H,), ("mlp",), config) if config.mlp_bias else None
+        self.wo = _param(rngs, _xavier(0, 1), (H, D), ("mlp", "embed"), config)
+        self.bo = _param(rngs, _zeros, (D,), ("embed",), config) if config.mlp_bias else None
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
+        h = jnp.einsum("BND,DH->BNH", x, _get(self.wi, self.dtype))
+        h = jax.nn.gelu(h if self.bi is None else h + _get(self.bi, self.dtype))
+        y = jnp.einsum("BNH,HD->BND", h, _get(self.wo, self.dtype))
+        return (y if self.bo is None else y + _get(self.bo, self.dtype)), {}
+
+
+def make_mlp(config: VitConfig, layer_index: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The one place where a layer's MLP is chosen: a dense :class:`Mlp`, or, at the layers of
+    :func:`moe_layers`, the routing issue's ``sparse_experts.routing.MoeMlp.from_vit_config(config,
+    layer_index, rngs=rngs)``. Either is called as ``mlp(x[B, N, D], train=..., **overrides)`` and returns
+    ``(y[B, N, D], record)``. (A dense MLP in a parallel block is fused into the block instead.)
+    """
+    if layer_index not in moe_layers(config):
+        return Mlp(config, rngs=rngs)
+    try:
+        routing = importlib.import_module("sparse_experts.routing")
+    except ModuleNotFoundError as error:
+        if error.name != "sparse_experts.routing":
+            raise
+        routing = None
+    if not hasattr(routing, "MoeMlp"):
+        raise NotImplementedError(
+            f"MoE layers arrive with the routing issue: config.moe places an MoE MLP at layer {layer_index}, "
+            "but sparse_experts.routing.MoeMlp does not exist yet; use moe=None for a dense ViT"
+        )
+    return routing.MoeMlp.from_vit_config(config, layer_index, rngs=rngs)
+
+
+class EncoderBlock(nnx.Module):
+    """Sequential (original ViT) block: x + attn(norm1(x)), then x + mlp(norm2(x)). [B, N, D] -> [B, N, D]."""
+
+    def __init__(self, config: VitConfig, layer_index: int, *, rngs: nnx.Rngs):
+        self.norm1 = Norm(config.width, "embed", config, rngs=rngs)
+        self.attn = Attention(config, qk_norm=config.qk_norm, rngs=rngs)
+        self.norm2 = Norm(config.width, "embed", config, rngs=rngs)
+        self.mlp = make_mlp(config, layer_index, rngs=rngs)
+
+    def __call__(self, x, *, train=False, with_stats=False, moe_overrides=None):
+        """-> (x [B, N, D], attention stats, MLP record)."""
+        y, stats = self.attn(self.norm1(x), with_stats=with_stats)
+        x = x + y
+        y, record = self.mlp(self.norm2(x), train=train, **(moe_overrides or {}))
+        return x + y, stats, record
+
+
+class ParallelBlock(nnx.Module):
+    """ViT-22B block: h = norm(x); x + attn(h) + mlp(h).
+
+    Dense layers fuse the projections: "BND,DF->BNF" with F = 3D + H gives [q | k | v | mlp hidden]; after
+    attention and gelu, [attention heads | mlp hidden] ("BNF,FD->BND", F = D + H) gives the sum of both
+    branches. At an MoE layer only q/k/v are fused (F = 3D), and the MoE MLP (from :func:`make_mlp`) runs
+    beside attention on the same h.
+    """
+
+    def __init__(self, config: VitConfig, layer_index: int, *, rngs: nnx.Rngs):
+        D, H, A, Q = config.width, config.mlp_dim, config.num_heads, config.head_width
+        self.dtype, self.num_heads = config.dtype, A
+        self.norm = Norm(D, "embed", config, rngs=rngs)
+        self.mlp = make_mlp(config, layer_index, rngs=rngs) if layer_index in moe_layers(config) else None
+        hidden = 0 if self.mlp is not None else H  # the fused MLP width
+        self.in_kernel = _param(rngs, _xavier(0, 1), (D, 3 * D + hidden), ("embed", "fused"), config)
+        self.qkv_bias = (
+            _param(rngs, _zeros, (3, A, Q), (None, "heads", "kv"), config) if config.qkv_bias else None
+        )
+        self.mlp_bias = _param(rngs, _zeros, (H,), ("mlp",), config) if config.mlp_bias and hidden else None
+        self.out_kernel = _param(rngs, _xavier(0, 1), (D + hidden, D), ("fused", "embed"), config)
+        self.out_bias = _param(rngs, _zeros, (D,), ("embed",), config) if config.mlp_bias else None
+        self.q_norm = Norm(Q, "kv", config, rngs=rngs) if config.qk_norm else None
+        self.k_norm = Norm(Q, "kv", config, rngs=rngs) if config.qk_norm else None
+
+    def __call__(self, x, *, train=False, with_stats=False, moe_overrides=None):
+        """-> (x [B, N, D], attention stats, MLP record)."""
+        B, N, D = x.shape
+        h = self.norm(x)
+        fused = jnp.einsum("BND,DF->BNF", h, _get(self.in_kernel, self.dtype))
+        qkv = fused[..., : 3 * D].reshape(B, N, 3, self.num_heads, D // self.num_heads)
+        if self.qkv_bias is not None:
+            qkv = qkv + _get(self.qkv_bias, self.dtype)
+        heads, stats = attend(
+            *jnp.unstack(qkv, axis=2), q_norm=self.q_norm, k_norm=self.k_norm, with_stats=with_stats
+        )
+        branches = [heads.reshape(B, N, D)]
+        if self.mlp is None:
+            hidden = fused[..., 3 * D :]
+            hidden = hidden if self.mlp_bias is None else hidden + _get(self.mlp_bias, self.dtype)
+            branches.append(jax.nn.gelu(hidden))
+        y = jnp.einsum("BNF,FD->BND", jnp.concatenate(branches, axis=-1), _get(self.out_kernel, self.dtype))
+        if self.out_bias is not None:
+            y = y + _get(self.out_bias, self.dtype)
+        record = {}
+        if self.mlp is not None:
+            moe_y, record = self.mlp(h, train=train, **(moe_overrides or {}))
+            y = y + moe_y
+        return x + y, stats, record
+
+
+class Encoder(nnx.Module):
+    """L blocks then a final norm: [B, N, D] -> ([B, N, D], stats). Blocks live in an nnx.List, or, with
+    scan_layers, as one block whose parameters are stacked on a leading "layers" axis (nnx.vmap to create,
+    nnx.scan to apply)."""
+
+    def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
+        block = ParallelBlock if config.parallel_block else EncoderBlock
+        self.scan, self.remat, self.depth = config.scan_layers, config.remat, config.depth
+        if config.scan_layers:  # identical layers (no MoE), so one layer index fits all
+
+            @nnx.split_rngs(splits=config.depth)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def create(rngs: nnx.Rngs):
+                return block(config, 0, rngs=rngs)
+
+            self.blocks = create(rngs)
+        else:
+            self.blocks = nnx.List([block(config, i, rngs=rngs) for i in range(config.depth)])
+        self.norm = Norm(config.width, "embed", config, rngs=rngs)
+
+    def __call__(self, x, *, train=False, with_stats=False, moe_overrides=None):
+        def apply(block, x):
+            return block(x, train=train, with_stats=with_stats, moe_overrides=moe_overrides)
+
+        apply = nnx.remat(apply) if self.remat else apply
+        if self.scan:
+
+            def body(x, block):
+                x, stats, _ = apply(block, x)
+                return x, stats
+
+            scan = nnx.scan(
+                body,
+                in_axes=(nnx.Carry, 0),
+                out_axes=(nnx.Carry, 0),
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )
+            x, stats = scan(x, self.blocks)
+            records = {}
+        else:
+            per_layer, records = [], {}
+            for i, block in enumerate(self.blocks):
+                x, layer_stats, record = apply(block, x)
+                per_layer.append(layer_stats)
+                if record:
+                    records[i] = record
+            stats = jax.tree.map(lambda *s: jnp.stack(s), *per_layer)
+        stats = {**stats, "moe": records} if with_stats else {}
+        return self.norm(x), stats
+
+
+def sincos2d(side: int, width: int) -> jax.Array:
+    """Fixed 2-D sine-cosine position embeddings [side**2, width] (width divisible by 4)."""
+    omega = 1.0 / 10_000 ** (jnp.arange(width // 4) / (width // 4 - 1 or 1))
+    y, x = jnp.meshgrid(jnp.arange(side), jnp.arange(side), indexing="ij")
+    y, x = y.reshape(-1, 1) * omega, x.reshape(-1, 1) * omega
+    return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+
+
+class MapHead(nnx.Module):
+    """Multihead attention pooling: a learned probe [D] attends over x [B, N, D]; then y + mlp(norm(y)).
+    -> [B, D]. Uses the config's bias and norm flags; no QK-norm."""
+
+    def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
+        self.probe = _param(
+            rngs, nnx.initializers.xavier_uniform(), (1, 1, config.width), (None, None, "embed"), config
+        )
+        self.attn = Attention(config, qk_norm=False, rngs=rngs)
+        self.norm = Norm(config.width, "embed", config, rngs=rngs)
+        self.mlp = Mlp(config, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        probe = jnp.broadcast_to(self.probe[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+        y, _ = self.attn(probe, x)
+        y = y + self.mlp(self.norm(y))[0]
+        return y[:, 0]
+
+
+class ViT(nnx.Module):
+    """Vision Transformer: patches, position embeddings, encoder, pooling, head.
+
+    ``model(images[B, image_size, image_size, channels])`` -> logits [B, Y] in float32 (pooled features
+    [B, D] when num_classes == 0); with ``return_stats=True`` -> (logits, stats), where stats holds
+    "attn_max_logit" [L] and "attn_entropy" [L] (float32) and "moe" {layer index: MoE record}, all from the
+    same forward pass. ``moe_overrides`` (e.g. k, capacity_factor) is passed to every MoE layer's call.
+    """
+
+    def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
+        D, p, C = config.width, config.patch_size, config.channels
+        self.config = config
+        self.patch_kernel = _param(
+            rngs,
+            nnx.initializers.lecun_normal((0, 1, 2), 3),
+            (p, p, C, D),
+            (None, None, None, "embed"),
+            config,
+        )
+        self.patch_bias = _param(rngs, _zeros, (D,), ("embed",), config)
+        self.cls = (
+            _param(rngs, _zeros, (1, 1, D), (None, None, "embed"), config) if config.pool == "cls" else None
+        )
+        learned = config.posemb == "learn"
+        init = nnx.initializers.normal(0.02)
+        self.posemb = _param(rngs, init, (config.num_tokens, D), (None, "embed"), config) if learned else None
+        self.encoder = Encoder(config, rngs=rngs)
+        self.map_head = MapHead(config, rngs=rngs) if config.pool == "map" else None
+        Y, init = config.num_classes, (_zeros if config.head_zero_init else _xavier(0, 1))
+        self.head = _param(rngs, init, (D, Y), ("embed", "classes"), config) if Y else None
+        self.head_bias = _param(rngs, _zeros, (Y,), ("classes",), config) if Y else None
+
+    def embed(self, images: jax.Array) -> jax.Array:
+        """images [B, S, S, C] -> tokens [B, N, D]: patches ("BPX,XD->BPD"), class token, positions."""
+        cfg = self.config
+        expected = (cfg.image_size, cfg.image_size, cfg.channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"images have shape {images.shape}; expected [B, {', '.join(map(str, expected))}]"
+            )
+        B, S, p = images.shape[0], cfg.image_size, cfg.patch_size
+        patches = images.astype(cfg.dtype).reshape(B, S // p, p, S // p, p, cfg.channels)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(B, cfg.num_patches, -1)
+        kernel = _get(self.patch_kernel, cfg.dtype).reshape(-1, cfg.width)
+        x = jnp.einsum("BPX,XD->BPD", patches, kernel) + _get(self.patch_bias, cfg.dtype)
+        if self.cls is not None:
+            x = jnp.concatenate([jnp.broadcast_to(_get(self.cls, cfg.dtype), (B, 1, cfg.width)), x], axis=1)
+        if self.posemb is not None:
+            return x + _get(self.posemb, cfg.dtype)
+        fixed = sincos2d(S // p, cfg.width)
+        fixed = jnp.pad(fixed, ((1, 0), (0, 0))) if self.cls is not None else fixed
+        return x + fixed.astype(cfg.dtype)
+
+    def encode(self, images, *, train=False, return_stats=False, moe_overrides=None):
+        """images [B, S, S, C] -> pooled features [B, D] (and stats when return_stats)."""
+        x, stats = self.encoder(
+            self.embed(images), train=train, with_stats=return_stats, moe_overrides=moe_overrides
+        )
+        if self.config.pool == "cls":
+            pooled = x[:, 0]
+        elif self.config.pool == "gap":
+            pooled = jnp.mean(x, axis=1)
+        else:
+            pooled = self.map_head(x)
+        return (pooled, stats) if return_stats else pooled
+
+    def __call__(self, images, *, train=False, return_stats=False, moe_overrides=None):
+        if moe_overrides and self.config.moe is None:
+            raise ValueError(f"moe_overrides={moe_overrides!r} given, but this model has no MoE layers")
+        pooled = self.encode(images, train=train, return_stats=return_stats, moe_overrides=moe_overrides)
+        pooled, stats = pooled if return_stats else (pooled, None)
+        out = pooled
+        if self.head is not None:
+            out = jnp.einsum("BD,DY->BY", pooled, _get(self.head, self.config.dtype))
+            out = out + _get(self.head_bias, self.config.dtype)
+        out = out.astype(jnp.float32)
+        return (out, stats) if return_stats else out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sizing on paper.
+# ---------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def param_count(config: VitConfig, *, active: bool = False) -> int:
+    """Total parameters, by abstract initialisation (nnx.eval_shape: nothing is allocated; 22B/14 in ~0.1 s).
+
+    ``active=True`` (parameters used per token) is the routing issue's business; for a dense ViT it equals
+    the total.
+    """
+    if active and config.moe is not None:
+        raise NotImplementedError("param_count(active=True) for MoE configs arrives with the routing issue")
+    if config.moe is None:  # identical layers: the scanned twin has the same parameters, traces 1 block not L
+        config = dataclasses.replace(config, scan_layers=True)
+    model = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def flops_per_image(config: VitConfig, *, capacity_factor: float | None = None) -> float:
+    """Forward FLOPs per image, analytic, matmuls only (2 x multiply-adds; norms, softmax, gelu, biases and
+    the class-token/position additions are left out).
+
+    Per layer: q/k/v 3ND^2, scores and weighted values 2N^2D, output ND^2, MLP 2NDH; plus the patch
+    embedding PXD, the MAP head (2ND^2 for its keys and values, 2ND for one query's attention, 2D^2 + 2DH)
+    and the head DY. The parallel block's fused matmuls do the same work.
+    """
+    if config.moe is not None or capacity_factor is not None:
+        raise NotImplementedError("flops_per_image for MoE configs arrives with the routing issue")
+    D, H, L, N, P = config.width, config.mlp_dim, config.depth, config.num_tokens, config.num_patches
+    macs = P * config.patch_size**2 * config.channels * D
+    macs += L * (4 * N * D * D + 2 * N * N * D + 2 * N * D * H)
+    if config.pool == "map":
+        macs += 2 * N * D * D + 2 * N * D + 2 * D * D + 2 * D * H
+    macs += D * config.num_classes
+    return 2.0 * macs
