@@ -6,7 +6,12 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-from sparse_experts import offline
+from sparse_experts import offline, presets
+
+# Compile without XLA backend optimisation, as the smoke preset does: about 3x faster compiles on CPU. Set
+# before anything imports jax; subprocesses and notebook kernels inherit it.
+if presets.PRESET_XLA_FLAGS["smoke"] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {presets.PRESET_XLA_FLAGS['smoke']}".strip()
 
 # Nothing downloads in tests: every non-loopback connection fails, here and in every process the tests
 # start (papermill kernels, subprocesses) through the sitecustomize on PYTHONPATH.

@@ -37,6 +37,12 @@ PRESET_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
 )
 
 
+# Process settings the runner gives a notebook's kernel under each preset. Under smoke, XLA compiles without
+# backend optimisation: about 3x faster compiles on CPU, slower steps (smoke checks that code runs, and its
+# timings mean nothing).
+PRESET_XLA_FLAGS: Mapping[str, str] = MappingProxyType({"smoke": "--xla_backend_optimization_level=0"})
+
+
 class ParameterError(ValueError):
     """A notebook knob has a value outside what is allowed. The message names knob, value and allowed."""
 

@@ -202,8 +202,11 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
     staging.mkdir(parents=True)
     executed = staging / f"{nb.name}.ipynb"
     figures = staging / f"{nb.name}.json"
-    previous_env = os.environ.get(OUTPUT_DIR_ENV)
+    previous_env = {name: os.environ.get(name) for name in (OUTPUT_DIR_ENV, "XLA_FLAGS")}
     os.environ[OUTPUT_DIR_ENV] = str(staging)
+    extra_flags = presets.PRESET_XLA_FLAGS.get(preset)
+    if extra_flags and extra_flags not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra_flags}".strip()
     started = time.perf_counter()
     record: dict[str, Any] = {
         "notebook": nb.name,
@@ -240,10 +243,11 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
         if isinstance(err, KeyboardInterrupt):
             raise
     finally:
-        if previous_env is None:
-            os.environ.pop(OUTPUT_DIR_ENV, None)
-        else:
-            os.environ[OUTPUT_DIR_ENV] = previous_env
+        for name, value in previous_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     record["wall_time_s"] = round(time.perf_counter() - started, 2)
     record["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if record.get("status") == "failed":
