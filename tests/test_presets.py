@@ -104,3 +104,33 @@ def test_accelerator_presets_dry_run_catalog_datasets(preset, tmp_path):
         features = tfds.builder(name, data_dir=str(tmp_path)).info.features
         assert features["image"].shape[-1] == 3, (name, features["image"].shape)
         assert features["label"].num_classes >= 2, name
+
+
+@pytest.mark.parametrize("preset", ["gpu", "tpu"])
+def test_recipe_notebook_dry_run_fits_the_accelerator(preset, tmp_path):
+    """01 under gpu/tpu: model shapes by abstract evaluation and the LR sweep's memory against the device."""
+    import jax
+    import jax.numpy as jnp
+    import tensorflow_datasets as tfds
+    from flax import nnx
+
+    from sparse_experts import models, sharding
+
+    p = presets.resolve("01_vit22b_recipe", preset=preset)
+    budget = presets.PRESET_DEVICES[preset]
+    features = tfds.builder(p.dataset, data_dir=str(tmp_path)).info.features
+    config = models.vit_config(p.model, image_size=p.image_size, num_classes=features["label"].num_classes)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: models.ViT(config, rngs=nnx.Rngs(0))))
+    images = jax.ShapeDtypeStruct((p.batch_size, p.image_size, p.image_size, 3), jnp.float32)
+    logits, stats = jax.eval_shape(
+        lambda s, x: nnx.merge(graphdef, s)(x, return_stats=True), state, images
+    )
+    assert logits.shape == (p.batch_size, features["label"].num_classes)
+    assert stats["attn_max_logit"].shape == (config.depth,)
+    plan = sharding.memory_plan(config, {"data": budget["devices"]}, p.batch_size).per_device_bytes()
+    copies = len(p.learning_rates)  # the sweep trains one copy per learning rate side by side
+    sweep_bytes = copies * plan["total"]
+    assert sweep_bytes < budget["memory_gib"] * 2**30, (
+        f"{preset}: the LR sweep needs {sweep_bytes / 2**30:.1f} GiB per device, "
+        f"more than {budget['memory_gib']} GiB"
+    )

@@ -125,3 +125,12 @@ def test_lr_sweep_records_divergence():
     assert sweep.diverged().all() and np.all(np.isinf(sweep.final_loss()))
     with pytest.raises(ValueError, match="learning_rates"):
         train.lr_sweep(models.ViT(CONFIG, rngs=nnx.Rngs(0)), [0.1, -1.0], _batches(), 2, config)
+
+
+def test_lr_sensitivity_by_hand():
+    loss = np.array([[3.0, 1.0], [2.0, 0.5], [np.nan, np.nan], [9.0, 8.0]])  # R=4 rates, T=2 steps
+    empty = np.zeros((4, 2, 1))
+    result = train.SweepResult(np.array([1e-3, 1e-2, 1e-1, 1.0]), loss, loss * 0, empty, empty, seconds=0.0)
+    np.testing.assert_allclose(result.final_loss(last=1), [1.0, 0.5, np.inf, 8.0])
+    # finals capped at the initial loss 2.0: [1.0, 0.5, 2.0, 2.0]; best 0.5 -> mean(0.5, 0, 1.5, 1.5) = 0.875
+    assert result.lr_sensitivity(initial_loss=2.0, last=1) == pytest.approx(0.875)

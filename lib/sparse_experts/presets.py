@@ -43,6 +43,16 @@ PRESET_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
 PRESET_XLA_FLAGS: Mapping[str, str] = MappingProxyType({"smoke": "--xla_backend_optimization_level=0"})
 
 
+# What the accelerator presets assume about the machine; the tests dry-run each gpu/tpu preset against it
+# (shapes by abstract evaluation, memory per device from sharding.memory_plan).
+PRESET_DEVICES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "gpu": {"devices": 1, "memory_gib": 80, "example": "one A100/H100 80 GB"},
+        "tpu": {"devices": 8, "memory_gib": 16, "example": "a v4-8 or v5e-8 slice"},
+    }
+)
+
+
 class ParameterError(ValueError):
     """A notebook knob has a value outside what is allowed. The message names knob, value and allowed."""
 
@@ -239,9 +249,9 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
 _SWEEP_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 PRESET_VALUES["01_vit22b_recipe"] = {
     "smoke": dict(
-        dataset="shapes_upstream_small",
-        image_size=32,
-        model="mu/8",
+        dataset="digits",
+        image_size=8,
+        model="mu/2",
         batch_size=16,
         learning_rates=(1e-3, 1e-2, 1e-1, 3e-1, 1.0),
         sweep_steps=12,
@@ -249,14 +259,17 @@ PRESET_VALUES["01_vit22b_recipe"] = {
         plan_devices=1024,
         plan_model_axis=8,
     ),
+    # digits learns within a few hundred steps on 2 cores, so the loss against learning rate is informative;
+    # on the shapes upstream set a micro ViT is still near chance after 200 steps (measured: loss 3.8-4.1
+    # against ln 60 = 4.09), which leaves nothing to compare.
     "cpu": dict(
-        dataset="shapes_upstream",
-        image_size=32,
-        model="mu/4",
-        batch_size=32,
+        dataset="digits",
+        image_size=8,
+        model="mu/2",
+        batch_size=64,
         learning_rates=_SWEEP_RATES,
-        sweep_steps=200,
-        compare_steps=200,
+        sweep_steps=300,
+        compare_steps=300,
         plan_devices=1024,
         plan_model_axis=8,
     ),

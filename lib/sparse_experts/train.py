@@ -262,6 +262,15 @@ class SweepResult:
         tail = self.loss[:, -last:].mean(axis=1)
         return np.where(self.diverged(), np.inf, tail)
 
+    def lr_sensitivity(self, initial_loss: float, last: int = 10) -> float:
+        """Wortsman et al. (2023): the mean over rates of min(final loss, initial loss) - best final loss.
+
+        0 when every rate does as well as the best; a diverged rate counts as the initial loss. Lower means
+        a wider range of learning rates trains well.
+        """
+        final = np.minimum(self.final_loss(last), initial_loss)
+        return float(np.mean(final - final.min()))
+
     def max_logit(self) -> np.ndarray:
         """[R] the largest attention logit seen in any layer at any step (finite steps only)."""
         values = np.where(np.isfinite(self.attn_max_logit), self.attn_max_logit, -np.inf)
