@@ -16,6 +16,7 @@ help:
 	@echo "make run [PRESET=smoke|cpu|gpu|tpu] [ONLY=02] [OFFLINE=1]  execute notebooks -> outputs/<preset>/"
 	@echo "make test                                                  pytest, incl. every notebook under smoke"
 	@echo "make lab                                                   JupyterLab on 127.0.0.1 with the venv kernel"
+	@echo "make bench                                                 benchmark scripts -> outputs/benchmarks/"
 	@echo "make setup | lint | format | strip | lock"
 
 setup: $(STAMP)
@@ -34,6 +35,11 @@ test: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks
+
+bench: setup
+	@scripts=$$(ls benchmarks/*.py 2>/dev/null); \
+	if [ -z "$$scripts" ]; then echo "no benchmark scripts in benchmarks/ yet"; fi; \
+	for script in $$scripts; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check lib tests benchmarks

@@ -131,6 +131,6 @@ def sweep_final_loss(results: dict, title: str = "Final training loss against le
                 name=f"{name}: diverged",
             )
     fig.update_xaxes(type="log", title_text="peak learning rate")
-    fig.update_yaxes(title_text="training loss (mean of the last 10 steps)")
+    fig.update_yaxes(type="log", title_text="training loss (mean of the last 10 steps)")
     fig.update_layout(title=title, height=420, width=760)
     return fig
