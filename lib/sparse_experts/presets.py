@@ -48,7 +48,7 @@ PRESET_XLA_FLAGS: Mapping[str, str] = MappingProxyType({"smoke": "--xla_backend_
 PRESET_DEVICES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "gpu": {"devices": 1, "memory_gib": 80, "example": "one A100/H100 80 GB"},
-        "tpu": {"devices": 8, "memory_gib": 16, "example": "a v4-8 or v5e-8 slice"},
+        "tpu": {"devices": 4, "memory_gib": 32, "example": "a TPU v4-8 slice (4 chips of 32 GiB)"},
     }
 )
 
@@ -214,6 +214,7 @@ NOTEBOOK_KNOBS: dict[str, dict[str, Knob]] = {
 
 _EMBEDDED_DOWNSTREAM = (
     "shapes_novel",
+    "shapes_finegrained",
     "shapes_texture",
     "shapes_count",
     "shapes_position",
@@ -287,8 +288,8 @@ PRESET_VALUES["01_vit22b_recipe"] = {
     "tpu": dict(
         dataset="imagenet2012",
         image_size=224,
-        model="B/16",
-        batch_size=1024,
+        model="S/16",
+        batch_size=128,
         learning_rates=_SWEEP_RATES,
         sweep_steps=5000,
         compare_steps=5000,

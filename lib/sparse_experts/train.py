@@ -167,6 +167,16 @@ def evaluate(model, batches: Iterable[dict]) -> dict[str, float]:
     return {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
 
 
+def _steps(batches: Iterable[dict], num_steps: int) -> Iterator[tuple[int, dict]]:
+    """(step, batch) for ``num_steps`` steps; an iterator that runs out early is an error, not a short run."""
+    iterator = iter(batches)
+    for step in range(num_steps):
+        try:
+            yield step, next(iterator)
+        except StopIteration:
+            raise ValueError(f"the batch iterator ran out after {step} of {num_steps} steps") from None
+
+
 @dataclass
 class History:
     """What a training run did: per-step metrics (floats), timing, and whether and where it diverged."""
@@ -209,15 +219,10 @@ def train(
         raise ValueError(f"num_steps={num_steps!r} must be a non-negative integer")
     step_fn = step_fn or train_step
     history = History()
-    iterator: Iterator[dict] = iter(batches)
     started = time.perf_counter()
     bar = tqdm(total=num_steps, desc=description, disable=not progress, leave=False)
     try:
-        for step in range(num_steps):
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                raise ValueError(f"the batch iterator ran out after {step} of {num_steps} steps") from None
+        for step, batch in _steps(batches, num_steps):
             t0 = time.perf_counter()
             out = step_fn(model, optimizer, batch, config.label_smoothing)
             metrics = {k: float(v) for k, v in out.items()}
@@ -333,15 +338,10 @@ def lr_sweep(
     ps = jax.tree.map(lambda x: jnp.broadcast_to(x, (R, *x.shape)), params)
     opt_states = jax.vmap(adam.init)(ps)
     logs = []
-    iterator = iter(batches)
     started = time.perf_counter()
     bar = tqdm(total=num_steps, desc=description, disable=not progress, leave=False)
     try:
-        for step in range(num_steps):
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                raise ValueError(f"the batch iterator ran out after {step} of {num_steps} steps") from None
+        for step, batch in _steps(batches, num_steps):
             ps, opt_states, out = step_all(ps, opt_states, step, batch)
             logs.append(jax.device_get(out))
             bar.update(1)

@@ -323,7 +323,8 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
             links.append(f'<a href="{name}.failed.ipynb">failed run</a>')
         note = " (last good output kept)" if state == "failed" and figures_file.exists() else ""
         rows.append(
-            f'<tr class="{state.replace(" ", "-")}"><td>{html.escape(name)}</td><td>{state}{note}'
+            f'<tr class="{state.replace(" ", "-")}"><td>{html.escape(name)}'
+            f"<div class=q>{html.escape(NOTEBOOK_QUESTIONS.get(name, ''))}</div></td><td>{state}{note}"
             f"<div class=err>{error}</div></td><td>{seconds}</td><td>{headline}</td><td>{commit}</td>"
             f"<td>{' '.join(links)}</td></tr>"
         )
@@ -332,7 +333,8 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
 <style>body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top;text-align:left}}
 tr.ok td:nth-child(2){{color:#17702a}} tr.failed td:nth-child(2){{color:#b00020}}
-.err{{font-family:monospace;font-size:.85em;white-space:pre-wrap;max-width:40em}}</style></head>
+.err{{font-family:monospace;font-size:.85em;white-space:pre-wrap;max-width:40em}}
+.q{{color:#555;font-size:.85em;max-width:22em}}</style></head>
 <body><h1>Sparse Experts Workbook: preset <code>{html.escape(preset)}</code></h1>
 <p>{html.escape(presets.PRESET_DESCRIPTIONS.get(preset, ""))}. Updated
 {_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}.</p>
@@ -349,6 +351,10 @@ tr.ok td:nth-child(2){{color:#17702a}} tr.failed td:nth-child(2){{color:#b00020}
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
