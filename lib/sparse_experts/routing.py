@@ -1,0 +1,419 @@
+"""Routing primitives for sparse mixtures of experts: who goes where, and how tokens travel there and back.
+
+Shape letters (../../shared/DESIGN.md): G routing groups (any number of leading dims, each routed
+independently), S tokens per group, E experts, K choices per token, C capacity (slots per expert, an integer),
+D width. "Capacity factor" is the ratio; C is always the integer from :func:`capacity`.
+
+Two kinds of routers, two records:
+
+- Token choice (V-MoE, Riquelme et al. 2021): :func:`top_k_routing` gives an :class:`Assignment`: for
+  every token and choice, the expert it asked for, the slot it got in that expert's buffer, and the weight
+  with which the expert's output comes back. A choice is *kept* iff ``slot < capacity``; a dropped choice
+  keeps its expert, has ``slot == capacity`` and weight 0.
+- Expert choice (Zhou et al. 2022): :func:`expert_choice_routing` gives an :class:`ExpertChoice`: for every
+  expert and slot, the token it took and the weight.
+
+:func:`dispatch` moves tokens ``x[..., S, D]`` into expert buffers ``[..., E, C, D]`` and :func:`combine`
+brings the expert outputs back to ``[..., S, D]``, for either record, with one of two backends that agree to
+float tolerance (values and gradients):
+
+- ``"einsum"``: the readable reference, as V-MoE and GShard write it: a one-hot dispatch tensor
+  ``[..., S, E, C]`` and ``einsum("...SEC,...SD->...ECD")`` in, a combine tensor (the dispatch tensor times
+  the weights) and ``einsum("...SEC,...ECD->...SD")`` out. Memory and time grow as S x E x C.
+- ``"indices"``: scatter/gather by (expert, slot) index. Dropped choices point one past the end of the flat
+  ``[E * C]`` buffer and are read with ``mode="fill"`` / written with ``mode="drop"``, so they never touch
+  another token's row (JAX clamps out-of-range indices by default).
+
+Auxiliary losses (each a scalar averaged over groups): :func:`importance_loss`, :func:`load_loss` (V-MoE),
+:func:`switch_load_balancing_loss` (Switch/GShard) and :func:`router_z_loss` (ST-MoE). The squared
+coefficient of variation is written with the variance, so its gradient is finite at perfectly balanced
+routing (a std-based formula has a NaN gradient there).
+
+Validation: arguments that are Python numbers and array shapes are always checked; array *values* (NaN gates)
+only when the array is concrete, so every function works under ``jax.jit`` and ``jax.vmap``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtr
+
+Array = jax.Array
+
+# Default dispatch backend per platform (jax.default_backend()). Placeholder until benchmarks/routing.py
+# measures the backends and fills this table in; never chosen by timing at run time.
+DEFAULT_BACKEND = {"cpu": "indices", "gpu": "indices", "tpu": "einsum"}
+BACKENDS = ("einsum", "indices")
+
+
+class Assignment(NamedTuple):
+    """Token-choice routing: for each token s and choice k, ``expert[..., S, K]`` (int32) the expert asked
+    for, ``slot[..., S, K]`` (int32) its slot in that expert's buffer (``capacity`` when dropped) and
+    ``weight[..., S, K]`` the gate with which the expert's output is combined (0 when dropped)."""
+
+    expert: Array
+    slot: Array
+    weight: Array
+
+
+class ExpertChoice(NamedTuple):
+    """Expert-choice routing: for each expert e and slot c, ``token[..., E, C]`` (int32) the token it took
+    and ``weight[..., E, C]`` that token's gate for the expert."""
+
+    token: Array
+    weight: Array
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be a Python int, got {type(value).__name__} ({value!r})")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be at least 1")
+
+
+def _check_gates(gates, name: str = "gates") -> None:
+    if jnp.ndim(gates) < 2:
+        raise ValueError(
+            f"{name} must have shape [..., S, E] (at least 2 dims), got shape {jnp.shape(gates)}; "
+            "add a leading axis for a single token"
+        )
+    if _is_concrete(gates) and np.isnan(np.asarray(gates)).any():
+        raise ValueError(f"{name} contain NaN; check the router logits (learning rate, inputs)")
+
+
+def _resolve_backend(backend: str | None) -> str:
+    if backend is None:
+        return DEFAULT_BACKEND.get(jax.default_backend(), "indices")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; expected one of {BACKENDS} or None (the default)")
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------- capacity
+
+
+def capacity(
+    num_tokens: int, num_experts: int, k: int, capacity_factor: float, multiple_of: int | None = None
+) -> int:
+    """Slots per expert C = ceil(num_tokens * k * capacity_factor / num_experts), rounded up to a multiple of
+    ``multiple_of`` when given (V-MoE uses 4). Expert choice uses k=1.
+
+    >>> capacity(num_tokens=1024, num_experts=8, k=2, capacity_factor=1.25)
+    320
+    """
+    _check_positive_int("num_experts", num_experts)
+    _check_positive_int("k", k)
+    if not capacity_factor > 0:
+        raise ValueError(
+            f"capacity_factor={capacity_factor} must be > 0 (1.0 gives each expert its fair share)"
+        )
+    if multiple_of is not None:
+        _check_positive_int("multiple_of", multiple_of)
+    slots = math.ceil(num_tokens * k * capacity_factor / num_experts)
+    if multiple_of is not None:
+        slots = math.ceil(slots / multiple_of) * multiple_of
+    if slots < 1:
+        raise ValueError(
+            f"capacity for num_tokens={num_tokens}, num_experts={num_experts}, k={k}, "
+            f"capacity_factor={capacity_factor} is {slots}; need at least 1 slot (raise capacity_factor)"
+        )
+    return slots
+
+
+# ------------------------------------------------------------------------------------------------ routers
+
+
+def _slots_in_service_order(expert_served: Array, num_experts: int) -> Array:
+    """Slot of each choice given ``expert_served[..., K, S]`` already in service order (K-major, then the
+    token order of service): the number of earlier choices that asked for the same expert."""
+    *lead, num_choices, num_tokens = expert_served.shape
+    flat = expert_served.reshape(*lead, num_choices * num_tokens)
+    one_hot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32)  # [..., K*S, E]
+    position = jnp.cumsum(one_hot, axis=-2) - 1  # [..., K*S, E]
+    slot = jnp.sum(position * one_hot, axis=-1)  # [..., K*S]
+    return slot.reshape(*lead, num_choices, num_tokens)
+
+
+def top_k_routing(gates: Array, k: int, capacity: int, batch_priority: bool = False) -> Assignment:
+    """V-MoE top-k routing with a fixed capacity, optionally with Batch Prioritized Routing.
+
+    Args:
+      gates: ``[..., S, E]`` router probabilities (any leading group dims G...).
+      k: choices per token K, 1 <= K <= E.
+      capacity: slots per expert C >= 1 (see :func:`capacity`).
+      batch_priority: serve tokens in descending order of their top-1 gate (BPR) instead of position order.
+
+    Returns:
+      :class:`Assignment` with ``expert``, ``slot``, ``weight`` each ``[..., S, K]``.
+
+    Semantics: a token's K choices are its K largest gates in descending order (ties to the lower expert
+    index). Choices are served K-major (all first choices, then all second choices, ...); within a level in
+    position order, or with BPR in descending top-1 gate (ties keep position order). Each expert fills its
+    slots 0, 1, 2, ... in service order; a choice that finds its expert full is dropped, not re-routed.
+    Kept weights are the raw gates (not renormalised).
+    """
+    _check_gates(gates)
+    num_experts = gates.shape[-1]
+    _check_positive_int("k", k)
+    _check_positive_int("capacity", capacity)
+    if k > num_experts:
+        raise ValueError(f"k={k} exceeds num_experts={num_experts} (the last dim of gates); use k <= E")
+
+    top_gates, top_experts = jax.lax.top_k(gates, k)  # [..., S, K]; equal values keep the lower index first
+    top_experts = top_experts.astype(jnp.int32)
+    num_tokens = gates.shape[-2]
+    if batch_priority:
+        order = jnp.argsort(-top_gates[..., 0], axis=-1, stable=True)  # [..., S] tokens in service order
+    else:
+        order = jnp.broadcast_to(jnp.arange(num_tokens), top_gates.shape[:-1])
+    served = jnp.take_along_axis(top_experts, order[..., None], axis=-2)  # [..., S, K] in service order
+    slot_served = _slots_in_service_order(jnp.swapaxes(served, -1, -2), num_experts)  # [..., K, S]
+    inverse = jnp.argsort(order, axis=-1)  # position of each token in the service order
+    slot = jnp.take_along_axis(jnp.swapaxes(slot_served, -1, -2), inverse[..., None], axis=-2)  # [..., S, K]
+    kept = slot < capacity
+    return Assignment(
+        expert=top_experts,
+        slot=jnp.where(kept, slot, capacity).astype(jnp.int32),
+        weight=jnp.where(kept, top_gates, jnp.zeros_like(top_gates)),
+    )
+
+
+def expert_choice_routing(gates: Array, capacity: int) -> ExpertChoice:
+    """Expert choice routing (Zhou et al. 2022): each expert takes the ``capacity`` tokens with the largest
+    gates for it, in descending gate order (ties to the lower token index), weighted by those gates.
+
+    Args:
+      gates: ``[..., S, E]`` router probabilities.
+      capacity: tokens per expert C, 1 <= C <= S (use :func:`capacity` with k=1).
+
+    Returns:
+      :class:`ExpertChoice` with ``token`` and ``weight`` each ``[..., E, C]``.
+    """
+    _check_gates(gates)
+    _check_positive_int("capacity", capacity)
+    num_tokens = gates.shape[-2]
+    if capacity > num_tokens:
+        raise ValueError(
+            f"capacity={capacity} exceeds the {num_tokens} tokens per group (dim -2 of gates); "
+            "expert choice needs capacity <= S"
+        )
+    weight, token = jax.lax.top_k(jnp.swapaxes(gates, -1, -2), capacity)  # [..., E, C]
+    return ExpertChoice(token=token.astype(jnp.int32), weight=weight)
+
+
+# ---------------------------------------------------------------------------------------- dispatch/combine
+
+
+def _over_groups(fn: Callable, num_group_dims: int) -> Callable:
+    """``fn`` written for one group, mapped over ``num_group_dims`` leading dims of every argument."""
+    for _ in range(num_group_dims):
+        fn = jax.vmap(fn)
+    return fn
+
+
+def _check_routing(routing, num_experts: int, capacity: int) -> None:
+    _check_positive_int("num_experts", num_experts)
+    _check_positive_int("capacity", capacity)
+    if isinstance(routing, ExpertChoice):
+        if routing.token.shape[-2:] != (num_experts, capacity):
+            raise ValueError(
+                f"routing.token has shape {routing.token.shape}, expected [..., E={num_experts}, "
+                f"C={capacity}]; pass the num_experts and capacity the routing was made with"
+            )
+    elif not isinstance(routing, Assignment):
+        raise TypeError(f"routing must be an Assignment or an ExpertChoice, got {type(routing).__name__}")
+
+
+def assignment_tensors(assignment: Assignment, num_experts: int, capacity: int) -> tuple[Array, Array]:
+    """One-hot dispatch mask and combine weights, each ``[..., S, E, C]``, of a token-choice assignment.
+
+    ``dispatch[s, e, c] = 1`` iff a kept choice of token s holds slot c of expert e; ``combine`` is the same
+    tensor times that choice's weight. Dropped choices (slot == C) one-hot to all zeros.
+    """
+    expert_one_hot = jax.nn.one_hot(assignment.expert, num_experts, dtype=assignment.weight.dtype)
+    slot_one_hot = jax.nn.one_hot(assignment.slot, capacity, dtype=assignment.weight.dtype)  # [..., S, K, C]
+    dispatch_mask = jnp.einsum("...SKE,...SKC->...SEC", expert_one_hot, slot_one_hot)
+    combine_weights = jnp.einsum(
+        "...SK,...SKE,...SKC->...SEC", assignment.weight, expert_one_hot, slot_one_hot
+    )
+    return dispatch_mask, combine_weights
+
+
+def _flat_slot_index(assignment: Assignment, capacity: int, num_experts: int) -> Array:
+    """Index into the flat ``[E * C]`` buffer of each choice ``[..., S, K]``; E * C (out of range) when
+    dropped."""
+    kept = assignment.slot < capacity
+    return jnp.where(kept, assignment.expert * capacity + assignment.slot, num_experts * capacity)
+
+
+def _dispatch_indices_one_group(x: Array, flat_index: Array, num_buffer_rows: int) -> Array:
+    """x [S, D], flat_index [S, K] -> [E * C, D]: each buffer row gathers its token (zeros when empty)."""
+    num_tokens, num_choices = flat_index.shape
+    token_of_choice = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32)[:, None], flat_index.shape)
+    # Which token fills each buffer row; S (out of range) for empty rows. Dropped choices are dropped here.
+    source = jnp.full((num_buffer_rows,), num_tokens, dtype=jnp.int32)
+    source = source.at[flat_index.reshape(-1)].set(token_of_choice.reshape(-1), mode="drop")
+    return x.at[source].get(mode="fill", fill_value=0)
+
+
+def _combine_indices_one_group(y_flat: Array, flat_index: Array, weight: Array) -> Array:
+    """y_flat [E * C, D], flat_index [S, K], weight [S, K] -> [S, D]."""
+    picked = y_flat.at[flat_index].get(mode="fill", fill_value=0)  # [S, K, D]; dropped choices read zeros
+    return jnp.einsum("SK,SKD->SD", weight.astype(picked.dtype), picked)
+
+
+def dispatch(x: Array, routing, num_experts: int, capacity: int, backend: str | None = None) -> Array:
+    """Tokens ``x[..., S, D]`` into expert buffers ``[..., E, C, D]``; empty slots hold zeros.
+
+    ``routing`` is an :class:`Assignment` or an :class:`ExpertChoice`; ``backend`` is ``"einsum"``,
+    ``"indices"`` or None (``DEFAULT_BACKEND`` for this platform).
+    """
+    backend = _resolve_backend(backend)
+    _check_routing(routing, num_experts, capacity)
+    x = jnp.asarray(x)
+    if isinstance(routing, ExpertChoice):
+        if backend == "einsum":
+            token_one_hot = jax.nn.one_hot(routing.token, x.shape[-2], dtype=x.dtype)  # [..., E, C, S]
+            return jnp.einsum("...ECS,...SD->...ECD", token_one_hot, x)
+        return _over_groups(lambda xg, tg: xg[tg], x.ndim - 2)(x, routing.token)
+    if backend == "einsum":
+        dispatch_mask, _ = assignment_tensors(routing, num_experts, capacity)
+        return jnp.einsum("...SEC,...SD->...ECD", dispatch_mask.astype(x.dtype), x)
+    flat_index = _flat_slot_index(routing, capacity, num_experts)
+    one_group = lambda xg, ig: _dispatch_indices_one_group(xg, ig, num_experts * capacity)  # noqa: E731
+    buffers = _over_groups(one_group, x.ndim - 2)(x, flat_index)
+    return buffers.reshape(*x.shape[:-2], num_experts, capacity, x.shape[-1])
+
+
+def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | None = None) -> Array:
+    """Expert outputs ``y[..., E, C, D]`` back to tokens ``[..., S, D]``, weighted by the routing weights.
+
+    Tokens with no kept choice get zeros. For an :class:`Assignment`, S is ``routing.expert.shape[-2]``. An
+    :class:`ExpertChoice` does not record S (its ``token`` only says which tokens were taken), so pass
+    ``num_tokens=S`` with it.
+    """
+    backend = _resolve_backend(backend)
+    y = jnp.asarray(y)
+    num_experts, capacity = y.shape[-3], y.shape[-2]
+    _check_routing(routing, num_experts, capacity)
+    if isinstance(routing, ExpertChoice):
+        if num_tokens is None:
+            raise ValueError(
+                "num_tokens is required to combine an ExpertChoice routing (S, tokens per group)"
+            )
+        _check_positive_int("num_tokens", num_tokens)
+        weighted = routing.weight[..., None].astype(y.dtype) * y  # [..., E, C, D]
+        if backend == "einsum":
+            token_one_hot = jax.nn.one_hot(routing.token, num_tokens, dtype=y.dtype)  # [..., E, C, S]
+            return jnp.einsum("...ECS,...ECD->...SD", token_one_hot, weighted)
+
+        def one_group(weighted_g: Array, token_g: Array) -> Array:
+            out = jnp.zeros((num_tokens, y.shape[-1]), y.dtype)
+            return out.at[token_g.reshape(-1)].add(weighted_g.reshape(-1, y.shape[-1]))
+
+        return _over_groups(one_group, y.ndim - 3)(weighted, routing.token)
+    if num_tokens is not None and num_tokens != routing.expert.shape[-2]:
+        raise ValueError(
+            f"num_tokens={num_tokens} does not match routing.expert.shape[-2]={routing.expert.shape[-2]}"
+        )
+    if backend == "einsum":
+        _, combine_weights = assignment_tensors(routing, num_experts, capacity)
+        return jnp.einsum("...SEC,...ECD->...SD", combine_weights.astype(y.dtype), y)
+    flat_index = _flat_slot_index(routing, capacity, num_experts)
+    y_flat = y.reshape(*y.shape[:-3], num_experts * capacity, y.shape[-1])
+    return _over_groups(_combine_indices_one_group, y.ndim - 3)(y_flat, flat_index, routing.weight)
+
+
+# ------------------------------------------------------------------------------------------ auxiliary losses
+
+
+def _cv_squared(values: Array) -> Array:
+    """Squared coefficient of variation over the last axis, ``[..., E] -> [...]``: var / mean**2 (the
+    variance, not std**2 of a sqrt, so the gradient is finite when all values are equal)."""
+    mean = jnp.mean(values, axis=-1)
+    return jnp.var(values, axis=-1) / mean**2
+
+
+def importance_loss(gates: Array) -> Array:
+    """V-MoE importance loss: squared coefficient of variation over experts of the per-expert sum of gates
+    ``gates[..., S, E]`` over the S tokens of a group, averaged over groups. 0 when every expert gets the
+    same total gate."""
+    _check_gates(gates)
+    importance = jnp.sum(gates, axis=-2)  # [..., E]
+    return jnp.mean(_cv_squared(importance))
+
+
+def load_loss(clean_logits: Array, noisy_logits: Array, noise_std, k: int) -> Array:
+    """V-MoE load loss: how evenly experts would be *selected* under re-sampled router noise.
+
+    For each token and expert, the probability that the expert's clean logit plus fresh noise beats the
+    token's k-th largest noisy logit: ``Phi((clean - threshold) / noise_std)``; then the squared coefficient
+    of variation over experts of its mean over tokens, averaged over groups.
+
+    Args:
+      clean_logits: ``[..., S, E]`` router logits before noise.
+      noisy_logits: ``[..., S, E]`` the logits with the noise actually added (selection used these).
+      noise_std: std of the noise actually added (V-MoE's ``noise_std / E``). With 0 (no noise) the
+        probability is the hard indicator ``clean >= threshold`` and the loss has zero gradient.
+      k: choices per token K.
+    """
+    _check_gates(clean_logits, "clean_logits")
+    _check_gates(noisy_logits, "noisy_logits")
+    if clean_logits.shape != noisy_logits.shape:
+        raise ValueError(f"clean_logits {clean_logits.shape} and noisy_logits {noisy_logits.shape} differ")
+    _check_positive_int("k", k)
+    if k > clean_logits.shape[-1]:
+        raise ValueError(f"k={k} exceeds num_experts={clean_logits.shape[-1]} (the last dim of the logits)")
+    if _is_concrete(noise_std) and not np.all(np.asarray(noise_std) >= 0):
+        raise ValueError(f"noise_std={noise_std} must be >= 0")
+    threshold = jax.lax.top_k(noisy_logits, k)[0][..., -1:]  # [..., S, 1] k-th largest noisy logit
+    margin = clean_logits - threshold  # [..., S, E]
+    has_noise = noise_std > 0
+    safe_std = jnp.where(has_noise, noise_std, 1.0)
+    p_selected = jnp.where(has_noise, ndtr(margin / safe_std), (margin >= 0).astype(margin.dtype))
+    return jnp.mean(_cv_squared(jnp.mean(p_selected, axis=-2)))
+
+
+def switch_load_balancing_loss(gates: Array, experts) -> Array:
+    """Switch Transformer / GShard load-balancing loss: ``E * sum_e f_e * P_e`` averaged over groups, where
+    ``f_e`` is the fraction of token choices that asked for expert e (before capacity drops) and ``P_e`` the
+    mean gate of expert e over the S tokens. 1 at perfectly uniform routing.
+
+    Args:
+      gates: ``[..., S, E]`` router probabilities.
+      experts: an :class:`Assignment`, or expert indices ``[..., S]`` (top-1) or ``[..., S, K]``.
+    """
+    _check_gates(gates)
+    expert_index = experts.expert if isinstance(experts, Assignment) else jnp.asarray(experts)
+    if expert_index.ndim == gates.ndim - 1:
+        expert_index = expert_index[..., None]
+    if expert_index.shape[:-1] != gates.shape[:-1]:
+        raise ValueError(
+            f"experts has shape {expert_index.shape}, expected [..., S] or [..., S, K] for gates "
+            f"{gates.shape}"
+        )
+    num_experts = gates.shape[-1]
+    counts = jnp.sum(jax.nn.one_hot(expert_index, num_experts, dtype=gates.dtype), axis=(-3, -2))  # [..., E]
+    fraction = counts / (expert_index.shape[-2] * expert_index.shape[-1])
+    mean_gate = jnp.mean(gates, axis=-2)  # [..., E]
+    return jnp.mean(num_experts * jnp.sum(fraction * mean_gate, axis=-1))
+
+
+def router_z_loss(logits: Array) -> Array:
+    """ST-MoE router z-loss: mean over tokens (and groups) of ``logsumexp(logits[..., S, E])**2``; keeps
+    router logits small."""
+    _check_gates(logits, "logits")
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) ** 2)
