@@ -38,6 +38,7 @@ def test_capacity():
     assert routing.capacity(10, 4, 1, 1.0, multiple_of=4) == 4
     assert routing.capacity(16, 4, 1, 1.0, multiple_of=4) == 4
     assert routing.capacity(1, 8, 1, 0.5) == 1  # ceil(1/16)
+    assert routing.capacity(100, 10, 1, 1.1) == 11  # not 12: 100 * 1.1 / 10 is 11.000000000000002 in floats
 
 
 def test_top1_vanilla():
@@ -316,6 +317,82 @@ def test_jit_and_vmap_over_groups():
         np.testing.assert_array_equal(buffers, jax.jit(dispatch)(x, assignment))
 
 
+# ------------------------------------------------------------------------------------------------ dropless
+
+
+def test_dropless_by_hand():
+    # k=2 choices, token-major flat index t*K + k: experts (0, 1), (0, 1), (1, 2). Sorted by expert (stable):
+    # e0 gets choices 0, 2 (tokens 0, 1); e1 gets 1, 3, 4 (tokens 0, 1, 2); e2 gets 5 (token 2).
+    got = routing.dropless_routing(GATES, k=2)
+    np.testing.assert_array_equal(np.asarray(got.order), [0, 2, 1, 3, 4, 5])
+    np.testing.assert_array_equal(np.asarray(got.group_sizes), [2, 3, 1])
+    x = np.float32([[1.0], [10.0], [100.0]])
+    rows = routing.dropless_dispatch(x, got)
+    np.testing.assert_array_equal(np.asarray(rows)[:, 0], [1, 10, 1, 10, 100, 100])
+    # Identity experts, nothing dropped: t0 = (.6 + .3) * 1, t1 = (.8 + .1) * 10, t2 = (.5 + .3) * 100.
+    np.testing.assert_allclose(
+        np.asarray(routing.dropless_combine(rows, got))[:, 0], [0.9, 9.0, 80.0], rtol=1e-6
+    )
+
+
+def _dropless_vs_capacity_loss(x, gates, expert_weights, probe, k):
+    """The same MoE two ways: dropless with ragged_dot, and the capacity path with C = S (nothing dropped)."""
+    num_tokens, num_experts = gates.shape[-2:]
+    plan = routing.dropless_routing(gates, k)
+    rows = routing.dropless_dispatch(x, plan)  # [R, D]
+    dropless = routing.dropless_combine(
+        jnp.tanh(jax.lax.ragged_dot(rows, expert_weights, plan.group_sizes)), plan
+    )
+    assignment = routing.top_k_routing(gates, k, num_tokens)
+    buffers = routing.dispatch(x, assignment, num_experts, num_tokens)
+    y = jnp.tanh(jnp.einsum("GECD,EDF->GECF", buffers, expert_weights))
+    capacity_path = routing.combine(y, assignment)
+    return jnp.sum(dropless * probe), jnp.sum(capacity_path * probe)
+
+
+@functools.cache
+def _jit_dropless_vs_capacity(k: int):
+    def both(*args):
+        grads = [
+            jax.grad(lambda *a, i=i: _dropless_vs_capacity_loss(*a, k)[i], argnums=(0, 1, 2))(*args)
+            for i in (0, 1)
+        ]
+        return _dropless_vs_capacity_loss(*args, k), grads
+
+    return jax.jit(both)
+
+
+@given(st.sampled_from(BACKEND_BUCKETS), st.integers(0, 2**31 - 1))
+def test_dropless_equals_capacity_path_without_drops(shape, seed):
+    num_tokens, num_experts, k, _ = shape
+    width = 4
+    rng = np.random.default_rng(seed)
+    gates = jnp.asarray(_random_gates(seed, (GROUPS, num_tokens, num_experts)))
+    x = jnp.asarray(rng.normal(size=(GROUPS, num_tokens, width)), jnp.float32)
+    expert_weights = jnp.asarray(rng.normal(size=(num_experts, width, width)), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=(GROUPS, num_tokens, width)), jnp.float32)
+    (dropless, capacity_path), (grads_dropless, grads_capacity) = _jit_dropless_vs_capacity(k)(
+        x, gates, expert_weights, probe
+    )
+    np.testing.assert_allclose(dropless, capacity_path, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads_dropless, grads_capacity, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- router noise
+
+
+def test_router_noise():
+    logits = jnp.zeros((4096, 8), jnp.float32)
+    noisy, std_added = routing.noisy_router_logits(logits, jax.random.key(0), noise_std=1.0)
+    assert std_added == 1.0 / 8
+    assert float(jnp.std(noisy)) == pytest.approx(1.0 / 8, rel=0.03)
+    same, zero = routing.noisy_router_logits(logits, None, noise_std=1.0, deterministic=True)
+    assert same is logits and zero == 0.0
+    same, zero = routing.noisy_router_logits(logits, None, noise_std=0.0)
+    assert same is logits and zero == 0.0
+
+
 # ------------------------------------------------------------------------------------------ auxiliary losses
 
 
@@ -404,6 +481,10 @@ def test_aux_loss_gradients_finite_at_balanced_routing():
         ),
         (lambda: routing.importance_loss(np.ones(3)), "gates"),
         (lambda: routing.load_loss(GATES, GATES, -1.0, 1), "noise_std"),
+        (lambda: routing.dropless_routing(GATES, k=4), "k=4 exceeds num_experts=3"),
+        (lambda: routing.dropless_routing(GATES[0], k=1), "gates"),
+        (lambda: routing.noisy_router_logits(GATES, None, noise_std=-1.0), "noise_std"),
+        (lambda: routing.noisy_router_logits(GATES, None, noise_std=1.0), "rng"),
     ],
 )
 def test_bad_input_names_the_argument(call, name):

@@ -35,6 +35,7 @@ only when the array is concrete, so every function works under ``jax.jit`` and `
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -109,7 +110,8 @@ def capacity(
     num_tokens: int, num_experts: int, k: int, capacity_factor: float, multiple_of: int | None = None
 ) -> int:
     """Slots per expert C = ceil(num_tokens * k * capacity_factor / num_experts), rounded up to a multiple of
-    ``multiple_of`` when given (V-MoE uses 4). Expert choice uses k=1.
+    ``multiple_of`` when given (V-MoE uses 4). Expert choice uses k=1. Float noise below 1e-9 is ignored
+    before rounding up.
 
     >>> capacity(num_tokens=1024, num_experts=8, k=2, capacity_factor=1.25)
     320
@@ -122,7 +124,8 @@ def capacity(
         )
     if multiple_of is not None:
         _check_positive_int("multiple_of", multiple_of)
-    slots = math.ceil(num_tokens * k * capacity_factor / num_experts)
+    # Round away float noise first: 100 tokens x 1.1 / 10 experts is 11.000000000000002 in floats: 11 slots.
+    slots = math.ceil(round(num_tokens * k * capacity_factor / num_experts, 9))
     if multiple_of is not None:
         slots = math.ceil(slots / multiple_of) * multiple_of
     if slots < 1:
@@ -174,15 +177,15 @@ def top_k_routing(gates: Array, k: int, capacity: int, batch_priority: bool = Fa
 
     top_gates, top_experts = jax.lax.top_k(gates, k)  # [..., S, K]; equal values keep the lower index first
     top_experts = top_experts.astype(jnp.int32)
-    num_tokens = gates.shape[-2]
-    if batch_priority:
-        order = jnp.argsort(-top_gates[..., 0], axis=-1, stable=True)  # [..., S] tokens in service order
+    if not batch_priority:  # position order: the token order is already the service order
+        slot = jnp.swapaxes(_slots_in_service_order(jnp.swapaxes(top_experts, -1, -2), num_experts), -1, -2)
     else:
-        order = jnp.broadcast_to(jnp.arange(num_tokens), top_gates.shape[:-1])
-    served = jnp.take_along_axis(top_experts, order[..., None], axis=-2)  # [..., S, K] in service order
-    slot_served = _slots_in_service_order(jnp.swapaxes(served, -1, -2), num_experts)  # [..., K, S]
-    inverse = jnp.argsort(order, axis=-1)  # position of each token in the service order
-    slot = jnp.take_along_axis(jnp.swapaxes(slot_served, -1, -2), inverse[..., None], axis=-2)  # [..., S, K]
+        order = jnp.argsort(-top_gates[..., 0], axis=-1, stable=True)  # [..., S] tokens in service order
+        served = jnp.take_along_axis(top_experts, order[..., None], axis=-2)  # [..., S, K] in service order
+        slot_served = _slots_in_service_order(jnp.swapaxes(served, -1, -2), num_experts)  # [..., K, S]
+        inverse = jnp.argsort(order, axis=-1)  # [..., S] each token's place in the service order
+        slot_by_service = jnp.swapaxes(slot_served, -1, -2)  # [..., S, K], rows in service order
+        slot = jnp.take_along_axis(slot_by_service, inverse[..., None], axis=-2)  # [..., S, K], token order
     kept = slot < capacity
     return Assignment(
         expert=top_experts,
@@ -293,7 +296,7 @@ def dispatch(x: Array, routing, num_experts: int, capacity: int, backend: str | 
         dispatch_mask, _ = assignment_tensors(routing, num_experts, capacity)
         return jnp.einsum("...SEC,...SD->...ECD", dispatch_mask.astype(x.dtype), x)
     flat_index = _flat_slot_index(routing, capacity, num_experts)
-    one_group = lambda xg, ig: _dispatch_indices_one_group(xg, ig, num_experts * capacity)  # noqa: E731
+    one_group = functools.partial(_dispatch_indices_one_group, num_buffer_rows=num_experts * capacity)
     buffers = _over_groups(one_group, x.ndim - 2)(x, flat_index)
     return buffers.reshape(*x.shape[:-2], num_experts, capacity, x.shape[-1])
 
@@ -335,6 +338,73 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
     flat_index = _flat_slot_index(routing, capacity, num_experts)
     y_flat = y.reshape(*y.shape[:-3], num_experts * capacity, y.shape[-1])
     return _over_groups(_combine_indices_one_group, y.ndim - 3)(y_flat, flat_index, routing.weight)
+
+
+# ------------------------------------------------------------------------------------------------ dropless
+
+
+class DroplessRouting(NamedTuple):
+    """Token-choice routing without capacity: every choice is served. With T = G x S tokens over all groups
+    (groups do not matter without capacity) and R = T x K choice rows:
+
+    - ``expert[..., S, K]`` (int32) and ``weight[..., S, K]``: each token's K choices and gates, as in
+      :func:`top_k_routing`;
+    - ``order[R]`` (int32): the flat choice indices (token-major, ``t * K + k``) sorted by expert, stably;
+    - ``group_sizes[E]`` (int32): how many rows of the sorted order belong to each expert, the ``group_sizes``
+      of ``jax.lax.ragged_dot``.
+    """
+
+    expert: Array
+    weight: Array
+    order: Array
+    group_sizes: Array
+
+
+def dropless_routing(gates: Array, k: int) -> DroplessRouting:
+    """Top-k routing with no capacity and no drops: each token's K largest gates (ties to the lower expert
+    index), weighted by the raw gates, with the choices sorted by expert for a grouped matmul.
+
+    Args:
+      gates: ``[..., S, E]`` router probabilities.
+      k: choices per token K, 1 <= K <= E.
+
+    Use :func:`dropless_dispatch`, then ``jax.lax.ragged_dot(rows, w[E, D, H], routing.group_sizes)`` (or any
+    per-expert function on the sorted rows), then :func:`dropless_combine`. The result equals the capacity
+    path (:func:`top_k_routing` -> :func:`dispatch` -> experts -> :func:`combine`) whenever that capacity is
+    large enough that nothing is dropped.
+    """
+    _check_gates(gates)
+    num_experts = gates.shape[-1]
+    _check_positive_int("k", k)
+    if k > num_experts:
+        raise ValueError(f"k={k} exceeds num_experts={num_experts} (the last dim of gates); use k <= E")
+    weight, expert = jax.lax.top_k(gates, k)  # [..., S, K]
+    expert = expert.astype(jnp.int32)
+    flat_expert = expert.reshape(-1)  # [R]
+    order = jnp.argsort(flat_expert, stable=True).astype(jnp.int32)
+    group_sizes = jnp.bincount(flat_expert, length=num_experts).astype(jnp.int32)
+    return DroplessRouting(expert=expert, weight=weight, order=order, group_sizes=group_sizes)
+
+
+def dropless_dispatch(x: Array, routing: DroplessRouting) -> Array:
+    """Tokens ``x[..., S, D]`` to rows ``[R, D]`` sorted by expert (R = G x S x K): one row per choice."""
+    x = jnp.asarray(x)
+    if x.shape[:-1] != routing.expert.shape[:-1]:
+        raise ValueError(
+            f"x has shape {x.shape}, expected [..., S, D] with [..., S] = {routing.expert.shape[:-1]}"
+        )
+    num_choices = routing.expert.shape[-1]
+    tokens = x.reshape(-1, x.shape[-1])  # [T, D]
+    return tokens[routing.order // num_choices]
+
+
+def dropless_combine(rows: Array, routing: DroplessRouting) -> Array:
+    """Expert outputs ``rows[R, D]`` (in the sorted order of :func:`dropless_dispatch`) back to tokens
+    ``[..., S, D]``, each token the gate-weighted sum of its K choices."""
+    rows = jnp.asarray(rows)
+    unsorted = jnp.zeros_like(rows).at[routing.order].set(rows, unique_indices=True)  # [R, D] token-major
+    per_choice = unsorted.reshape(*routing.expert.shape, rows.shape[-1])  # [..., S, K, D]
+    return jnp.einsum("...SK,...SKD->...SD", routing.weight.astype(rows.dtype), per_choice)
 
 
 # ------------------------------------------------------------------------------------------ auxiliary losses
@@ -417,3 +487,27 @@ def router_z_loss(logits: Array) -> Array:
     router logits small."""
     _check_gates(logits, "logits")
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) ** 2)
+
+
+# -------------------------------------------------------------------------------------------- router noise
+
+
+def noisy_router_logits(
+    logits: Array, rng: Array | None, noise_std: float = 1.0, *, deterministic: bool = False
+) -> tuple[Array, float]:
+    """V-MoE training-time router noise: logits ``[..., S, E]`` plus Gaussian noise of std ``noise_std / E``.
+
+    Returns ``(noisy_logits, std_added)``; ``std_added`` is what :func:`load_loss` takes as ``noise_std``.
+    With ``deterministic=True`` (evaluation) or ``noise_std=0`` the logits come back unchanged and
+    ``std_added`` is 0; ``rng`` may then be None. V-MoE's default is ``noise_std=1``.
+    """
+    _check_gates(logits, "logits")
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std={noise_std} must be >= 0 (0 turns the noise off)")
+    if deterministic or noise_std == 0:
+        return logits, 0.0
+    if rng is None:
+        raise ValueError("rng is required for router noise (or pass deterministic=True at evaluation)")
+    std_added = noise_std / logits.shape[-1]
+    noise = std_added * jax.random.normal(rng, logits.shape, dtype=logits.dtype)
+    return logits + noise, std_added
