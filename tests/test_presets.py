@@ -122,9 +122,7 @@ def test_recipe_notebook_dry_run_fits_the_accelerator(preset, tmp_path):
     config = models.vit_config(p.model, image_size=p.image_size, num_classes=features["label"].num_classes)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: models.ViT(config, rngs=nnx.Rngs(0))))
     images = jax.ShapeDtypeStruct((p.batch_size, p.image_size, p.image_size, 3), jnp.float32)
-    logits, stats = jax.eval_shape(
-        lambda s, x: nnx.merge(graphdef, s)(x, return_stats=True), state, images
-    )
+    logits, stats = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, return_stats=True), state, images)
     assert logits.shape == (p.batch_size, features["label"].num_classes)
     assert stats["attn_max_logit"].shape == (config.depth,)
     plan = sharding.memory_plan(config, {"data": budget["devices"]}, p.batch_size).per_device_bytes()
