@@ -1,0 +1,326 @@
+"""Routing benchmark: forward+backward time of a whole MoE layer against the expert MLP alone.
+
+For each shape (S, E, K, D, H) at one capacity factor, this times the gradient (with respect to the tokens,
+the router weights and both expert weights) of a scalar loss of::
+
+    router logits -> softmax -> top_k_routing (vanilla or BPR) -> dispatch -> expert MLP -> combine
+
+for every dispatch backend in ``routing.BACKENDS``, next to a lower bound measured in the same run: the
+expert MLP alone (fwd+bwd) on ``[E, C, D]`` buffers of the same size. The runs are interleaved round-robin
+(the order rotates each round) after a warm-up call of every compiled program, so machine noise hits all
+variants alike. Reported per variant: median and interquartile range (seconds), the ratio of its median to
+the bound's median (and the median of per-round ratios, robust to load drifting during the run), and
+the memory of its compiled program (temp + argument + output bytes).
+
+    .venv/bin/python benchmarks/routing.py                      # the issue's three shapes, 10 repeats
+    .venv/bin/python benchmarks/routing.py --shapes 1024,8,2,256,1024 --repeats 20
+    .venv/bin/python benchmarks/routing.py --quick --repeats 2   # a tiny smoke shape
+
+The JSON (default ``outputs/benchmarks/routing.json``) holds the provenance, the shapes, per-variant stats
+and ratios, and the fastest backend per platform and shape, from which ``routing.DEFAULT_BACKEND`` is filled
+in by hand (nothing picks a backend by timing at run time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparse_experts import paths, routing, session
+
+DEFAULT_SHAPES = ((1024, 8, 2, 256, 1024), (4096, 8, 2, 256, 1024), (4096, 32, 2, 256, 1024))
+QUICK_SHAPE = (64, 4, 2, 16, 32)
+CAPACITY_FACTOR = 1.25
+BOUND = "bound"  # name of the lower-bound variant: the expert MLP alone
+
+
+def target_ratio(num_tokens: int) -> float:
+    """The issue's target for the default backend: <= 1.15x the bound at S=4096, <= 1.3x at S=1024."""
+    return 1.15 if num_tokens >= 4096 else 1.3
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int, int]:
+    """``"S,E,K,D,H"`` (or ``SxExKxDxH``) -> a tuple of five ints."""
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 5:
+        raise argparse.ArgumentTypeError(f"shape {text!r} must be five integers S,E,K,D,H")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"shape {text!r} must be five integers S,E,K,D,H") from e
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape {text!r} must be positive")
+    return shape  # type: ignore[return-value]
+
+
+def shape_name(shape: Sequence[int]) -> str:
+    s, e, k, d, h = shape
+    return f"S={s} E={e} K={k} D={d} H={h}"
+
+
+# --------------------------------------------------------------------------------------------- the programs
+
+
+def expert_mlp(buffers: jax.Array, w_in: jax.Array, w_out: jax.Array) -> jax.Array:
+    """E expert MLPs on their buffers ``[E, C, D]`` with stacked weights ``[E, D, H]``, ``[E, H, D]``."""
+    hidden = jax.nn.gelu(jnp.einsum("ECD,EDH->ECH", buffers, w_in))
+    return jnp.einsum("ECH,EHD->ECD", hidden, w_out)
+
+
+def bound_loss(buffers, w_in, w_out):
+    return jnp.mean(expert_mlp(buffers, w_in, w_out) ** 2)
+
+
+def make_layer_loss(num_experts: int, k: int, cap: int, batch_priority: bool, backend: str) -> Callable:
+    """Scalar loss of one MoE layer on one group of tokens ``x[S, D]``."""
+
+    def loss(x, w_router, w_in, w_out):
+        gates = jax.nn.softmax(x @ w_router, axis=-1)  # [S, E]
+        assignment = routing.top_k_routing(gates, k, cap, batch_priority=batch_priority)
+        buffers = routing.dispatch(x, assignment, num_experts, cap, backend=backend)  # [E, C, D]
+        out = routing.combine(expert_mlp(buffers, w_in, w_out), assignment, backend=backend)  # [S, D]
+        return jnp.mean(out**2)
+
+    return loss
+
+
+def memory_bytes(compiled) -> dict[str, int | None]:
+    """temp + argument + output bytes of a compiled program (None where the backend does not say)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # some backends raise instead of returning None
+        stats = None
+    if stats is None:
+        return {"temp": None, "argument": None, "output": None, "total": None}
+    fields = {
+        "temp": getattr(stats, "temp_size_in_bytes", None),
+        "argument": getattr(stats, "argument_size_in_bytes", None),
+        "output": getattr(stats, "output_size_in_bytes", None),
+    }
+    known = [v for v in fields.values() if v is not None]
+    fields["total"] = int(sum(known)) if known else None
+    return fields
+
+
+def build_programs(shape: Sequence[int], capacity_factor: float, backends: Sequence[str], seed: int = 0):
+    """Compiled fwd+bwd programs and their arguments: the bound, then each (backend, vanilla/BPR)."""
+    s, e, k, d, h = shape
+    cap = routing.capacity(s, e, k, capacity_factor)
+    keys = jax.random.split(jax.random.key(seed), 5)
+    x = jax.random.normal(keys[0], (s, d), jnp.float32)
+    w_router = jax.random.normal(keys[1], (d, e), jnp.float32) / np.sqrt(d)
+    w_in = jax.random.normal(keys[2], (e, d, h), jnp.float32) / np.sqrt(d)
+    w_out = jax.random.normal(keys[3], (e, h, d), jnp.float32) / np.sqrt(h)
+    buffers = jax.random.normal(keys[4], (e, cap, d), jnp.float32)
+
+    programs: dict[str, tuple[Any, tuple]] = {}
+    bound_args = (buffers, w_in, w_out)
+    bound_fn = jax.jit(jax.grad(bound_loss, argnums=(0, 1, 2)))
+    programs[BOUND] = (bound_fn.lower(*bound_args).compile(), bound_args)
+    layer_args = (x, w_router, w_in, w_out)
+    for backend in backends:
+        for bpr in (False, True):
+            loss = make_layer_loss(e, k, cap, bpr, backend)
+            fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+            name = f"{backend}/{'bpr' if bpr else 'vanilla'}"
+            programs[name] = (fn.lower(*layer_args).compile(), layer_args)
+    return cap, programs
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def time_interleaved(programs: dict[str, tuple[Any, tuple]], repeats: int) -> dict[str, list[float]]:
+    """Warm up every program once, then ``repeats`` round-robin rounds (rotating the order each round)."""
+    names = list(programs)
+    for name in names:
+        compiled, args = programs[name]
+        jax.block_until_ready(compiled(*args))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            compiled, args = programs[name]
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(samples: Sequence[float]) -> dict[str, float]:
+    q25, q50, q75 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 50, 75])
+    return {
+        "median_s": float(q50),
+        "q25_s": float(q25),
+        "q75_s": float(q75),
+        "iqr_s": float(q75 - q25),
+        "min_s": float(min(samples)),
+        "mean_s": float(statistics.fmean(samples)),
+    }
+
+
+def bench_shape(shape, capacity_factor: float, backends: Sequence[str], repeats: int) -> dict[str, Any]:
+    s, e, k, d, h = shape
+    cap, programs = build_programs(shape, capacity_factor, backends)
+    times = time_interleaved(programs, repeats)
+    bound_median = float(np.median(times[BOUND]))
+    variants = {}
+    for name, samples in times.items():
+        stats = summarize(samples)
+        stats["ratio_to_bound"] = stats["median_s"] / bound_median
+        # Each round's time over the bound's time in the same round: robust to load that drifts during a run.
+        paired = np.asarray(samples) / np.asarray(times[BOUND])
+        q25, q50, q75 = np.percentile(paired, [25, 50, 75])
+        stats["paired_ratio_median"] = float(q50)
+        stats["paired_ratio_iqr"] = float(q75 - q25)
+        stats["memory_bytes"] = memory_bytes(programs[name][0])
+        stats["samples_s"] = [float(t) for t in samples]
+        if name != BOUND:
+            backend, variant = name.split("/")
+            stats.update(backend=backend, batch_priority=variant == "bpr")
+        variants[name] = stats
+
+    fastest = {}
+    for variant in ("vanilla", "bpr"):
+        candidates = {b: variants[f"{b}/{variant}"]["median_s"] for b in backends}
+        fastest[variant] = min(candidates, key=candidates.get)
+    # Overall: the backend with the lowest geometric-mean ratio over the two routing variants.
+    overall = {
+        b: float(np.sqrt(variants[f"{b}/vanilla"]["ratio_to_bound"] * variants[f"{b}/bpr"]["ratio_to_bound"]))
+        for b in backends
+    }
+    return {
+        "shape": {"S": s, "E": e, "K": k, "D": d, "H": h, "C": cap, "capacity_factor": capacity_factor},
+        "name": shape_name(shape),
+        "target_ratio": target_ratio(s),
+        "variants": variants,
+        "fastest_backend": {**fastest, "overall": min(overall, key=overall.get)},
+        "geomean_ratio_by_backend": overall,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def format_table(results: Sequence[dict[str, Any]], default_backend: str) -> str:
+    header = (
+        f"{'shape':<32} {'C':>5} {'variant':<18} {'median ms':>10} {'IQR ms':>8} "
+        f"{'x bound':>8} {'paired':>7} {'target':>7} {'mem MiB':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for result in results:
+        cap = result["shape"]["C"]
+        for name, stats in result["variants"].items():
+            mem = stats["memory_bytes"]["total"]
+            mem_text = f"{mem / 2**20:8.1f}" if mem is not None else f"{'n/a':>8}"
+            if name == BOUND:
+                target = ""
+            else:
+                is_default = stats["backend"] == default_backend
+                ok = stats["ratio_to_bound"] <= result["target_ratio"]
+                target = f"{'ok' if ok else 'MISS'}{'*' if is_default else ''}"
+            lines.append(
+                f"{result['name']:<32} {cap:>5} {name:<18} {stats['median_s'] * 1e3:>10.2f} "
+                f"{stats['iqr_s'] * 1e3:>8.2f} {stats['ratio_to_bound']:>8.3f} "
+                f"{stats['paired_ratio_median']:>7.3f} {target:>7} {mem_text}"
+            )
+        fastest = result["fastest_backend"]
+        lines.append(
+            f"{'':<32} fastest: vanilla={fastest['vanilla']} bpr={fastest['bpr']} "
+            f"overall={fastest['overall']} (target <= {result['target_ratio']}x the bound)"
+        )
+        lines.append("")
+    lines.append(
+        f"* = the platform's current default backend ({default_backend}); ok/MISS: 'x bound' (ratio of "
+        "medians) against the target"
+    )
+    lines.append("paired = median over rounds of (variant time / bound time in the same round)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        default=None,
+        metavar="S,E,K,D,H",
+        help="shapes to run (default: the issue's three: "
+        + " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES)
+        + ")",
+    )
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds after the warm-up (default 10)")
+    parser.add_argument("--capacity-factor", type=float, default=CAPACITY_FACTOR)
+    parser.add_argument(
+        "--backends", nargs="+", default=list(routing.BACKENDS), choices=list(routing.BACKENDS)
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=paths.outputs_root() / "benchmarks" / "routing.json",
+        help="JSON output (default outputs/benchmarks/routing.json)",
+    )
+    parser.add_argument("--quick", action="store_true", help=f"one tiny smoke shape {QUICK_SHAPE}")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.shapes is None:
+        args.shapes = [QUICK_SHAPE] if args.quick else list(DEFAULT_SHAPES)
+    elif args.quick:
+        parser.error("--quick and --shapes are exclusive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    platform = jax.default_backend()
+    default_backend = routing.DEFAULT_BACKEND.get(platform, "indices")
+    started = time.perf_counter()
+    results = [bench_shape(shape, args.capacity_factor, args.backends, args.repeats) for shape in args.shapes]
+    table = format_table(results, default_backend)
+    print(f"platform={platform} devices={jax.devices()[0].device_kind} repeats={args.repeats}")
+    print(table)
+
+    record = {
+        "benchmark": "routing",
+        "description": "fwd+bwd of router -> top_k_routing -> dispatch -> expert MLP -> combine vs the "
+        "expert MLP alone on [E, C, D] buffers (the bound); interleaved runs; times in seconds",
+        "platform": platform,
+        "repeats": args.repeats,
+        "capacity_factor": args.capacity_factor,
+        "backends": list(args.backends),
+        "current_default_backend": default_backend,
+        "shapes": [r["shape"] for r in results],
+        "results": results,
+        "fastest_backend": {platform: {r["name"]: r["fastest_backend"] for r in results}},
+        "targets": {
+            r["name"]: {
+                "target_ratio": r["target_ratio"],
+                "default_backend_ratios": {
+                    v: r["variants"][f"{default_backend}/{v}"]["ratio_to_bound"]
+                    for v in ("vanilla", "bpr")
+                    if f"{default_backend}/{v}" in r["variants"]
+                },
+            }
+            for r in results
+        },
+        "table": table,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "provenance": session.provenance(),
+    }
+    session.write_json_atomic(args.out, record)
+    print(f"wrote {args.out}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
