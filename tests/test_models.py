@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import math
 
 import jax
@@ -417,17 +416,6 @@ def test_moe_placements():
         MoeConfig(num_experts=2, k=3)
     with pytest.raises(ValueError, match="scan_layers=True needs identical layers"):
         config.replace(scan_layers=True)
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("sparse_experts.routing") is not None, reason="the routing module exists"
-)
-def test_moe_layers_wait_for_the_routing_issue():
-    config = tiny(moe=MoeConfig(placement="last-1"))
-    with pytest.raises(NotImplementedError, match="MoE layers arrive with the routing issue.*layer 3"):
-        nnx.eval_shape(lambda: models.ViT(config, rngs=nnx.Rngs(0)))
-    with pytest.raises(NotImplementedError):
-        flops_per_image(config)
 
 
 @pytest.mark.parametrize(
