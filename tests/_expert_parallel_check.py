@@ -1,0 +1,88 @@
+"""Expert-parallel vs single-device expert MLPs on 8 fake CPU devices; run by tests/test_expert_parallel.py.
+
+Needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (set before jax is imported). Prints one JSON object
+{case: measurements}; the test asserts on it. Shapes: G groups, E experts, C capacity, D width, H hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparse_experts import sharding
+from sparse_experts.expert_parallel import expert_mlp, expert_parallel_apply
+
+G, E, C, D, H = 8, 8, 3, 16, 32
+MESHES = {"data2_expert4": {"data": 2, "expert": 4}, "expert8": {"expert": 8}}
+
+
+def inputs(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    buffers = rng.normal(size=(G, E, C, D)).astype(np.float32)
+    params = {
+        "wi": (rng.normal(size=(E, D, H)) * D**-0.5).astype(np.float32),
+        "bi": (rng.normal(size=(E, H)) * 0.1).astype(np.float32),
+        "wo": (rng.normal(size=(E, H, D)) * H**-0.5).astype(np.float32),
+        "bo": (rng.normal(size=(E, D)) * 0.1).astype(np.float32),
+    }
+    cotangent = rng.normal(size=(G, E, C, D)).astype(np.float32)  # a loss that weights every output
+    return buffers, params, cotangent
+
+
+def max_diff(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b, strict=True))
+
+
+def main() -> None:
+    if jax.device_count() != 8:
+        sys.exit(f"expected 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8), got "
+                 f"{jax.device_count()}")  # fmt: skip
+    buffers, params, cotangent = inputs()
+
+    def reference_loss(buffers, params):
+        return jnp.sum(expert_mlp(buffers, params) * cotangent)
+
+    ref_out = jax.jit(expert_mlp)(buffers, params)
+    ref_grads = jax.jit(jax.grad(reference_loss, argnums=(0, 1)))(buffers, params)
+    results = {}
+    for name, shape in MESHES.items():
+        mesh = sharding.make_mesh(shape)
+        placed = sharding.shard_batch(buffers, mesh)
+        placed_params = jax.device_put(
+            params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("expert"))
+        )
+
+        def apply(buffers, params, mesh=mesh):
+            return expert_parallel_apply(expert_mlp, buffers, params, mesh)
+
+        def loss(buffers, params, apply=apply):
+            return jnp.sum(apply(buffers, params) * cotangent)
+
+        out = jax.jit(apply)(placed, placed_params)
+        grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(placed, placed_params)
+        text = jax.jit(apply).lower(placed, placed_params).as_text()
+        results[name] = {
+            "forward": max_diff([out], [ref_out]),
+            "grad_buffers": max_diff([grads[0]], [ref_grads[0]]),
+            "grad_params": max_diff(jax.tree.leaves(grads[1]), jax.tree.leaves(ref_grads[1])),
+            "max_abs_output": float(np.max(np.abs(ref_out))),
+            "max_abs_grad_wi": float(np.max(np.abs(ref_grads[1]["wi"]))),
+            "all_to_all_ops": text.count("all_to_all"),
+            "output_spec": str(out.sharding.spec),
+            "wi_grad_shard_shape": list(grads[1]["wi"].addressable_shards[0].data.shape),
+        }
+    try:
+        expert_parallel_apply(expert_mlp, buffers[:, :6], params, sharding.make_mesh({"expert": 8}))
+        error = None
+    except ValueError as caught:
+        error = str(caught)
+    results["indivisible_error"] = error
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Expert parallelism (sparse_experts.expert_parallel): all_to_all over the "expert" axis in jax.shard_map.
+
+The main pytest process sees one CPU device, so the 8-device comparison (expert-parallel == single-device
+expert MLPs, forward and gradients w.r.t. the buffers and every expert parameter, on meshes
+{"data": 2, "expert": 4} and {"expert": 8}) runs once in a subprocess (tests/_expert_parallel_check.py).
+Shapes: G groups, E experts, C capacity, D width, H hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparse_experts import sharding
+from sparse_experts.expert_parallel import expert_mlp, expert_parallel_apply
+
+HERE = pathlib.Path(__file__).parent
+CASES = ["data2_expert4", "expert8"]
+
+
+@pytest.fixture(scope="module")
+def eight_devices() -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    env["JAX_PLATFORMS"] = "cpu"
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_expert_parallel_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_expert_parallel_equals_single_device(eight_devices, case):
+    result = eight_devices[case]
+    assert result["forward"] < 1e-5, result
+    assert result["grad_buffers"] < 1e-5, result
+    assert result["grad_params"] < 1e-5, result
+    assert result["max_abs_output"] > 0.5 and result["max_abs_grad_wi"] > 0.5  # real signals, not zeros
+    assert result["all_to_all_ops"] == 2  # there and back
+    assert result["output_spec"] == "P(('data', 'expert'), None, None, None)"
+
+
+def test_expert_gradients_stay_sharded(eight_devices):
+    # wi [E=8, D, H]: 2 experts per device with 4 expert shards, 1 with 8.
+    assert eight_devices["data2_expert4"]["wi_grad_shard_shape"] == [2, 16, 32]
+    assert eight_devices["expert8"]["wi_grad_shard_shape"] == [1, 16, 32]
+
+
+def test_indivisible_experts_are_refused(eight_devices):
+    assert "E=6 experts are not divisible by the expert axis size 8" in eight_devices["indivisible_error"]
+
+
+def test_single_device_mesh_is_the_plain_computation():
+    rng = np.random.default_rng(0)
+    buffers = rng.normal(size=(2, 3, 2, 4)).astype(np.float32)  # [G, E, C, D]
+    params = {
+        "wi": rng.normal(size=(3, 4, 5)).astype(np.float32),
+        "wo": rng.normal(size=(3, 5, 4)).astype(np.float32),
+    }
+    out = expert_parallel_apply(expert_mlp, buffers, params, sharding.make_mesh({"data": 1}))
+    h = jnp.einsum("GECD,EDH->GECH", buffers, params["wi"])
+    expected = jnp.einsum("GECH,EHD->GECD", jax.nn.gelu(h), params["wo"])
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_bad_shapes_are_refused():
+    mesh = sharding.make_mesh({"data": 1})
+    params = {"wi": np.zeros((3, 4, 5), np.float32), "wo": np.zeros((3, 5, 4), np.float32)}
+    with pytest.raises(ValueError, match=r"\[G, E, C, D\]"):
+        expert_parallel_apply(expert_mlp, np.zeros((2, 3, 4), np.float32), params, mesh)
+    with pytest.raises(ValueError, match="leading E=3 axis"):
+        expert_parallel_apply(
+            expert_mlp, np.zeros((2, 3, 2, 4), np.float32), {"wi": np.zeros((4, 4, 5))}, mesh
+        )
