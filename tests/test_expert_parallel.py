@@ -2,7 +2,8 @@
 
 The main pytest process sees one CPU device, so the 8-device comparison (expert-parallel == single-device
 expert MLPs, forward and gradients w.r.t. the buffers and every expert parameter, on meshes
-{"data": 2, "expert": 4} and {"expert": 8}) runs once in a subprocess (tests/_expert_parallel_check.py).
+{"data": 2, "expert": 4} and {"expert": 8}; and the whole MoeMlp layer of each router kind called with and
+without ``mesh=``) runs once in a subprocess (tests/_expert_parallel_check.py).
 Shapes: G groups, E experts, C capacity, D width, H hidden.
 """
 
@@ -51,6 +52,16 @@ def test_expert_parallel_equals_single_device(eight_devices, case):
     assert result["max_abs_output"] > 0.5 and result["max_abs_grad_wi"] > 0.5  # real signals, not zeros
     assert result["all_to_all_ops"] == 2  # there and back
     assert result["output_spec"] == "P(('data', 'expert'), None, None, None)"
+
+
+@pytest.mark.parametrize("router", ["top_k", "expert_choice", "soft"])
+@pytest.mark.parametrize("case", CASES)
+def test_moe_layer_with_mesh_equals_single_device(eight_devices, router, case):
+    """The whole MoeMlp (route -> dispatch -> experts on their devices -> combine) with ``mesh=``."""
+    result = eight_devices[f"layer_{router}_{case}"]
+    assert result["forward"] < 1e-5 and result["grad_x"] < 1e-5 and result["grad_params"] < 1e-5, result
+    assert result["max_abs_output"] > 0.1  # a real signal, not zeros
+    assert result["all_to_all_ops"] >= 2  # the experts really ran expert-parallel
 
 
 def test_expert_gradients_stay_sharded(eight_devices):

@@ -665,6 +665,16 @@ class MoeMlp(nnx.Module):
             y = y + self.bo[...].astype(self.dtype)[:, None, :]
         return y
 
+    def _run_experts(self, buffers: Array, mesh) -> Array:
+        """:meth:`experts` on ``[G, E, C, D]``, expert-parallel when ``mesh`` has an ``"expert"`` axis > 1."""
+        if mesh is None or dict(mesh.shape).get("expert", 1) == 1:
+            return self.experts(buffers)
+        from sparse_experts.expert_parallel import expert_mlp, expert_parallel_apply
+
+        params = {name: getattr(self, name) for name in ("wi", "bi", "wo", "bo")}
+        params = {name: p[...].astype(self.dtype) for name, p in params.items() if p is not None}
+        return expert_parallel_apply(expert_mlp, buffers, params, mesh)
+
     def __call__(
         self,
         x: Array,
@@ -674,10 +684,13 @@ class MoeMlp(nnx.Module):
         capacity_factor: float | None = None,
         batch_priority: bool | None = None,
         rng: Array | None = None,
+        mesh=None,
     ) -> tuple[Array, dict]:
         """x ``[B, N, D]`` -> (y ``[B, N, D]``, record). ``k``, ``capacity_factor`` and ``batch_priority``
         override the constructor's values for this call (``capacity_factor`` otherwise is the train or eval
-        value by ``train``); ``rng`` replaces the module's own noise stream (training only)."""
+        value by ``train``); ``rng`` replaces the module's own noise stream (training only). With a ``mesh``
+        whose ``"expert"`` axis has more than one device, the experts run expert-parallel: buffers travel to
+        their experts' devices with all_to_all (:mod:`sparse_experts.expert_parallel`); same result."""
         if x.ndim != 3:
             raise ValueError(f"x must have shape [B, N, D], got shape {x.shape}")
         x = x.astype(self.dtype)
@@ -687,7 +700,7 @@ class MoeMlp(nnx.Module):
                     "router='soft' has a fixed number of slots and no k or batch priority; "
                     f"got k={k}, capacity_factor={capacity_factor}, batch_priority={batch_priority}"
                 )
-            return self._soft(x)
+            return self._soft(x, mesh)
         B, N, D = x.shape
         if B % self.group_size:
             raise ValueError(
@@ -736,7 +749,9 @@ class MoeMlp(nnx.Module):
             kept_per_token = jnp.sum(taken, axis=2).swapaxes(-1, -2)  # [G, S, E]
             num_choices = G * S
         buffers = dispatch(tokens, routing, E, C, backend=self.backend)  # [G, E, C, D]
-        y = combine(self.experts(buffers), routing, backend=self.backend, num_tokens=S)  # [G, S, D]
+        y = combine(
+            self._run_experts(buffers, mesh), routing, backend=self.backend, num_tokens=S
+        )  # [G, S, D]
         if self.router == "top_k":
             dropped = 1.0 - jnp.sum(kept_per_token) / num_choices
         else:
@@ -752,7 +767,7 @@ class MoeMlp(nnx.Module):
         }
         return y.reshape(B, N, D).astype(x.dtype), record
 
-    def _soft(self, x: Array) -> tuple[Array, dict]:
+    def _soft(self, x: Array, mesh=None) -> tuple[Array, dict]:
         B, N, D = x.shape
         E, C = self.num_experts, self.slots_per_expert
         slots = _l2_normalize(self.slots[...].astype(jnp.float32)).reshape(E * C, D)  # [M = E x C, D]
@@ -761,7 +776,7 @@ class MoeMlp(nnx.Module):
         dispatch_weights = jax.nn.softmax(logits, axis=1)  # over tokens, per slot
         combine_slot_weights = jax.nn.softmax(logits, axis=2)  # over all slots, per token
         buffers = jnp.einsum("BNM,BND->BMD", dispatch_weights.astype(x.dtype), x).reshape(B, E, C, D)
-        out = self.experts(buffers).reshape(B, E * C, D)
+        out = self._run_experts(buffers, mesh).reshape(B, E * C, D)
         y = jnp.einsum("BNM,BMD->BND", combine_slot_weights.astype(x.dtype), out)
         combine_weights = jnp.sum(combine_slot_weights.reshape(B, N, E, C), axis=-1)  # [B, N, E]
         aux = {
