@@ -28,3 +28,29 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def run_on_fake_devices(script: str, devices: int = 8, timeout: int = 300) -> dict:
+    """Run ``tests/<script>`` in a subprocess that sees ``devices`` fake CPU devices; return its JSON.
+
+    The pytest process has one device and jax is already initialised, so multi-device checks run apart.
+    LLVM optimisation level 0 cuts the subprocess's compile time by ~3x; its single-device references are
+    compiled with the same flags, so comparisons are unaffected. The script prints one JSON object last.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    env["JAX_PLATFORMS"] = "cpu"
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,16 +9,13 @@ Shapes: G groups, E experts, C capacity, D width, H hidden.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_fake_devices
 
 from sparse_experts import sharding
 from sparse_experts.expert_parallel import expert_mlp, expert_parallel_apply
@@ -29,18 +26,7 @@ CASES = ["data2_expert4", "expert8"]
 
 @pytest.fixture(scope="module")
 def eight_devices() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run(
-        [sys.executable, str(HERE / "_expert_parallel_check.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_on_fake_devices("_expert_parallel_check.py", devices=8, timeout=120)
 
 
 @pytest.mark.parametrize("case", CASES)

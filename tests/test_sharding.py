@@ -9,16 +9,14 @@ else is abstract: partition specs and memory plans need mesh *sizes*, not device
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_fake_devices
 from flax import nnx
 from jax.sharding import AxisType, PartitionSpec
 
@@ -259,20 +257,7 @@ def test_memory_plan_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def eight_devices() -> dict:
-    env = dict(os.environ)
-    # LLVM optimisation level 0 cuts the subprocess's compile time by ~3x; the single-device reference is
-    # compiled with the same flags, so the comparison is unaffected.
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run(
-        [sys.executable, str(HERE / "_sharded_forward.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_on_fake_devices("_sharded_forward.py", devices=8, timeout=300)
 
 
 @pytest.mark.parametrize(
