@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 PRESET_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "tpu")
 DEFAULT_PRESET = "cpu"
@@ -57,7 +57,7 @@ class ParameterError(ValueError):
     """A notebook knob has a value outside what is allowed. The message names knob, value and allowed."""
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
+def _fail(name: str, value: Any, allowed: str) -> NoReturn:
     raise ParameterError(f"parameter {name}={value!r} is not allowed; expected {allowed}")
 
 
@@ -129,7 +129,6 @@ def dataset_name(name: str, value: Any) -> str:
         value,
         "an embedded dataset (" + ", ".join(datasets.list_datasets()) + ") or a TFDS catalog dataset name",
     )
-    return value  # unreachable
 
 
 def dataset_list(name: str, value: Any) -> tuple[str, ...]:

@@ -343,10 +343,11 @@ def lr_sweep(
     try:
         for step, batch in _steps(batches, num_steps):
             ps, opt_states, out = step_all(ps, opt_states, step, batch)
-            logs.append(jax.device_get(out))
+            logs.append(out)  # stays on device: no sync per step, fetched once below
             bar.update(1)
     finally:
         bar.close()
+    logs = jax.device_get(logs)
     loss, acc, max_logit, entropy = (np.stack([log[i] for log in logs], axis=1) for i in range(4))
     return SweepResult(
         learning_rates=rates.astype(np.float64),

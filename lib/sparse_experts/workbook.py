@@ -207,61 +207,59 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
     extra_flags = presets.PRESET_XLA_FLAGS.get(preset)
     if extra_flags and extra_flags not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra_flags}".strip()
+    parameters = {"preset": preset, **params}
     started = time.perf_counter()
     record: dict[str, Any] = {
         "notebook": nb.name,
         "preset": preset,
-        "parameters": {"preset": preset, **params},
+        "parameters": parameters,
         "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "status": "ok",
     }
     try:
-        papermill.execute_notebook(
-            str(nb.path),
-            str(executed),
-            parameters={"preset": preset, **params},
-            kernel_name="python3",
-            cwd=str(nb.path.parent),
-            progress_bar=False,
-            log_output=False,
-        )
-        if not figures.exists():
-            raise WorkbookError(f"{nb.name} ran but did not save its figures (call run.save(...))")
-    except PapermillExecutionError as err:
-        source_index = _source_cell_index(executed, err.cell_index)
-        record.update(
-            status="failed",
-            error=f"{nb.name} failed at cell {source_index} (0-based; cell {err.cell_index} of the executed "
-            f"notebook, which holds papermill's injected parameters): {err.ename}: {err.evalue}",
-            cell_index=source_index,
-        )
-    except WorkbookError as err:
-        record.update(status="failed", error=str(err), cell_index=None)
-    except BaseException as err:  # an interrupted kernel, a dead kernel, Ctrl-C: never leave a half output
-        record.update(status="failed", error=f"{nb.name}: {type(err).__name__}: {err}", cell_index=None)
-        _keep_failed(executed, out, nb)
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, KeyboardInterrupt):
+        try:
+            papermill.execute_notebook(
+                str(nb.path),
+                str(executed),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(nb.path.parent),
+                progress_bar=False,
+                log_output=False,
+            )
+            if not figures.exists():
+                raise WorkbookError(f"{nb.name} ran but did not save its figures (call run.save(...))")
+        except PapermillExecutionError as err:
+            source_index = _source_cell_index(executed, err.cell_index)
+            record.update(
+                status="failed",
+                error=f"{nb.name} failed at cell {source_index} (0-based; cell {err.cell_index} of the "
+                f"executed notebook, which holds papermill's injected parameters): {err.ename}: {err.evalue}",
+                cell_index=source_index,
+            )
+        except WorkbookError as err:
+            record.update(status="failed", error=str(err), cell_index=None)
+        except KeyboardInterrupt:  # never leave a half output in place of a good one
+            _keep_failed(executed, out, nb)
             raise
+        except Exception as err:  # a dead kernel, a kernel that never started, ...
+            record.update(status="failed", error=f"{nb.name}: {type(err).__name__}: {err}", cell_index=None)
+        record["wall_time_s"] = round(time.perf_counter() - started, 2)
+        record["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        if record["status"] == "failed":
+            _keep_failed(executed, out, nb)
+            return record
+        os.replace(executed, out / executed.name)
+        os.replace(figures, out / figures.name)
+        (out / f"{nb.name}.failed.ipynb").unlink(missing_ok=True)
+        return record
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         for name, value in previous_env.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    record["wall_time_s"] = round(time.perf_counter() - started, 2)
-    record["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    if record.get("status") == "failed":
-        _keep_failed(executed, out, nb)
-        shutil.rmtree(staging, ignore_errors=True)
-        return record
-    os.replace(executed, out / executed.name)
-    os.replace(figures, out / figures.name)
-    stale = out / f"{nb.name}.failed.ipynb"
-    if stale.exists():
-        stale.unlink()
-    shutil.rmtree(staging, ignore_errors=True)
-    record["status"] = "ok"
-    return record
 
 
 def _source_cell_index(executed: Path, executed_index: int) -> int:
