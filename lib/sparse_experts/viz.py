@@ -134,3 +134,348 @@ def sweep_final_loss(results: dict, title: str = "Final training loss against le
     fig.update_yaxes(type="log", title_text="training loss (mean of the last 10 steps)")
     fig.update_layout(title=title, height=420, width=760)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Routing figures (notebooks 03 and 04). Shape letters: B images, N tokens, E experts, K choices, Y classes.
+# ---------------------------------------------------------------------------------------------------------
+EXPERT_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#393b79", "#e7ba52", "#843c39", "#5254a3", "#31a354", "#de9ed6",
+)  # fmt: skip
+
+
+def expert_color(expert: int) -> str:
+    """The colour of expert ``expert`` in every routing figure (16 colours, then they repeat)."""
+    return EXPERT_COLORS[int(expert) % len(EXPERT_COLORS)]
+
+
+def _expert_colorscale(num_experts: int) -> list:
+    """A discrete colourscale for z in [-0.5, E - 0.5]: expert e gets exactly :func:`expert_color`."""
+    scale = []
+    for e in range(num_experts):
+        scale += [[e / num_experts, expert_color(e)], [(e + 1) / num_experts, expert_color(e)]]
+    return scale
+
+
+def _check_array(name: str, value, shape_text: str, ndim: int) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} has shape {array.shape}; expected {shape_text}")
+    return array
+
+
+def patch_routing(
+    image: np.ndarray,
+    choices: np.ndarray,
+    *,
+    patch_size: int,
+    has_cls_token: bool = False,
+    dropped: np.ndarray | None = None,
+    gates: np.ndarray | None = None,
+    num_experts: int | None = None,
+    title: str = "Patches by expert",
+    panel_pixels: int = 300,
+) -> go.Figure:
+    """The image with each patch coloured by its expert: one panel per choice (first, second...).
+
+    - ``image``: uint8 ``[H, W, C]`` (C 1 or 3), H and W multiples of ``patch_size``.
+    - ``choices``: ``[N, K]`` integer experts (k-th column = k-th choice), or float ``[N, E]`` weights
+      (gates or combine weights), in which case the choices are the two largest per token.
+    - ``has_cls_token``: token 0 is the class token (not a patch; left out of the picture).
+    - ``dropped``: bool ``[N]`` (token dropped by every choice) or ``[N, K]``; dropped patches are marked
+      with a black x and named in the hover text.
+    - ``gates``: ``[N, K]`` gate values of the choices (or ``[N, E]`` router probabilities), shown on hover.
+
+    Each panel is an image trace plus a semi-transparent heatmap trace whose z is the expert index per
+    patch (rows of patches top to bottom), coloured by :func:`expert_color`; dropped patches add a scatter
+    trace named "dropped (choice j)".
+    """
+    from plotly.subplots import make_subplots
+
+    image = _check_array("image", image, "[H, W, C] uint8", 3)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    choices = np.asarray(choices)
+    if choices.ndim != 2:
+        raise ValueError(f"choices has shape {choices.shape}; expected [N, K] experts or [N, E] weights")
+    weights = None
+    if np.issubdtype(choices.dtype, np.floating):
+        weights = choices
+        num_experts = num_experts or weights.shape[1]
+        choices = np.argsort(-weights, axis=1, kind="stable")[:, : min(2, weights.shape[1])]
+    num_experts = num_experts or int(choices.max()) + 1
+    H, W = image.shape[:2]
+    if patch_size < 1 or H % patch_size or W % patch_size:
+        raise ValueError(f"patch_size={patch_size} must divide the image height {H} and width {W}")
+    rows, cols = H // patch_size, W // patch_size
+    N = rows * cols + bool(has_cls_token)
+    if choices.shape[0] != N:
+        raise ValueError(
+            f"choices has {choices.shape[0]} tokens; expected {N} ({rows}x{cols} patches"
+            f"{' + class token' if has_cls_token else ''})"
+        )
+    K = choices.shape[1]
+    start = 1 if has_cls_token else 0
+    if dropped is not None:
+        dropped = np.asarray(dropped, bool)
+        dropped = np.repeat(dropped[:, None], K, axis=1) if dropped.ndim == 1 else dropped
+        if dropped.shape != (N, K):
+            raise ValueError(f"dropped has shape {dropped.shape}; expected [{N}] or [{N}, {K}]")
+    gate_values = None
+    if gates is not None:
+        gates = np.asarray(gates, np.float64)
+        gate_values = np.take_along_axis(gates, choices, axis=1) if gates.shape[1] != K else gates
+    elif weights is not None:
+        gate_values = np.take_along_axis(weights, choices, axis=1)
+    names = ["first choice", "second choice", "third choice"] + [f"choice {j + 1}" for j in range(3, K)]
+    fig = make_subplots(rows=1, cols=K, subplot_titles=names[:K], horizontal_spacing=0.04)
+    centres = np.arange(cols) * patch_size + (patch_size - 1) / 2
+    vcentres = np.arange(rows) * patch_size + (patch_size - 1) / 2
+    for j in range(K):
+        grid = choices[start:, j].reshape(rows, cols)
+        hover = np.empty((rows, cols), dtype=object)
+        for r in range(rows):
+            for c in range(cols):
+                n = start + r * cols + c
+                text = f"token {n}: expert {grid[r, c]}"
+                if gate_values is not None:
+                    text += f", gate {gate_values[n, j]:.3f}"
+                if dropped is not None and dropped[n, j]:
+                    text += " (dropped)"
+                hover[r, c] = text
+        fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=j + 1)
+        fig.add_trace(
+            go.Heatmap(
+                z=grid.astype(float),
+                x=centres,
+                y=vcentres,
+                zmin=-0.5,
+                zmax=num_experts - 0.5,
+                colorscale=_expert_colorscale(num_experts),
+                opacity=0.45,
+                text=hover,
+                hoverinfo="text",
+                showscale=j == 0,
+                colorbar=dict(title="expert", tickvals=list(range(num_experts))),
+                name=names[j],
+            ),
+            row=1,
+            col=j + 1,
+        )
+        if dropped is not None and dropped[start:, j].any():
+            r, c = np.divmod(np.flatnonzero(dropped[start:, j]), cols)
+            fig.add_trace(
+                go.Scatter(
+                    x=centres[c],
+                    y=vcentres[r],
+                    mode="markers",
+                    marker=dict(
+                        symbol="x", size=max(6, panel_pixels // (2 * max(rows, cols))), color="black"
+                    ),
+                    name=f"dropped ({names[j]})",
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=j + 1,
+            )
+    fig.update_xaxes(showticklabels=False, showgrid=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
+    fig.update_layout(title=title, width=K * panel_pixels + 160, height=panel_pixels + 90, showlegend=True)
+    return fig
+
+
+def _layer_entropy(stats) -> float | None:
+    if "entropy" in stats:
+        return float(stats["entropy"])
+    if "gates" in stats:
+        gates = np.asarray(stats["gates"], np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.where(gates > 0, -gates * np.log(gates), 0.0).sum(-1).mean())
+    return None
+
+
+def expert_load_bars(records, title: str = "Expert load per MoE layer") -> go.Figure:
+    """One panel per MoE layer: bars of token-choices each expert processed (``"load"`` ``[E]``), a dashed
+    line at the even share, and the layer's dropped fraction and router entropy (``"entropy"`` if given,
+    else the mean entropy in nats of ``"gates"`` ``[..., E]``) in the panel title.
+
+    ``records``: {layer index: record} as from ``analysis.route`` (or any mapping with ``"load"``,
+    ``"dropped_fraction"`` and optionally ``"entropy"`` / ``"gates"``).
+    """
+    from plotly.subplots import make_subplots
+
+    if not records:
+        raise ValueError("records is empty: no MoE layers to show")
+    layers = list(records)
+    titles = []
+    for layer in layers:
+        stats = records[layer]
+        text = f"layer {layer}: dropped {float(stats['dropped_fraction']):.1%}"
+        entropy = _layer_entropy(stats)
+        if entropy is not None:
+            text += f", entropy {entropy:.2f} nats"
+        titles.append(text)
+    fig = make_subplots(rows=1, cols=len(layers), subplot_titles=titles, shared_yaxes=True)
+    for col, layer in enumerate(layers, 1):
+        load = np.asarray(records[layer]["load"], np.float64)
+        experts = np.arange(len(load))
+        fig.add_bar(
+            x=experts,
+            y=load,
+            marker_color=[expert_color(e) for e in experts],
+            name=f"layer {layer}",
+            showlegend=False,
+            row=1,
+            col=col,
+        )
+        fig.add_hline(y=load.mean(), line_dash="dash", line_color="gray", row=1, col=col)
+        fig.update_xaxes(title_text="expert", tickvals=list(experts), row=1, col=col)
+    fig.update_yaxes(title_text="token-choices processed", row=1, col=1)
+    fig.update_layout(title=title, height=380, width=max(420, 300 * len(layers)))
+    return fig
+
+
+def affinity_heatmap(
+    affinity: np.ndarray,
+    class_names: Sequence[str],
+    title: str = "Expert x class affinity",
+    relative: bool = False,
+) -> go.Figure:
+    """Heatmap of ``affinity`` ``[E, Y]`` (``analysis.expert_class_affinity``): rows experts, columns
+    classes. ``relative=False``: shares (each column sums to 1), colour from 0; ``relative=True``: ratios to
+    the expert's overall share, diverging colours centred on 1."""
+    affinity = _check_array("affinity", affinity, "[E, Y]", 2)
+    if len(class_names) != affinity.shape[1]:
+        raise ValueError(f"{len(class_names)} class_names for {affinity.shape[1]} affinity columns")
+    E = affinity.shape[0]
+    trace = dict(
+        z=affinity,
+        x=list(class_names),
+        y=[f"expert {e}" for e in range(E)],
+        hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+        colorbar=dict(title="x overall share" if relative else "share of class"),
+    )
+    if relative:
+        trace.update(colorscale="RdBu_r", zmid=1.0)
+    else:
+        trace.update(colorscale="Viridis", zmin=0.0)
+    fig = go.Figure(go.Heatmap(**trace))
+    fig.update_xaxes(title_text="class", tickangle=-45 if affinity.shape[1] > 10 else 0)
+    fig.update_yaxes(title_text="expert", autorange="reversed")
+    fig.update_layout(
+        title=title, height=max(300, 28 * E + 160), width=max(480, 22 * affinity.shape[1] + 220)
+    )
+    return fig
+
+
+def ablation_bars(
+    delta_accuracy: np.ndarray,
+    class_names: Sequence[str],
+    title: str = "Change in accuracy per class when the expert is switched off",
+) -> go.Figure:
+    """Bars of the change in top-1 accuracy per class (ablated minus original, as fractions; drawn in
+    percentage points): red where accuracy fell, blue where it rose, gray for no change. NaN (a class not in
+    the evaluation set) is left out."""
+    delta = _check_array("delta_accuracy", delta_accuracy, "[Y]", 1).astype(np.float64)
+    if len(class_names) != len(delta):
+        raise ValueError(f"{len(class_names)} class_names for {len(delta)} delta_accuracy values")
+    keep = np.isfinite(delta)
+    points = 100 * delta[keep]
+    colors = ["#d62728" if d < 0 else "#1f77b4" if d > 0 else "#7f7f7f" for d in points]
+    fig = go.Figure(
+        go.Bar(x=[n for n, k in zip(class_names, keep, strict=True) if k], y=points, marker_color=colors)
+    )
+    fig.add_hline(y=0, line_color="black")
+    fig.update_xaxes(title_text="class")
+    fig.update_yaxes(title_text="change in accuracy (percentage points)")
+    fig.update_layout(title=title, height=380, width=max(480, 24 * len(points) + 200))
+    return fig
+
+
+def accuracy_vs_gflops(
+    curves,
+    points=None,
+    title: str = "Accuracy against compute per image",
+) -> go.Figure:
+    """Accuracy against GFLOPs per image. ``curves``: {name: (gflops[], accuracy[]) or (gflops[],
+    accuracy[], capacity_factors[])}, drawn as lines with markers (capacity factors as marker labels);
+    ``points``: {name: (gflops, accuracy)}, drawn as single large markers (e.g. the dense model, Soft MoE)."""
+    fig = go.Figure()
+    symbols = ["star", "diamond", "square", "triangle-up", "cross"]
+    for name, curve in dict(curves).items():
+        if len(curve) not in (2, 3):
+            raise ValueError(
+                f"curves[{name!r}] has {len(curve)} parts; expected (gflops, accuracy[, factors])"
+            )
+        x, y = np.asarray(curve[0], np.float64), np.asarray(curve[1], np.float64)
+        if x.shape != y.shape or x.ndim != 1:
+            raise ValueError(f"curves[{name!r}]: gflops {x.shape} and accuracy {y.shape} must be equal 1-D")
+        order = np.argsort(x, kind="stable")
+        labels = None
+        if len(curve) == 3:
+            labels = [f"{float(c):g}" for c in np.asarray(curve[2])[order]]
+        fig.add_scatter(
+            x=x[order],
+            y=y[order],
+            mode="lines+markers+text" if labels else "lines+markers",
+            text=labels,
+            textposition="top center",
+            name=name,
+            hovertemplate=f"{name}<br>%{{x:.4g}} GFLOPs<br>accuracy %{{y:.3f}}<extra></extra>",
+        )
+    for i, (name, (x, y)) in enumerate(dict(points or {}).items()):
+        fig.add_scatter(
+            x=[float(x)],
+            y=[float(y)],
+            mode="markers",
+            marker=dict(size=14, symbol=symbols[i % len(symbols)]),
+            name=name,
+        )
+    fig.update_xaxes(title_text="GFLOPs per image")
+    fig.update_yaxes(title_text="top-1 accuracy")
+    fig.update_layout(title=title, height=440, width=760)
+    return fig
+
+
+def compute_histogram(
+    tokens_per_image: np.ndarray,
+    bins: int = 30,
+    title: str = "Compute per image",
+    xaxis_title: str = "token-choices processed by experts per image",
+) -> go.Figure:
+    """Histogram of compute per image (``analysis.compute_per_image``: ``[B]``), with dashed lines at the
+    mean and at the fewest and most."""
+    values = _check_array("tokens_per_image", tokens_per_image, "[B]", 1).astype(np.float64)
+    if len(values) == 0:
+        raise ValueError("tokens_per_image is empty")
+    fig = go.Figure(go.Histogram(x=values, nbinsx=bins, name="images", marker_color="#3b528b"))
+    for value, label in [(values.min(), "least"), (values.mean(), "mean"), (values.max(), "most")]:
+        fig.add_vline(x=value, line_dash="dash", line_color="gray", annotation_text=f"{label} {value:.1f}")
+    fig.update_xaxes(title_text=xaxis_title)
+    fig.update_yaxes(title_text="images")
+    fig.update_layout(title=title, height=380, width=700, showlegend=False)
+    return fig
+
+
+def compute_extremes(
+    images: np.ndarray,
+    tokens_per_image: np.ndarray,
+    count: int = 8,
+    title: str = "Images that received the most and the least compute",
+) -> go.Figure:
+    """:func:`image_grid` with two rows: the ``count`` images with the most token-choices processed (most
+    first) and the ``count`` with the least (least first); row labels give their counts."""
+    images = np.asarray(images)
+    values = _check_array("tokens_per_image", tokens_per_image, "[B]", 1).astype(np.float64)
+    if len(images) != len(values):
+        raise ValueError(f"{len(images)} images for {len(values)} tokens_per_image values")
+    if not 1 <= count <= len(values):
+        raise ValueError(f"count={count} must be in [1, {len(values)}] (the number of images)")
+    most = np.argsort(-values, kind="stable")[:count]
+    least = np.argsort(values, kind="stable")[:count]
+    labels = [
+        "most: " + ", ".join(f"{values[i]:g}" for i in most[:4]) + ("..." if count > 4 else ""),
+        "least: " + ", ".join(f"{values[i]:g}" for i in least[:4]) + ("..." if count > 4 else ""),
+    ]
+    return image_grid(images[np.concatenate([most, least])], labels, title=title, columns=count)
