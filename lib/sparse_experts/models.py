@@ -571,14 +571,18 @@ class Encoder(nnx.Module):
         self.norm = Norm(config.width, "embed", config, rngs=rngs)
 
     def __call__(self, x, *, train=False, with_stats=False, moe_overrides=None):
-        def apply(block, x):
-            return block(x, train=train, with_stats=with_stats, moe_overrides=moe_overrides)
+        """``with_stats``: False, True (attention statistics and MoE records) or "moe" (MoE records only).
+        An ``rng`` in ``moe_overrides`` is folded with each layer's index, so layers draw independent noise."""
+        attn_stats = with_stats is True
+
+        def apply(block, x, overrides):
+            return block(x, train=train, with_stats=attn_stats, moe_overrides=overrides)
 
         apply = nnx.remat(apply) if self.remat else apply
         if self.scan:
 
             def body(x, block):
-                x, stats, _ = apply(block, x)
+                x, stats, _ = apply(block, x, moe_overrides)
                 return x, stats
 
             scan = nnx.scan(
@@ -592,12 +596,15 @@ class Encoder(nnx.Module):
         else:
             per_layer, records = [], {}
             for i, block in enumerate(self.blocks):
-                x, layer_stats, record = apply(block, x)
+                overrides = moe_overrides
+                if overrides and overrides.get("rng") is not None:
+                    overrides = {**overrides, "rng": jax.random.fold_in(overrides["rng"], i)}
+                x, layer_stats, record = apply(block, x, overrides)
                 per_layer.append(layer_stats)
                 if record:
                     records[i] = record
             stats = jax.tree.map(lambda *s: jnp.stack(s), *per_layer)
-        stats = {**stats, "moe": records} if with_stats else {}
+        stats = {**(stats if attn_stats else {}), "moe": records} if with_stats else {}
         return self.norm(x), stats
 
 
@@ -634,7 +641,9 @@ class ViT(nnx.Module):
     ``model(images[B, image_size, image_size, channels])`` -> logits [B, Y] in float32 (pooled features
     [B, D] when num_classes == 0); with ``return_stats=True`` -> (logits, stats), where stats holds
     "attn_max_logit" [L] and "attn_entropy" [L] (float32) and "moe" {layer index: MoE record}, all from the
-    same forward pass. ``moe_overrides`` (e.g. k, capacity_factor) is passed to every MoE layer's call.
+    same forward pass; ``return_stats="moe"`` returns only the MoE records (no attention statistics, so no
+    extra work: what training uses). ``moe_overrides`` (e.g. k, capacity_factor, rng, mesh) is passed to every
+    MoE layer's call; an ``rng`` is folded with the layer index first.
     """
 
     def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):

@@ -16,10 +16,12 @@ float32 [B, height, width, channels] in [-1, 1] and "label" int32 [B] (what ``da
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,8 +30,18 @@ import numpy as np
 import optax
 from flax import nnx
 
+P = jax.sharding.PartitionSpec
 SCHEDULES = ("cosine", "rsqrt", "constant")
 ON_NONFINITE = ("stop", "record")
+AUX_WEIGHTS = {
+    "importance": "importance_weight",
+    "load": "load_weight",
+    "switch": "switch_weight",
+    "z_loss": "z_loss_weight",
+}
+"""MoE auxiliary loss (a key of the routing record's "aux") -> the TrainConfig field holding its weight."""
+TIMING_METRICS = ("images_per_second",)
+"""Per-step metrics that depend on the machine's speed (left out when comparing runs)."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -50,6 +62,11 @@ class TrainConfig:
     grad_clip_norm: float | None = 1.0
     label_smoothing: float = 0.0
     on_nonfinite: str = "stop"
+    head_weight_decay: float | None = None
+    importance_weight: float = 0.005
+    load_weight: float = 0.005
+    switch_weight: float = 0.0
+    z_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> ValueError:
@@ -73,6 +90,17 @@ class TrainConfig:
             raise bad("label_smoothing", "a number in [0, 1)")
         if self.on_nonfinite not in ON_NONFINITE:
             raise bad("on_nonfinite", f"one of {ON_NONFINITE}")
+        if self.head_weight_decay is not None and not self.head_weight_decay >= 0:
+            raise bad("head_weight_decay", "a number >= 0, or None for the body's weight_decay")
+        for name in AUX_WEIGHTS.values():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise bad(name, "a number >= 0")
+
+    @property
+    def aux_weights(self) -> dict[str, float]:
+        """MoE auxiliary loss name -> its weight in the objective (summed over MoE layers)."""
+        return {aux: getattr(self, name) for aux, name in AUX_WEIGHTS.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,19 +131,33 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def _is_head(path) -> bool:
+    first = path[0] if path else None
+    return getattr(first, "key", getattr(first, "name", None)) == "head"
+
+
+def _body_decay_mask(params):
+    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2 and not _is_head(path), params)
+
+
+def _head_decay_mask(params):
+    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2 and _is_head(path), params)
+
+
 def make_tx(config: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with the schedule and (optional) global-norm clipping first."""
+    """Global-norm clipping (optional), then AdamW: Adam moments, decoupled weight decay on matrices
+    (``weight_decay`` for the body, ``head_weight_decay`` for the classifier head ``head``), and the learning
+    rate times the schedule. The same update as ``optax.adamw`` when the two decays are equal."""
     shape = schedule_multiplier(config)
-    adamw = optax.adamw(
-        lambda step: config.learning_rate * shape(step),
-        b1=config.b1,
-        b2=config.b2,
-        weight_decay=config.weight_decay,
-        mask=_decay_mask,
-    )
-    if config.grad_clip_norm is None:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+    head_decay = config.weight_decay if config.head_weight_decay is None else config.head_weight_decay
+    parts = [] if config.grad_clip_norm is None else [optax.clip_by_global_norm(config.grad_clip_norm)]
+    parts += [
+        optax.scale_by_adam(b1=config.b1, b2=config.b2),
+        optax.add_decayed_weights(config.weight_decay, mask=_body_decay_mask),
+        optax.add_decayed_weights(head_decay, mask=_head_decay_mask),
+        optax.scale_by_learning_rate(lambda step: config.learning_rate * shape(step)),
+    ]
+    return optax.chain(*parts)
 
 
 def create_optimizer(model: nnx.Module, config: TrainConfig) -> nnx.Optimizer:
@@ -187,12 +229,22 @@ class History:
     message: str = ""
     seconds: float = 0.0
     step_seconds: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
 
     def series(self, name: str) -> np.ndarray:
         return np.array([m[name] for m in self.metrics], dtype=np.float64)
 
+    def eval_series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one evaluation metric, e.g. "accuracy"."""
+        steps = np.array([e["step"] for e in self.evals], dtype=np.int64)
+        return steps, np.array([e[name] for e in self.evals], dtype=np.float64)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
 
 
 def train(
@@ -357,3 +409,314 @@ def lr_sweep(
         attn_entropy=entropy,
         seconds=time.perf_counter() - started,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trusted loop: functional, sharded, checkpointed, resumable (notebook 02 and the artifact cache).
+# ---------------------------------------------------------------------------------------------------------
+def _moe_summary(records: dict) -> dict[str, jax.Array]:
+    """Per-step MoE metrics from the records of every MoE layer: each aux loss summed over layers, the mean
+    fraction of dropped choices and the mean router entropy (nats, per token, averaged over layers)."""
+    layers = list(records.values())
+    if not layers:
+        return {}
+    out = {f"aux_{name}": sum(r["aux"][name] for r in layers) for name in AUX_WEIGHTS}
+    out["dropped_fraction"] = sum(r["dropped_fraction"] for r in layers) / len(layers)
+    entropies = []
+    for r in layers:
+        gates = r["gates"].astype(jnp.float32)
+        entropies.append(jnp.mean(-jnp.sum(gates * jnp.log(jnp.maximum(gates, 1e-30)), axis=-1)))
+    out["router_entropy"] = sum(entropies) / len(layers)
+    return out
+
+
+def _is_int_at_least(value: Any, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
+
+
+@functools.cache
+def _programs(graphdef, params_treedef, config: TrainConfig, mesh, has_moe: bool, state_shardings):
+    """The jitted train and eval steps of one (architecture, training config, mesh, placement). Cached, so
+    trainers of the same model and settings (e.g. several seeds) share one compiled program."""
+    expert_parallel = dict(mesh.shape).get("expert", 1) > 1
+    shape = schedule_multiplier(config)
+    tx = make_tx(config)
+
+    def forward(pure_params, rest, images, *, train: bool, rng=None):
+        model = nnx.merge(graphdef, jax.tree.unflatten(params_treedef, jax.tree.leaves(pure_params)), rest)
+        if not has_moe:
+            return model(images, train=train), {}
+        overrides = {"rng": rng} if rng is not None else {}
+        if expert_parallel:
+            overrides["mesh"] = mesh
+        logits, stats = model(images, train=train, return_stats="moe", moe_overrides=overrides or None)
+        return logits, _moe_summary(stats["moe"])
+
+    def objective(pure_params, rest, batch, rng):
+        logits, moe = forward(pure_params, rest, batch["image"], train=True, rng=rng)
+        loss = cross_entropy(logits, batch["label"], config.label_smoothing)
+        total = loss
+        for name, weight in config.aux_weights.items():
+            if weight and f"aux_{name}" in moe:
+                total = total + weight * moe[f"aux_{name}"]
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return total, {"loss": loss, "objective": total, "accuracy": accuracy, **moe}
+
+    def train_step(state, rest, batch, key_data):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(key_data), state["step"])
+        grads, metrics = jax.grad(objective, has_aux=True)(state["params"], rest, batch, rng)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["learning_rate"] = config.learning_rate * shape(state["step"])
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    def eval_step(pure_params, rest, batch):
+        logits, moe = forward(pure_params, rest, batch["image"], train=False)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        count = batch["label"].shape[0]
+        sums = {"loss": jnp.sum(losses), "accuracy": jnp.sum(jnp.argmax(logits, -1) == batch["label"])}
+        sums.update({name: value * count for name, value in moe.items()})
+        return sums, logits
+
+    replicated = jax.sharding.NamedSharding(mesh, P())
+    shardings = jax.tree.unflatten(*state_shardings)
+    step = jax.jit(
+        train_step,
+        in_shardings=(shardings, None, None, None),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+    )
+    return step, jax.jit(eval_step)
+
+
+class Trainer:
+    """Train one ViT or V-MoE functionally: jitted, sharded over a mesh, checkpointed, resumable.
+
+    The trainable state is a plain pytree ``{"params": nested dict of arrays, "opt_state": optax state,
+    "step": int32 scalar}`` (orbax saves it as it is). The batch is split over the mesh's data axes
+    (``sharding.shard_batch``); parameters are placed by the logical-axis rules (experts over ``"expert"``,
+    and an MoE layer runs expert-parallel when that axis has more than one device).
+
+    Determinism: the batch of step t is ``batch_fn(t)`` (a function of the seed and t, e.g.
+    ``datasets.batch_at``); the router noise of step t is drawn from ``fold_in(key(seed), t)`` (and the
+    layer index), so the RNG state is (seed, step), both in the checkpoint. A resumed run therefore computes
+    exactly what the uninterrupted run computes.
+
+    Metrics per step: "loss" (cross-entropy), "objective" (loss + weighted aux losses, what is minimised),
+    "accuracy", "grad_norm", "learning_rate", "images_per_second" (wall clock, host side) and, for models
+    with MoE layers, "aux_importance", "aux_load", "aux_switch", "aux_z_loss" (summed over layers),
+    "dropped_fraction" and "router_entropy" (means over layers). Evaluations report the same quantities
+    (loss, accuracy and the MoE ones) on the batches given, at the model's evaluation capacity factor.
+    """
+
+    def __init__(self, model: nnx.Module, config: TrainConfig, *, seed: int = 0, mesh=None, rules=None):
+        from sparse_experts import sharding
+
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ValueError(f"seed={seed!r} must be a non-negative integer")
+        self.model, self.config, self.seed = model, config, int(seed)
+        self.mesh = sharding.make_mesh() if mesh is None else mesh
+        rules = sharding.TP_RULES if rules is None else rules
+        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        self._params_treedef = jax.tree.structure(params)
+        self._pure_treedef = jax.tree.structure(nnx.to_pure_dict(params))
+        self.has_moe = getattr(getattr(model, "config", None), "moe", None) is not None
+        self.tx = make_tx(config)
+        shardings = nnx.to_pure_dict(sharding.param_shardings(params, self.mesh, rules))
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.rest = jax.device_put(self.rest, replicated)
+        self._param_shardings = shardings
+        self._key = jax.device_put(jax.random.key_data(jax.random.key(self.seed)), replicated)
+        self.state = self.initial_state(model)
+        leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, self.state))
+        self._state_shardings = (treedef, tuple(leaves))
+        self._step, self._eval = _programs(
+            self.graphdef, self._params_treedef, config, self.mesh, self.has_moe, self._state_shardings
+        )
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def initial_state(self, model: nnx.Module) -> dict:
+        """``model``'s current parameters, a fresh optimizer state and step 0, placed on the mesh."""
+        params = jax.device_put(nnx.to_pure_dict(nnx.state(model, nnx.Param)), self._param_shardings)
+        opt_state = jax.jit(self.tx.init)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), jax.sharding.NamedSharding(self.mesh, P()))
+        return {"params": params, "opt_state": opt_state, "step": step}
+
+    def _as_state(self, pure_params) -> nnx.State:
+        return jax.tree.unflatten(self._params_treedef, jax.tree.leaves(pure_params))
+
+    def write_back(self) -> nnx.Module:
+        """Copy the trained parameters into the model given at construction (and return it)."""
+        nnx.update(self.model, self._as_state(self.state["params"]))
+        return self.model
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    # -- public ---------------------------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One step on ``batch`` (placed on the mesh here); returns the step's metrics as floats."""
+        from sparse_experts import sharding
+
+        placed = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
+        self.state, metrics = self._step(self.state, self.rest, placed, self._key)
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    def evaluate(self, batches: Iterable[dict], *, return_logits: bool = False):
+        """Means over every example of ``batches`` (fixed order and batch size: with capacity and BPR a
+        token's routing depends on the other images of its group): {"loss", "accuracy", "count", and the MoE
+        metrics}. With ``return_logits``: (metrics, logits [examples, Y])."""
+        from sparse_experts import sharding
+
+        totals: dict[str, float] = {}
+        count, all_logits = 0, []
+        for batch in batches:
+            placed = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
+            sums, logits = jax.device_get(self._eval(self.state["params"], self.rest, placed))
+            for name, value in sums.items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+            count += int(batch["label"].shape[0])
+            if return_logits:
+                all_logits.append(np.asarray(logits))
+        if count == 0:
+            raise ValueError("evaluate: the batches are empty")
+        metrics = {name: value / count for name, value in totals.items()} | {"count": count}
+        return (metrics, np.concatenate(all_logits)) if return_logits else metrics
+
+    def fit(
+        self,
+        batch_fn: Callable[[int], dict],
+        num_steps: int,
+        *,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int | None = None,
+        eval_fn: Callable[[], Iterable[dict]] | None = None,
+        eval_every: int | None = None,
+        progress: bool = True,
+        description: str = "train",
+        history: History | None = None,
+    ) -> History:
+        """Train until the state's step reaches ``num_steps``; return the :class:`History`.
+
+        ``batch_fn(step)`` gives the batch of a step. With ``checkpoint_dir``, an orbax checkpoint (state and
+        history) is written every ``checkpoint_every`` steps and at the end, and a run finding checkpoints
+        there resumes from the latest one (same final parameters and non-timing metrics as an uninterrupted
+        run). ``eval_fn()`` gives evaluation batches, evaluated every ``eval_every`` steps and at the end.
+
+        A non-finite loss, objective or gradient norm: with ``config.on_nonfinite="stop"``
+        :class:`NonFiniteError` names the step and the quantity and nothing more is saved (the latest
+        checkpoint is the last good state); with ``"record"`` the history is marked diverged and returned.
+        """
+        from tqdm.auto import tqdm
+
+        for name, value, minimum in [("num_steps", num_steps, 0), ("checkpoint_every", checkpoint_every, 1),
+                                     ("eval_every", eval_every, 1)]:  # fmt: skip
+            if value is not None and not _is_int_at_least(value, minimum):
+                raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+        if checkpoint_every is not None and checkpoint_dir is None:
+            raise ValueError(f"checkpoint_every={checkpoint_every} given without a checkpoint_dir")
+        if eval_every is not None and eval_fn is None:
+            raise ValueError(f"eval_every={eval_every} given without an eval_fn")
+        manager = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
+        history = history or History()
+        if manager is not None and manager.latest_step() is not None:
+            self.state, history = manager.restore(self, manager.latest_step())
+        start = self.step
+        if start > num_steps:
+            raise ValueError(f"the state is at step {start}, past num_steps={num_steps}")
+        bar = tqdm(total=num_steps, initial=start, desc=description, disable=not progress, leave=False)
+        started = time.perf_counter()
+
+        def evaluate_now(step: int) -> None:
+            if eval_fn is not None and not any(e["step"] == step for e in history.evals):
+                history.evals.append({"step": step, **self.evaluate(eval_fn())})
+
+        try:
+            for step in range(start, num_steps):
+                batch = batch_fn(step)
+                t0 = time.perf_counter()
+                metrics = self.train_step(batch)
+                seconds = time.perf_counter() - t0
+                metrics["images_per_second"] = len(batch["label"]) / seconds
+                history.step_seconds.append(seconds)
+                history.metrics.append(metrics)
+                bad = [k for k in ("loss", "objective", "grad_norm") if not math.isfinite(metrics[k])]
+                if bad:
+                    history.diverged, history.diverged_at = True, step
+                    last = manager.latest_step() if manager is not None else None
+                    kept = f"; the last good checkpoint is step {last} in {checkpoint_dir}" if last else ""
+                    history.message = f"non-finite {bad[0]}={metrics[bad[0]]} at step {step}{kept}"
+                    if self.config.on_nonfinite == "stop":
+                        raise NonFiniteError(history.message + " (on_nonfinite='stop')")
+                    break
+                done = step + 1
+                if eval_every is not None and done % eval_every == 0:
+                    evaluate_now(done)
+                if manager is not None and checkpoint_every is not None and done % checkpoint_every == 0:
+                    manager.save(self, history)
+                bar.update(1)
+                if step % 10 == 0 or done == num_steps:
+                    postfix = {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['accuracy']:.3f}"}
+                    if history.evals:
+                        postfix["val_acc"] = f"{history.evals[-1]['accuracy']:.3f}"
+                    bar.set_postfix(postfix, img_s=f"{metrics['images_per_second']:.0f}")
+            else:
+                evaluate_now(num_steps)
+                if manager is not None and manager.latest_step() != num_steps:
+                    manager.save(self, history)
+        finally:
+            bar.close()
+            history.seconds += time.perf_counter() - started
+        self.write_back()
+        return history
+
+
+class Checkpoints:
+    """Orbax checkpoints of a :class:`Trainer`'s state and its :class:`History`, one folder per step
+    (``<directory>/<step>/``), the two latest kept. Saving is synchronous and atomic (orbax writes to a
+    temporary folder and renames it), so an interrupted save never shows up as a step.
+
+    Restoring places every array by the *restoring* trainer's shardings: a checkpoint written on 8 devices
+    restores on 1, and the reverse.
+    """
+
+    def __init__(self, directory, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self.directory = Path(directory).absolute()
+        self._ocp = ocp
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        self.manager.reload()
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        self.manager.reload()
+        return list(self.manager.all_steps())
+
+    def save(self, trainer: Trainer, history: History) -> None:
+        ocp = self._ocp
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(trainer.state), history=ocp.args.JsonSave(history.to_dict())
+        )
+        self.manager.save(trainer.step, args=args, force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, trainer: Trainer, step: int) -> tuple[dict, History]:
+        """The state at ``step`` placed like ``trainer.state``, and the history up to that step."""
+        ocp = self._ocp
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trainer.state
+        )
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()),
+        )
+        history = History.from_dict(restored["history"])
+        return restored["state"], history
