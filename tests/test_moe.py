@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sparse_experts import models, routing
 from sparse_experts.models import MoeConfig, flops_per_image, param_count, vit_config
@@ -194,6 +196,30 @@ def test_soft_moe_by_hand():
         module(x, k=1)
 
 
+def test_renormalize_option():
+    plain = layer(router="top_k", k=2, capacity_factor=0.5, group_size=2)
+    renormalized = layer(router="top_k", k=2, capacity_factor=0.5, group_size=2, renormalize=True)
+    assert renormalized.renormalize and not plain.renormalize
+    x = inputs()
+    y_plain, raw = call(plain, x)
+    y, record = call(renormalized, x)
+    raw_weights, weights = np.asarray(raw["combine_weights"]), np.asarray(record["combine_weights"])
+    processed = np.asarray(routing_processed(raw, "top_k", k=2, group_size=2))
+    assert 0 < float(record["dropped_fraction"]) == float(raw["dropped_fraction"])  # same choices kept
+    np.testing.assert_array_equal(record["load"], raw["load"])
+    # Each token's kept weights, divided by their sum: rows sum to 1, or 0 when nothing was kept.
+    total = raw_weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(
+        weights, np.where(total > 0, raw_weights / np.where(total > 0, total, 1), 0), 1e-5
+    )
+    np.testing.assert_allclose(weights.sum(-1), processed.any(-1).astype(np.float32), atol=1e-5)
+    expected = jnp.einsum("BNE,BNED->BND", weights, expert_outputs(renormalized, x))
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    assert not np.allclose(y, y_plain)
+    with pytest.raises(TypeError, match="renormalize must be a bool"):
+        MoeMlp(D, H, E, rngs=nnx.Rngs(0), renormalize=1)
+
+
 def test_bad_inputs_give_clear_errors():
     module = layer(router="top_k", group_size=3)
     with pytest.raises(ValueError, match="B=4 is not divisible by group_size=3"):
@@ -207,7 +233,120 @@ def test_bad_inputs_give_clear_errors():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# V-MoE models
+# Properties of the layer (hypothesis)
+# ---------------------------------------------------------------------------------------------------------
+def routing_processed(record, router: str, *, k: int, group_size: int, batch_priority: bool = False):
+    """[B, N, E] bool: whether expert e processed token n, routed again per group with the routing primitives
+    from the record's gates and capacity (traceable: runs inside the property tests' compiled program)."""
+    gates = jnp.asarray(record["gates"])
+    batch, tokens, experts = gates.shape
+    grouped = gates.reshape(batch // group_size, group_size * tokens, experts)  # [G, S, E]
+    C = int(record["capacity"])  # a Python int in the layer, an array once returned from jit
+    if router == "top_k":
+        assignment = routing.top_k_routing(grouped, k, C, batch_priority=batch_priority)
+        kept = assignment.slot < C  # [G, S, K]
+        one_hot = jax.nn.one_hot(assignment.expert, experts, dtype=jnp.int32)  # [G, S, K, E]
+        processed = jnp.sum(one_hot * kept[..., None], axis=-2) > 0  # [G, S, E]
+    else:
+        token = routing.expert_choice_routing(grouped, C).token  # [G, E, C]
+        taken = jnp.sum(jax.nn.one_hot(token, group_size * tokens, dtype=jnp.int32), axis=-2)  # [G, E, S]
+        processed = jnp.swapaxes(taken, -1, -2) > 0
+    return processed.reshape(batch, tokens, experts)
+
+
+# (B, N, D, E, group_size): a few fixed shapes, so the number of compiled programs stays bounded. Each draw
+# varies the data (tokens and router weights from a seed) and the call-time knobs, from small fixed lists:
+# top-k has three (shape, k, capacity factor) cases, each with BPR on and off (6 programs); expert choice has
+# two shapes times two capacity factors (4 programs). Every top-k case has fewer slots than choices.
+PROPERTY_SHAPES = [(4, 6, 8, 4, 2), (2, 5, 6, 3, 1)]
+TOP_K_CASES = [  # (shape, k, capacity factor): C = 3 of 12 tokens x 2, 4 of 12 x 1, 2 of 5 x 2
+    (PROPERTY_SHAPES[0], 2, 0.5),
+    (PROPERTY_SHAPES[0], 1, 1.25),
+    (PROPERTY_SHAPES[1], 2, 0.5),
+]
+PROPERTY_CAPACITY_FACTORS = [0.5, 1.25]
+
+
+@functools.cache
+def shaped_layer(width: int, experts: int, **options) -> MoeMlp:
+    return nnx.jit(lambda: MoeMlp(width, 2 * width, experts, rngs=nnx.Rngs(0), **options))()
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4), compiler_options=FAST_COMPILE)
+def _call_with_router(graphdef, state, x, router_kernel, kwargs):
+    """The layer with this router kernel on x; every expert on every token ``[B, N, E, D]`` (by experts());
+    which expert processed which token ``[B, N, E]`` (:func:`routing_processed`). One program per call."""
+    module = nnx.merge(graphdef, state)
+    module.router_kernel[...] = router_kernel
+    kwargs = dict(kwargs)
+    y, record = module(x, **kwargs)
+    B, N, D = x.shape
+    every = jnp.broadcast_to(x[:, :, None, None, :], (B, N, module.num_experts, 1, D))  # [B, N, E, C=1, D]
+    processed = routing_processed(
+        record,
+        module.router,
+        k=kwargs.get("k", module.k),
+        group_size=module.group_size,
+        batch_priority=kwargs.get("batch_priority", module.batch_priority),
+    )
+    return y, record, module.experts(every)[:, :, :, 0, :], processed
+
+
+def check_layer_properties(router: str, shape, seed: int, **overrides):
+    B_, N_, D_, E_, group_size = shape
+    module = shaped_layer(D_, E_, router=router, group_size=group_size)
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(B_, N_, D_)), jnp.float32)
+    router_kernel = jnp.asarray(rng.normal(size=(D_, E_)), jnp.float32)  # spread-out gates, many drops
+    graphdef, state = nnx.split(module)
+    y, record, every_output, processed = _call_with_router(
+        graphdef, state, x, router_kernel, tuple(sorted(overrides.items()))
+    )
+    processed = np.asarray(processed)
+    k = overrides.get("k", module.k) if router == "top_k" else 1
+    C = int(record["capacity"])
+    assert C == routing.layer_capacity(router, group_size * N_, E_, k, overrides["capacity_factor"])
+    weights, gates = np.asarray(record["combine_weights"]), np.asarray(record["gates"])
+    # Zero wherever the expert did not process the token, the gate where it did (each expert takes a token at
+    # most once, in either router).
+    np.testing.assert_array_equal(weights[~processed], 0.0)
+    np.testing.assert_allclose(weights, np.where(processed, gates, 0.0), rtol=1e-6, atol=0)
+    # Load: per expert and group at most C (expert choice: exactly C); the record sums over groups.
+    per_group = processed.reshape(B_ // group_size, group_size * N_, E_).sum(axis=1)  # [G, E]
+    assert (per_group <= C).all()
+    if router == "expert_choice":
+        assert (per_group == C).all()
+    load = np.asarray(record["load"])
+    np.testing.assert_array_equal(load, per_group.sum(0))
+    tokens_per_image = np.asarray(record["tokens_per_image"])
+    np.testing.assert_array_equal(tokens_per_image, processed.reshape(B_, N_ * E_).sum(-1))
+    assert tokens_per_image.sum() == load.sum() == processed.sum()
+    dropped = float(record["dropped_fraction"])
+    assert 0.0 <= dropped <= 1.0
+    if router == "top_k":
+        assert dropped == pytest.approx(1 - load.sum() / (B_ * N_ * k), abs=1e-6)
+    else:  # the fraction of tokens no expert took
+        assert dropped == pytest.approx(np.mean(~processed.any(-1)), abs=1e-6)
+    # The output is the combine-weighted sum of the experts' outputs on each token.
+    expected = np.einsum("BNE,BNED->BND", weights, np.asarray(every_output))
+    np.testing.assert_allclose(y, expected, atol=2e-5, rtol=1e-5)
+
+
+@given(st.sampled_from(TOP_K_CASES), st.booleans(), st.integers(0, 2**31 - 1))
+def test_top_k_layer_properties(case, batch_priority, seed):
+    shape, k, capacity_factor = case
+    check_layer_properties(
+        "top_k", shape, seed, k=k, capacity_factor=capacity_factor, batch_priority=batch_priority
+    )
+
+
+@given(
+    st.sampled_from(PROPERTY_SHAPES), st.integers(0, 2**31 - 1), st.sampled_from(PROPERTY_CAPACITY_FACTORS)
+)
+def test_expert_choice_layer_properties(shape, seed, capacity_factor):
+    check_layer_properties("expert_choice", shape, seed, capacity_factor=capacity_factor)
+
+
 # ---------------------------------------------------------------------------------------------------------
 TINY = dict(image_size=16, num_classes=5, head_zero_init=False)
 

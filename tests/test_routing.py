@@ -78,6 +78,46 @@ def test_top2_batch_priority():
     )
 
 
+def test_top2_renormalized():
+    # As test_top2_vanilla (same slots, token 1's second choice dropped), each token's kept weights divided by
+    # their sum: t0 (.6, .3) / .9, t1 (.8, dropped) / .8, t2 (.5, .3) / .8.
+    got = routing.top_k_routing(GATES, k=2, capacity=2, renormalize=True)
+    _assert_assignment(
+        got,
+        expert=[[0, 1], [0, 1], [1, 2]],
+        slot=[[0, 1], [1, 2], [0, 0]],
+        weight=[[2 / 3, 1 / 3], [1.0, 0.0], [0.625, 0.375]],
+    )
+    jitted = jax.jit(functools.partial(routing.top_k_routing, k=2, capacity=2, renormalize=True))(GATES)
+    for field in range(3):
+        np.testing.assert_allclose(np.asarray(jitted[field]), np.asarray(got[field]), rtol=1e-6)
+    # Off by default: the raw gates.
+    np.testing.assert_allclose(
+        np.asarray(routing.top_k_routing(GATES, k=2, capacity=2).weight), [[0.6, 0.3], [0.8, 0.0], [0.5, 0.3]]
+    )
+
+
+def test_renormalized_gradient_finite_when_a_token_keeps_nothing():
+    # k=2, capacity 1. First choices: all three tokens ask for e0; t0 takes it, t1 and t2 are dropped. Second
+    # choices: t0 takes e1, t1 takes e2, t2 asks for e1 (full): dropped. t2 keeps nothing: weights 0, not NaN.
+    logits = jnp.float32([[2.0, 1.0, 0.0], [1.5, 0.0, 1.0], [1.0, 0.5, 0.0]])
+
+    def weights(logits):
+        return routing.top_k_routing(jax.nn.softmax(logits), k=2, capacity=1, renormalize=True).weight
+
+    gates = np.asarray(jax.nn.softmax(logits))
+    got = np.asarray(jax.jit(weights)(logits))
+    t0 = gates[0, :2] / gates[0, :2].sum()
+    np.testing.assert_allclose(got, [t0, [0.0, 1.0], [0.0, 0.0]], rtol=1e-6)
+    probe = jnp.float32([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    grad = np.asarray(jax.jit(jax.grad(lambda z: jnp.sum(weights(z) * probe)))(logits))
+    assert np.isfinite(grad).all()
+    # t1's single kept choice has weight 1 whatever the logits, and t2 has no weight at all: zero gradient;
+    # t0's two kept weights move with its logits.
+    np.testing.assert_allclose(grad[1:], 0.0, atol=1e-6)
+    assert np.abs(grad[0]).sum() > 0
+
+
 def test_expert_choice():
     # Columns of GATES: e0 (.6, .8, .2) takes tokens 1, 0; e1 (.3, .1, .5) takes 2, 0; e2 (.1, .1, .3)
     # takes 2, then 0 (tied with 1 at .1; the lower token index wins).
@@ -461,6 +501,7 @@ def test_aux_loss_gradients_finite_at_balanced_routing():
         (lambda: routing.top_k_routing(GATES, k=0, capacity=1), "k"),
         (lambda: routing.top_k_routing(GATES, k=4, capacity=1), "k=4 exceeds num_experts=3"),
         (lambda: routing.top_k_routing(GATES, k=1, capacity=0), "capacity"),
+        (lambda: routing.top_k_routing(GATES, k=1, capacity=1, renormalize="yes"), "renormalize"),
         (lambda: routing.top_k_routing(GATES[0], k=1, capacity=1), "gates"),
         (lambda: routing.top_k_routing(np.where(GATES > 0.7, np.nan, GATES), 1, 1), "gates contain NaN"),
         (lambda: routing.expert_choice_routing(GATES, capacity=4), "capacity=4 exceeds"),
@@ -488,5 +529,5 @@ def test_aux_loss_gradients_finite_at_balanced_routing():
     ],
 )
 def test_bad_input_names_the_argument(call, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises((ValueError, TypeError), match=name):
         call()

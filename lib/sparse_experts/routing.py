@@ -86,6 +86,11 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name}={value} must be at least 1")
 
 
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} ({value!r})")
+
+
 def _check_gates(gates, name: str = "gates") -> None:
     if jnp.ndim(gates) < 2:
         raise ValueError(
@@ -151,7 +156,9 @@ def _slots_in_service_order(expert_served: Array, num_experts: int) -> Array:
     return slot.reshape(*lead, num_choices, num_tokens)
 
 
-def top_k_routing(gates: Array, k: int, capacity: int, batch_priority: bool = False) -> Assignment:
+def top_k_routing(
+    gates: Array, k: int, capacity: int, batch_priority: bool = False, renormalize: bool = False
+) -> Assignment:
     """V-MoE top-k routing with a fixed capacity, optionally with Batch Prioritized Routing.
 
     Args:
@@ -159,6 +166,8 @@ def top_k_routing(gates: Array, k: int, capacity: int, batch_priority: bool = Fa
       k: choices per token K, 1 <= K <= E.
       capacity: slots per expert C >= 1 (see :func:`capacity`).
       batch_priority: serve tokens in descending order of their top-1 gate (BPR) instead of position order.
+      renormalize: divide each token's kept weights by the sum of its kept gates, so they sum to 1 (off by
+        default, as in V-MoE). A token with nothing kept keeps weights 0 (no NaN, finite gradients).
 
     Returns:
       :class:`Assignment` with ``expert``, ``slot``, ``weight`` each ``[..., S, K]``.
@@ -167,12 +176,14 @@ def top_k_routing(gates: Array, k: int, capacity: int, batch_priority: bool = Fa
     index). Choices are served K-major (all first choices, then all second choices, ...); within a level in
     position order, or with BPR in descending top-1 gate (ties keep position order). Each expert fills its
     slots 0, 1, 2, ... in service order; a choice that finds its expert full is dropped, not re-routed.
-    Kept weights are the raw gates (not renormalised).
+    Kept weights are the raw gates (not renormalised) unless ``renormalize``; which choices are kept does not
+    depend on ``renormalize``.
     """
     _check_gates(gates)
     num_experts = gates.shape[-1]
     _check_positive_int("k", k)
     _check_positive_int("capacity", capacity)
+    _check_bool("renormalize", renormalize)
     if k > num_experts:
         raise ValueError(f"k={k} exceeds num_experts={num_experts} (the last dim of gates); use k <= E")
 
@@ -188,11 +199,15 @@ def top_k_routing(gates: Array, k: int, capacity: int, batch_priority: bool = Fa
         slot_by_service = jnp.swapaxes(slot_served, -1, -2)  # [..., S, K], rows in service order
         slot = jnp.take_along_axis(slot_by_service, inverse[..., None], axis=-2)  # [..., S, K], token order
     kept = slot < capacity
-    return Assignment(
-        expert=top_experts,
-        slot=jnp.where(kept, slot, capacity).astype(jnp.int32),
-        weight=jnp.where(kept, top_gates, jnp.zeros_like(top_gates)),
-    )
+    weight = jnp.where(kept, top_gates, jnp.zeros_like(top_gates))
+    if renormalize:
+        # Divide by the kept total; where nothing (or only underflowed gates) is kept, divide by 1 instead, so
+        # neither the value nor the gradient of the untaken branch of the where is NaN.
+        total = jnp.sum(weight, axis=-1, keepdims=True)
+        safe_total = jnp.where(total > 0, total, jnp.ones_like(total))
+        weight = jnp.where(kept, top_gates / safe_total, jnp.zeros_like(top_gates))
+    slot = jnp.where(kept, slot, capacity).astype(jnp.int32)
+    return Assignment(expert=top_experts, slot=slot, weight=weight)
 
 
 def expert_choice_routing(gates: Array, capacity: int) -> ExpertChoice:
@@ -551,7 +566,8 @@ class MoeMlp(nnx.Module):
     - ``"top_k"`` (V-MoE): the B images are cut into G = B / ``group_size`` groups of S = group_size x N
       tokens; a dense router D -> E (no bias, float32) gives logits, plus training-time noise of std
       ``noise_std / E``; gates = softmax; :func:`top_k_routing` with C = :func:`layer_capacity` (optionally
-      BPR); :func:`dispatch` -> experts on ``[G, E, C, D]`` -> :func:`combine`.
+      BPR; with ``renormalize=True`` each token's kept weights are divided by their sum); :func:`dispatch`
+      -> experts on ``[G, E, C, D]`` -> :func:`combine`.
     - ``"expert_choice"`` (Zhou et al. 2022): same groups and gates, :func:`expert_choice_routing`.
     - ``"soft"`` (Puigcerver et al. 2023): per image, E x C slots with learned parameters ``[E, C, D]``;
       logits = (learned scale x L2-normalised tokens) . (L2-normalised slot parameters); dispatch weights are
@@ -587,6 +603,7 @@ class MoeMlp(nnx.Module):
         capacity_factor: float = 1.05,
         eval_capacity_factor: float | None = None,
         batch_priority: bool = False,
+        renormalize: bool = False,
         group_size: int = 1,
         noise_std: float = 1.0,
         slots_per_expert: int = 1,
@@ -610,6 +627,7 @@ class MoeMlp(nnx.Module):
                 raise ValueError(f"{name}={value} must be > 0 (1.0 gives each expert its fair share)")
         if not noise_std >= 0:
             raise ValueError(f"noise_std={noise_std} must be >= 0 (0 turns the noise off)")
+        _check_bool("renormalize", renormalize)
         if backend is not None:
             _resolve_backend(backend)
         D, H, E = width, hidden, num_experts
@@ -617,6 +635,7 @@ class MoeMlp(nnx.Module):
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.batch_priority, self.group_size, self.noise_std = batch_priority, group_size, noise_std
         self.slots_per_expert, self.dtype, self.backend = slots_per_expert, dtype, backend
+        self.renormalize = renormalize
         xavier = nnx.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
         zeros = nnx.initializers.zeros
         self.wi = _moe_param(rngs, xavier, (E, D, H), ("expert", "embed", "mlp"), param_dtype)
@@ -736,7 +755,7 @@ class MoeMlp(nnx.Module):
             "z_loss": router_z_loss(logits),
         }
         if self.router == "top_k":
-            routing = top_k_routing(gates, k, C, batch_priority=batch_priority)
+            routing = top_k_routing(gates, k, C, batch_priority=batch_priority, renormalize=self.renormalize)
             kept = (routing.slot < C).astype(jnp.float32)  # [G, S, K]
             expert_one_hot = jax.nn.one_hot(routing.expert, E, dtype=jnp.float32)  # [G, S, K, E]
             combine_weights = jnp.einsum("GSK,GSKE->GSE", routing.weight, expert_one_hot)
