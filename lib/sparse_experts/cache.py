@@ -1,0 +1,355 @@
+"""The artifact cache: trained models and their metrics under ``data/cache/``, keyed by what made them.
+
+A :class:`TrainSpec` says everything that makes a trained model: dataset, image size, labels, model config,
+training settings, batch size, steps, seed, preset and evaluation batch size. Its key is the sha256 of the
+canonical JSON of that spec together with a hash of the source of the code that trains (``train``,
+``models``, ``routing``, ``expert_parallel``): change any of it and the key changes, so a stale model is
+never reused.
+
+:func:`get_or_train` returns the cached entry when a verified one exists, otherwise trains (resuming from
+the checkpoints of an interrupted attempt when there are any), evaluates on the validation and test splits,
+and stores the entry. An entry is a folder ``<cache>/<key>/``::
+
+    spec.json       the spec and the code hash
+    params/         the trained parameters (orbax)
+    history.json    per-step metrics and periodic validation metrics (sparse_experts.train.History)
+    metrics.json    validation and test metrics, training time, parameter counts, GFLOPs per image
+    manifest.json   sha256 of every other file; written last
+
+Atomicity: training and assembly happen under ``<cache>/.partial/<key>/``; the finished folder is moved
+into place with one rename. On load every file is checked against the manifest; an entry that fails (a
+partial copy, a truncated file, an edited spec) is never used: :func:`get_or_train` moves it aside to
+``<cache>/.corrupt/`` (nothing is deleted) and trains again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparse_experts import paths
+
+log = logging.getLogger(__name__)
+
+CODE_MODULES = (
+    "sparse_experts.train",
+    "sparse_experts.models",
+    "sparse_experts.routing",
+    "sparse_experts.expert_parallel",
+)
+"""Modules whose source is part of every cache key."""
+LABELS = ("label", "coarse_label")
+FILES = ("spec.json", "history.json", "metrics.json")
+
+
+class CorruptEntryError(RuntimeError):
+    """A cache entry failed verification (missing or changed files, or a spec that does not match)."""
+
+
+def cache_dir() -> Path:
+    """``<data root>/cache`` (``$SPARSE_EXPERTS_DATA_DIR`` moves the data root)."""
+    return paths.data_root() / "cache"
+
+
+def code_hash() -> str:
+    """sha256 of the source of :data:`CODE_MODULES`, in order."""
+    digest = hashlib.sha256()
+    for name in CODE_MODULES:
+        digest.update(name.encode())
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    return digest.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything that makes one trained model. ``model`` is a ``models.VitConfig``, ``train`` a
+    ``train.TrainConfig``. Evaluation uses the validation and test splits in their stored order, in batches
+    of ``eval_batch_size`` (part of the spec: with capacity limits and BPR a token's routing depends on the
+    other images in its group)."""
+
+    dataset: str
+    model: Any
+    train: Any
+    batch_size: int
+    num_steps: int
+    seed: int = 0
+    preset: str = "cpu"
+    image_size: int | None = None
+    label: str = "label"
+    eval_batch_size: int = 500
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+
+    def __post_init__(self) -> None:
+        from sparse_experts import models, train
+
+        if not isinstance(self.model, models.VitConfig):
+            raise TypeError(f"TrainSpec.model must be a VitConfig, got {type(self.model).__name__}")
+        if not isinstance(self.train, train.TrainConfig):
+            raise TypeError(f"TrainSpec.train must be a TrainConfig, got {type(self.train).__name__}")
+        for name, minimum in [("batch_size", 1), ("num_steps", 1), ("seed", 0), ("eval_batch_size", 1)]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(
+                    f"TrainSpec.{name}={value!r} is not allowed; expected an integer >= {minimum}"
+                )
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"TrainSpec.{name}={value!r} is not allowed; expected an integer >= 1 or None"
+                )
+        if self.label not in LABELS:
+            raise ValueError(f"TrainSpec.label={self.label!r} is not allowed; expected one of {LABELS}")
+        group = self.model.moe.group_size if self.model.moe is not None else 1
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) % group:
+                raise ValueError(
+                    f"TrainSpec.{name}={getattr(self, name)} is not a multiple of the model's routing "
+                    f"group_size={group}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["model"] = self.model.to_dict()
+        out["train"] = self.train.to_dict()
+        return json.loads(canonical_json(out))  # tuples -> lists, as stored
+
+    def key(self) -> str:
+        """sha256 of the canonical JSON of this spec and :func:`code_hash`."""
+        return hashlib.sha256(
+            canonical_json({"spec": self.to_dict(), "code": code_hash()}).encode()
+        ).hexdigest()
+
+
+@dataclass
+class Trained:
+    """A cache entry, loaded: the model with its trained parameters, its history and metrics."""
+
+    spec: TrainSpec
+    model: Any
+    history: Any
+    metrics: dict[str, Any]
+    path: Path
+    trained_now: bool
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != "manifest.json":
+            yield path
+
+
+def _write_manifest(root: Path) -> None:
+    manifest = {str(p.relative_to(root)): _sha256_file(p) for p in _files(root)}
+    tmp = root / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, root / "manifest.json")
+
+
+def verify(entry: Path, spec: TrainSpec | None = None) -> None:
+    """Raise :class:`CorruptEntryError` unless every file of ``entry`` matches its manifest (and, given a
+    spec, ``spec.json`` holds that spec)."""
+    entry = Path(entry)
+    manifest_path = entry / "manifest.json"
+    if not manifest_path.is_file():
+        raise CorruptEntryError(f"{entry}: no manifest.json (an interrupted or partial entry)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as error:
+        raise CorruptEntryError(f"{entry}: manifest.json is not valid JSON ({error})") from None
+    present = {str(p.relative_to(entry)) for p in _files(entry)}
+    missing, extra = sorted(set(manifest) - present), sorted(present - set(manifest))
+    if missing or extra:
+        raise CorruptEntryError(f"{entry}: files missing {missing[:3]} / not in the manifest {extra[:3]}")
+    for name, expected in manifest.items():
+        if _sha256_file(entry / name) != expected:
+            raise CorruptEntryError(f"{entry}: {name} does not match its sha256 in the manifest")
+    for name in FILES:
+        if name not in manifest:
+            raise CorruptEntryError(f"{entry}: {name} is not in the manifest")
+    if spec is not None:
+        stored = json.loads((entry / "spec.json").read_text())
+        if stored.get("spec") != spec.to_dict() or stored.get("code") != code_hash():
+            raise CorruptEntryError(f"{entry}: spec.json does not hold the spec and code hash of its key")
+
+
+def _set_aside(entry: Path, root: Path, reason: str) -> Path:
+    target = root / ".corrupt" / f"{entry.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(entry, target)
+    log.warning("cache entry %s failed verification (%s); moved to %s", entry.name, reason, target)
+    return target
+
+
+def _load_entry(entry: Path, spec: TrainSpec) -> Trained:
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from sparse_experts import models, train
+
+    verify(entry, spec)
+    model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
+    target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore((entry / "params").absolute(), target)
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    history = train.History.from_dict(json.loads((entry / "history.json").read_text()))
+    metrics = json.loads((entry / "metrics.json").read_text())
+    return Trained(spec=spec, model=model, history=history, metrics=metrics, path=entry, trained_now=False)
+
+
+def load(spec: TrainSpec, *, root: str | Path | None = None) -> Trained | None:
+    """The verified cache entry of ``spec``, or None when there is none. A corrupt entry raises
+    :class:`CorruptEntryError` (use :func:`get_or_train` to replace it)."""
+    entry = Path(root or cache_dir()) / spec.key()
+    return _load_entry(entry, spec) if entry.exists() else None
+
+
+def _eval_batches(spec: TrainSpec, split: str):
+    from sparse_experts.datasets import loader
+
+    return [
+        {"image": b["image"], "label": b[spec.label]}
+        for b in loader.batches(
+            spec.dataset,
+            split,
+            spec.eval_batch_size,
+            shuffle=False,
+            epochs=1,
+            drop_remainder=False,
+            image_size=spec.image_size,
+        )
+    ]
+
+
+def _check_eval_split(spec: TrainSpec, split: str) -> None:
+    from sparse_experts.datasets import loader
+
+    n = len(loader.load_split(spec.dataset, split, image_size=spec.image_size))
+    group = spec.model.moe.group_size if spec.model.moe is not None else 1
+    if (n % spec.eval_batch_size) % group:
+        raise ValueError(
+            f"TrainSpec.eval_batch_size={spec.eval_batch_size}: the {split} split of {spec.dataset} has {n} "
+            f"examples, leaving a last batch of {n % spec.eval_batch_size} images, not a multiple of the "
+            f"routing group_size={group}; choose an eval_batch_size that divides {n}"
+        )
+
+
+def train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, description: str = "") -> Path:
+    """Train ``spec`` with checkpoints under ``work/checkpoints`` (resuming there), evaluate, and assemble
+    the entry folder ``work/entry`` (with its manifest). Returns that folder."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from sparse_experts import models, session, train
+    from sparse_experts.datasets import loader
+
+    for split in ("validation", "test"):
+        _check_eval_split(spec, split)
+    model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
+    trainer = train.Trainer(model, spec.train, seed=spec.seed)
+
+    def batch_fn(step: int) -> dict:
+        batch = loader.batch_at(
+            spec.dataset, "train", spec.batch_size, seed=spec.seed, step=step, image_size=spec.image_size
+        )
+        return {"image": batch["image"], "label": batch[spec.label]}
+
+    history = trainer.fit(
+        batch_fn,
+        spec.num_steps,
+        checkpoint_dir=work / "checkpoints",
+        checkpoint_every=spec.checkpoint_every,
+        eval_fn=lambda: _eval_batches(spec, "validation"),
+        eval_every=spec.eval_every,
+        progress=progress,
+        description=description or f"train {spec.dataset} seed {spec.seed}",
+    )
+    if history.diverged:
+        raise train.NonFiniteError(f"training diverged: {history.message}; nothing was cached")
+    test = trainer.evaluate(_eval_batches(spec, "test"))
+    validation = history.evals[-1] if history.evals and history.evals[-1]["step"] == spec.num_steps else None
+    validation = validation or {"step": spec.num_steps, **trainer.evaluate(_eval_batches(spec, "validation"))}
+    steps = np.asarray(history.step_seconds[1:] or history.step_seconds)
+    metrics = {
+        "validation": validation,
+        "test": test,
+        "train_seconds": history.seconds,
+        "median_step_seconds": float(np.median(steps)),
+        "params_total": models.param_count(spec.model),
+        "params_active": models.param_count(spec.model, active=True),
+        "gflops_per_image": models.flops_per_image(spec.model) / 1e9,
+        "final_train_loss": float(np.mean(history.series("loss")[-10:])),
+    }
+    entry = work / "entry"
+    if entry.exists():
+        shutil.rmtree(entry)
+    entry.mkdir(parents=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save((entry / "params").absolute(), trainer.state["params"])
+    session.write_json_atomic(entry / "spec.json", {"spec": spec.to_dict(), "code": code_hash()})
+    session.write_json_atomic(entry / "history.json", history.to_dict())
+    session.write_json_atomic(entry / "metrics.json", metrics)
+    _write_manifest(entry)
+    return entry
+
+
+def get_or_train(
+    spec: TrainSpec,
+    *,
+    root: str | Path | None = None,
+    progress: bool = True,
+    retrain: bool = False,
+    description: str = "",
+) -> Trained:
+    """The trained model of ``spec``: from the cache when a verified entry exists, otherwise trained now
+    (resuming an interrupted attempt from its checkpoints) and stored. ``retrain=True`` sets an existing
+    entry aside and trains again."""
+    root = Path(root or cache_dir())
+    key = spec.key()
+    entry = root / key
+    if entry.exists():
+        if retrain:
+            _set_aside(entry, root, "retrain=True")
+        else:
+            try:
+                return _load_entry(entry, spec)
+            except CorruptEntryError as error:
+                _set_aside(entry, root, str(error))
+    work = root / ".partial" / key
+    work.mkdir(parents=True, exist_ok=True)
+    built = train_entry(spec, work, progress=progress, description=description)
+    os.replace(built, entry)
+    shutil.rmtree(work, ignore_errors=True)
+    trained = _load_entry(entry, spec)
+    trained.trained_now = True
+    return trained
