@@ -17,6 +17,7 @@ help:
 	@echo "make test                                                  pytest, incl. every notebook under smoke"
 	@echo "make lab                                                   JupyterLab on 127.0.0.1 with the venv kernel"
 	@echo "make bench                                                 benchmark scripts -> outputs/benchmarks/"
+	@echo "make browser-check [NOTEBOOK=...]                          notebook 03 live in JupyterLab + headless Chromium"
 	@echo "make setup | lint | format | strip | lock"
 
 setup: $(STAMP)
@@ -40,6 +41,14 @@ bench: setup
 	@scripts=$$(ls benchmarks/*.py 2>/dev/null); \
 	if [ -z "$$scripts" ]; then echo "no benchmark scripts in benchmarks/ yet"; fi; \
 	for script in $$scripts; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# Needs the system Chromium (installed here when missing and run as root); screenshots -> outputs/browser-check/.
+browser-check: setup
+	@if [ -z "$(CHROMIUM)" ] && ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	  else echo "browser-check needs Chromium: sudo apt-get install -y chromium (or pass CHROMIUM=/path/to/chromium)"; exit 2; fi; \
+	fi
+	$(PY) -m sparse_experts.browser_check $(if $(NOTEBOOK),--notebook $(NOTEBOOK),)
 
 lint: setup
 	$(VENV)/bin/ruff check lib tests benchmarks
