@@ -117,8 +117,9 @@ def test_ablate_expert_leaves_original_and_removes_exactly_that_experts_output(m
     np.testing.assert_array_equal(np.asarray(off.wo[...][1]), wo_before[1])
     # at the layer: the ablated output is the original minus expert 2's weighted output, nothing else
     x = jax.random.normal(jax.random.key(1), (2, model.config.num_tokens, 16))
-    y, record = mlp(x, capacity_factor=1.0)
-    y_off, record_off = off(x, capacity_factor=1.0)
+    layer = nnx.jit(lambda module, x: module(x, capacity_factor=1.0))  # one compile for both (same graph)
+    y, record = layer(mlp, x)
+    y_off, record_off = layer(off, x)
     np.testing.assert_allclose(record_off["combine_weights"], record["combine_weights"])  # routing unchanged
     h = jax.nn.gelu(jnp.einsum("BND,DH->BNH", x, mlp.wi[...][2]) + mlp.bi[...][2])
     expert_out = jnp.einsum("BNH,HD->BND", h, mlp.wo[...][2]) + mlp.bo[...][2]
@@ -145,3 +146,26 @@ def test_capacity_sweep_compute_grows_with_capacity(model, images):
         np.testing.assert_allclose(sweep["gflops"], expected)
     with pytest.raises(ValueError, match="capacity_factors"):
         analysis.capacity_sweep(model, images, labels, [0.5, -1.0], batch_size=6)
+
+
+@pytest.mark.parametrize("router", ["expert_choice", "soft"])
+def test_route_other_routers(router, images):
+    config = models.vit_config(
+        "mu/4", image_size=8, num_classes=Y, depth=2, width=16, mlp_dim=32, num_heads=2,
+        moe=models.MoeConfig(num_experts=E, k=1, placement=(1,), router=router),
+    )  # fmt: skip
+    model = models.ViT(config, rngs=nnx.Rngs(0))
+    overrides = dict(capacity_factor=0.5) if router == "expert_choice" else None
+    logits, records = analysis.route(model, images, batch_size=3, moe_overrides=overrides)
+    N = config.num_tokens
+    assert logits.shape == (6, Y) and records[1]["combine_weights"].shape == (6, N, E)
+    if router == "soft":
+        np.testing.assert_allclose(records[1]["combine_weights"].sum(-1), 1.0, atol=1e-5)  # per token
+        np.testing.assert_allclose(records[1]["tokens_per_image"], N)
+        with pytest.raises(ValueError, match="Soft MoE"):
+            analysis.route(model, images, batch_size=3, moe_overrides=dict(capacity_factor=1.0))
+        with pytest.raises(ValueError, match="Soft MoE"):
+            analysis.capacity_sweep(model, images, np.zeros(6, int), [1.0], batch_size=3)
+    else:
+        assert records[1]["capacity"] == 1  # ceil(0.5 x 5 tokens / 4 experts)
+        assert records[1]["load"].sum() == 6 * 1 * E  # every expert fills its C slots in each image
