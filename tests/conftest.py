@@ -30,7 +30,7 @@ settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def run_on_fake_devices(script: str, devices: int = 8, timeout: int = 300) -> dict:
+def run_on_fake_devices(script: str, devices: int = 8, timeout: int = 300, args: list[str] = ()) -> dict:
     """Run ``tests/<script>`` in a subprocess that sees ``devices`` fake CPU devices; return its JSON.
 
     The pytest process has one device and jax is already initialised, so multi-device checks run apart.
@@ -46,7 +46,7 @@ def run_on_fake_devices(script: str, devices: int = 8, timeout: int = 300) -> di
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
     env["JAX_PLATFORMS"] = "cpu"
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / script)],
+        [sys.executable, str(Path(__file__).parent / script), *args],
         env=env,
         capture_output=True,
         text=True,

@@ -541,8 +541,13 @@ class Trainer:
     def initial_state(self, model: nnx.Module) -> dict:
         """``model``'s current parameters, a fresh optimizer state and step 0, placed on the mesh."""
         params = jax.device_put(nnx.to_pure_dict(nnx.state(model, nnx.Param)), self._param_shardings)
-        opt_state = jax.jit(self.tx.init)(params)
-        step = jax.device_put(jnp.zeros((), jnp.int32), jax.sharding.NamedSharding(self.mesh, P()))
+        replicated = jax.sharding.NamedSharding(self.mesh, P())
+        devices = set(self.mesh.devices.flat)
+        opt_state = jax.tree.map(  # moments follow the params; scalars (counts) are replicated on the mesh
+            lambda x: x if x.sharding.device_set == devices else jax.device_put(x, replicated),
+            jax.jit(self.tx.init)(params),
+        )
+        step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
         return {"params": params, "opt_state": opt_state, "step": step}
 
     def _as_state(self, pure_params) -> nnx.State:
