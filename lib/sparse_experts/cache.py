@@ -334,6 +334,8 @@ def get_or_train(
     """The trained model of ``spec``: from the cache when a verified entry exists, otherwise trained now
     (resuming an interrupted attempt from its checkpoints) and stored. ``retrain=True`` sets an existing
     entry aside and trains again."""
+    for split in ("validation", "test"):  # before anything is written
+        _check_eval_split(spec, split)
     root = Path(root or cache_dir())
     key = spec.key()
     entry = root / key

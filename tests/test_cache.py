@@ -1,0 +1,114 @@
+"""The artifact cache: keys, reuse, atomicity (partial and corrupt entries are never used), resumption."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from sparse_experts import cache, models, train
+
+SPEC = cache.TrainSpec(
+    dataset="digits",
+    model=models.vit_config(
+        "mu/4", image_size=8, channels=1, num_classes=10, width=16, depth=2, mlp_dim=32, num_heads=2,
+        pool="gap", moe=models.MoeConfig(num_experts=4, k=2, placement=(1,)),
+    ),
+    train=train.TrainConfig(learning_rate=3e-3, total_steps=6, warmup_steps=1),
+    batch_size=32,
+    num_steps=6,
+    eval_batch_size=90,
+    checkpoint_every=3,
+    preset="smoke",
+)  # fmt: skip
+
+
+def params_of(model) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    return root, cache.get_or_train(SPEC, root=root, progress=False)
+
+
+def test_key_depends_on_spec_and_code(monkeypatch):
+    assert SPEC.key() == cache.TrainSpec(**{f: getattr(SPEC, f) for f in SPEC.__dataclass_fields__}).key()
+    assert SPEC.key() != cache.TrainSpec(**{**SPEC.__dict__, "seed": 1}).key()
+    other_model = SPEC.model.replace(moe=models.MoeConfig(num_experts=4, k=1, placement=(1,)))
+    assert SPEC.key() != cache.TrainSpec(**{**SPEC.__dict__, "model": other_model}).key()
+    before = SPEC.key()
+    monkeypatch.setattr(cache, "code_hash", lambda: "0" * 64)
+    assert SPEC.key() != before
+
+
+def test_trains_once_then_reuses(trained):
+    root, first = trained
+    assert first.trained_now and first.path == root / SPEC.key()
+    assert set(first.metrics) >= {"validation", "test", "train_seconds", "params_total", "gflops_per_image"}
+    assert first.metrics["test"]["count"] == 270 and len(first.history.metrics) == 6
+    again = cache.get_or_train(SPEC, root=root, progress=False)
+    assert not again.trained_now and again.metrics == first.metrics
+    for a, b in zip(params_of(first.model), params_of(again.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The loaded model is the trained one: its test accuracy, recomputed, matches the stored figure.
+    t = train.Trainer(again.model, SPEC.train)
+    assert t.evaluate(cache._eval_batches(SPEC, "test"))["accuracy"] == first.metrics["test"]["accuracy"]
+
+
+def test_partial_entry_is_ignored_and_set_aside(trained, tmp_path):
+    root, good = trained
+    # A copy without its manifest: what an interrupted copy or a half-written entry looks like.
+    partial = tmp_path / SPEC.key()
+    partial.mkdir()
+    (partial / "spec.json").write_text((good.path / "spec.json").read_text())
+    with pytest.raises(cache.CorruptEntryError, match="no manifest"):
+        cache.load(SPEC, root=tmp_path)
+    fresh = cache.get_or_train(SPEC, root=tmp_path, progress=False)
+    assert fresh.trained_now
+    assert len(list((tmp_path / ".corrupt").iterdir())) == 1
+
+
+def test_changed_file_fails_verification(trained):
+    root, good = trained
+    metrics = json.loads((good.path / "metrics.json").read_text())
+    metrics["test"]["accuracy"] = 1.0
+    (good.path / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(cache.CorruptEntryError, match="metrics.json does not match"):
+        cache.verify(good.path, SPEC)
+
+
+def test_interrupted_training_leaves_no_entry_and_resumes(tmp_path, monkeypatch):
+    calls = []
+    original = train.Trainer.evaluate
+
+    def failing_evaluate(self, batches, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt  # as if the user stopped the kernel after training, before the entry exists
+
+    monkeypatch.setattr(train.Trainer, "evaluate", failing_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_train(SPEC, root=tmp_path, progress=False)
+    assert not (tmp_path / SPEC.key()).exists()
+    assert cache.load(SPEC, root=tmp_path) is None
+    assert train.Checkpoints(tmp_path / ".partial" / SPEC.key() / "checkpoints").latest_step() == 6
+    monkeypatch.setattr(train.Trainer, "evaluate", original)
+    resumed = cache.get_or_train(SPEC, root=tmp_path, progress=False)
+    assert resumed.trained_now and len(resumed.history.metrics) == 6
+    assert not (tmp_path / ".partial" / SPEC.key()).exists()
+
+
+def test_bad_spec_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="TrainSpec.label='fine'"):
+        cache.TrainSpec(**{**SPEC.__dict__, "label": "fine"})
+    with pytest.raises(ValueError, match="TrainSpec.batch_size=0"):
+        cache.TrainSpec(**{**SPEC.__dict__, "batch_size": 0})
+    with pytest.raises(ValueError, match="eval_batch_size=100.*divides 270"):
+        grouped = SPEC.model.replace(moe=models.MoeConfig(num_experts=4, k=2, placement=(1,), group_size=4))
+        spec = cache.TrainSpec(**{**SPEC.__dict__, "model": grouped, "eval_batch_size": 100})
+        cache.get_or_train(spec, root=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists()  # checked before anything was written
