@@ -181,7 +181,11 @@ class Lab:
         return f"{self.base}/api/{path}?token={self.token}"
 
     def kernels(self) -> list[dict]:
-        return _get_json(self.api("kernels"))
+        """The server's kernels (empty while the API does not answer, e.g. during a kernel start)."""
+        try:
+            return _get_json(self.api("kernels"))
+        except (OSError, ValueError):  # urllib's HTTPError and URLError are OSErrors
+            return []
 
     def __exit__(self, *exc) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -310,22 +314,35 @@ def run_check(
                 t = mark("page_and_kernel_ready", t)
                 page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
                 page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-                for selector in (".js-plotly-plot", ".widget-slider"):
-                    try:
-                        page.wait_for_selector(selector, state="attached", timeout=remaining() * 1000)
-                    except PlaywrightError as e:
-                        raise CheckFailed(f"no {selector} appeared: {str(e).splitlines()[0]}") from None
+
+                def prompts() -> list[str]:
+                    return page.locator(".jp-InputArea-prompt").all_inner_texts()
 
                 def finished() -> bool:
-                    prompts = page.locator(".jp-InputArea-prompt").all_inner_texts()
-                    busy = any("*" in p for p in prompts)
-                    idle = all(k.get("execution_state") == "idle" for k in lab.kernels())
-                    return not busy and idle
+                    busy = any("*" in p for p in prompts())
+                    kernels = lab.kernels()
+                    return (
+                        not busy
+                        and bool(kernels)
+                        and all(k.get("execution_state") == "idle" for k in kernels)
+                    )
 
+                # queued cells show [*] at once, run cells [n]: wait for either, then for no [*] left
+                run_started = lambda: any(re.search(r"\[[0-9*]+\]", p) for p in prompts())  # noqa: E731
+                _wait(run_started, min(60.0, remaining()), "Run All Cells to start")
                 _wait(
                     finished, remaining(), "every cell to finish (no [*] prompt, kernel idle)", interval=0.5
                 )
                 t = mark("run_all", t)
+                missing = []
+                for selector in (".js-plotly-plot", ".widget-slider"):
+                    try:
+                        page.wait_for_selector(
+                            selector, state="attached", timeout=min(30.0, remaining()) * 1000
+                        )
+                    except PlaywrightError:
+                        missing.append(selector)
+                        summary["failures"].append(f"no {selector} in the page after every cell ran")
 
                 def widget_problems() -> list[str]:
                     text = page.locator(".jp-Notebook").inner_text()
@@ -351,55 +368,68 @@ def run_check(
                 t = mark("widgets_render", t)
                 summary["plots"] = page.locator(".js-plotly-plot").count()
                 summary["sliders"] = page.locator(".widget-slider").count()
-                slider = page.locator(".widget-slider").nth(slider_index)
-                slider.scroll_into_view_if_needed()
-                page.wait_for_timeout(500)
-                page.screenshot(path=str(out / "before.png"))
-                summary["screenshots"].append(str(out / "before.png"))
-                plots_before = page.evaluate(_PLOT_STATE_JS)
-                plot_pixels_before = [p.screenshot() for p in page.locator(".js-plotly-plot").all()]
-                readout = slider.locator(".widget-readout")
-                value_before = readout.inner_text() if readout.count() else None
-                handle = slider.locator(".noUi-handle").first
-                handle.focus()
-                page.keyboard.press("ArrowRight")
-                t_key = time.monotonic()
+                if 0 < summary["sliders"] <= slider_index:
+                    summary["failures"].append(
+                        f"--slider-index {slider_index} but the page has {summary['sliders']} slider(s)"
+                    )
+                    missing.append(".widget-slider")
+                if missing:
+                    page.screenshot(path=str(out / "before.png"))
+                    summary["screenshots"].append(str(out / "before.png"))
+                else:  # move a slider; a plot must react
+                    slider = page.locator(".widget-slider").nth(slider_index)
+                    slider.scroll_into_view_if_needed()
+                    page.wait_for_timeout(500)
+                    page.screenshot(path=str(out / "before.png"))
+                    summary["screenshots"].append(str(out / "before.png"))
+                    plots_before = page.evaluate(_PLOT_STATE_JS)
+                    plot_pixels_before = [p.screenshot() for p in page.locator(".js-plotly-plot").all()]
+                    readout = slider.locator(".widget-readout")
+                    value_before = readout.inner_text() if readout.count() else None
+                    handle = slider.locator(".noUi-handle").first
+                    handle.focus()
+                    page.keyboard.press("ArrowRight")
+                    t_key = time.monotonic()
 
-                def plot_changed() -> int | None:
-                    after = page.evaluate(_PLOT_STATE_JS)
-                    for i, (a, b) in enumerate(zip(plots_before, after, strict=False)):
-                        if a != b:
-                            return i + 1
-                    return None
+                    def plot_changed() -> int | None:
+                        after = page.evaluate(_PLOT_STATE_JS)
+                        for i, (a, b) in enumerate(zip(plots_before, after, strict=False)):
+                            if a != b:
+                                return i + 1
+                        return None
 
-                changed = None
-                with contextlib.suppress(CheckFailed):
-                    changed = _wait(plot_changed, min(60.0, remaining()), "a plot to change", interval=0.5)
-                page.wait_for_timeout(1000)  # let plotly finish drawing
-                value_after = readout.inner_text() if readout.count() else None
-                summary["slider_value"] = [value_before, value_after]
-                plots = page.locator(".js-plotly-plot").all()
-                if changed is None:  # data unchanged: compare pixels as a last resort
-                    for i, plot in enumerate(plots[: len(plot_pixels_before)]):
-                        if plot.screenshot() != plot_pixels_before[i]:
-                            changed = i + 1
-                            summary["change_detected_by"] = "pixels"
-                            break
-                else:
-                    summary["change_detected_by"] = "plot data"
-                timings["slider_reaction"] = round(time.monotonic() - t_key, 2)
-                page.screenshot(path=str(out / "after.png"))
-                summary["screenshots"].append(str(out / "after.png"))
-                if value_before == value_after:
-                    summary["failures"].append(f"the slider did not move (readout stayed {value_before!r})")
-                if changed is None:
-                    summary["failures"].append("no plot changed after the slider moved")
-                else:
-                    index = changed - 1
-                    (out / "plot-before.png").write_bytes(plot_pixels_before[index])
-                    plots[index].screenshot(path=str(out / "plot-after.png"))
-                    summary["screenshots"] += [str(out / "plot-before.png"), str(out / "plot-after.png")]
-                    summary["changed_plot"] = changed
+                    changed = None
+                    with contextlib.suppress(CheckFailed):
+                        changed = _wait(
+                            plot_changed, min(60.0, remaining()), "a plot to change", interval=0.5
+                        )
+                    page.wait_for_timeout(1000)  # let plotly finish drawing
+                    value_after = readout.inner_text() if readout.count() else None
+                    summary["slider_value"] = [value_before, value_after]
+                    plots = page.locator(".js-plotly-plot").all()
+                    if changed is None:  # data unchanged: compare pixels as a last resort
+                        for i, plot in enumerate(plots[: len(plot_pixels_before)]):
+                            if plot.screenshot() != plot_pixels_before[i]:
+                                changed = i + 1
+                                summary["change_detected_by"] = "pixels"
+                                break
+                    else:
+                        summary["change_detected_by"] = "plot data"
+                    timings["slider_reaction"] = round(time.monotonic() - t_key, 2)
+                    page.screenshot(path=str(out / "after.png"))
+                    summary["screenshots"].append(str(out / "after.png"))
+                    if value_before == value_after:
+                        summary["failures"].append(
+                            f"the slider did not move (readout stayed {value_before!r})"
+                        )
+                    if changed is None:
+                        summary["failures"].append("no plot changed after the slider moved")
+                    else:
+                        index = changed - 1
+                        (out / "plot-before.png").write_bytes(plot_pixels_before[index])
+                        plots[index].screenshot(path=str(out / "plot-after.png"))
+                        summary["screenshots"] += [str(out / "plot-before.png"), str(out / "plot-after.png")]
+                        summary["changed_plot"] = changed
                 # read the outputs back: save from the page, then look for error outputs
                 mtime = target.stat().st_mtime_ns
                 page.locator(".jp-Notebook").click(position={"x": 5, "y": 5})
@@ -421,6 +451,8 @@ def run_check(
                 browser.close()
     except CheckFailed as e:
         summary["failures"].append(str(e))
+    except PlaywrightError as e:  # the page or browser misbehaved: a failed check, with the first line
+        summary["failures"].append(f"browser: {str(e).strip().splitlines()[0]}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         timings["total"] = round(time.monotonic() - started, 2)
