@@ -157,6 +157,20 @@ def lr_grid(name: str, value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in sorted(value))
 
 
+def names_from(allowed: Sequence[str]) -> Validator:
+    """A non-empty list of distinct names, each one of ``allowed``."""
+
+    def check(name: str, value: Any) -> tuple[str, ...]:
+        ok = not isinstance(value, str) and isinstance(value, Sequence) and len(value) > 0
+        ok = ok and all(v in allowed for v in value) and len(set(value)) == len(value)
+        if not ok:
+            _fail(name, value, "a non-empty list of distinct names from " + ", ".join(map(repr, allowed)))
+        return tuple(value)
+
+    check.allowed = tuple(allowed)  # type: ignore[attr-defined]
+    return check
+
+
 def _is_catalog_name(value: str) -> bool:
     import tensorflow_datasets as tfds
 
@@ -209,6 +223,42 @@ NOTEBOOK_KNOBS: dict[str, dict[str, Knob]] = {
             "size of the 'model' axis of that mesh (divides plan_devices)", integer(1, 1024)
         ),
     },
+}
+
+_ZOO_MODELS = (
+    "dense",
+    "vmoe_every2_k2",
+    "vmoe_last2_k2",
+    "vmoe_every2_k1",
+    "expert_choice",
+    "soft_moe",
+    "dense_large",
+)  # sparse_experts.zoo.MODEL_NAMES (presets imports nothing heavy; tests check they agree)
+NOTEBOOK_KNOBS["02_train_vmoe"] = {
+    "dataset": Knob("upstream dataset the models are trained on", dataset_name),
+    "label": Knob("which labels to learn: 'label' (fine) or 'coarse_label'", choice("label", "coarse_label")),
+    "image_size": Knob("image side in pixels fed to the models", integer(4, 512)),
+    "patch_size": Knob("patch side in pixels", integer(1, 64)),
+    "width": Knob("backbone width D", integer(8, 8192)),
+    "depth": Knob("backbone depth L (>= 6 so that every-2 and last-2 placements differ)", integer(1, 128)),
+    "mlp_dim": Knob("MLP hidden width H of the backbone (and of each expert)", integer(8, 65536)),
+    "num_heads": Knob("attention heads", integer(1, 128)),
+    "large_width": Knob("width of the larger dense model (its MLP is 4x wider)", integer(8, 8192)),
+    "large_depth": Knob("depth of the larger dense model", integer(1, 128)),
+    "num_experts": Knob("experts E per MoE layer", integer(2, 1024)),
+    "capacity_factor": Knob("top-k capacity factor during training", real(0, 16, low_open=True)),
+    "eval_capacity_factor": Knob("top-k capacity factor at evaluation", real(0, 16, low_open=True)),
+    "group_size": Knob("images per routing group", integer(1, 4096)),
+    "batch_size": Knob("training batch size", integer(1, 65536)),
+    "steps": Knob("training steps per model", integer(1, 10_000_000)),
+    "warmup_steps": Knob("linear warmup steps (then cosine decay)", integer(0, 1_000_000)),
+    "learning_rate": Knob("peak learning rate (AdamW)", real(0, 1, low_open=True)),
+    "weight_decay": Knob("decoupled weight decay on matrices", real(0, 10)),
+    "seeds": Knob("seeds for the dense model and the main V-MoE (the spread)", integer(1, 10)),
+    "models": Knob("which models to train (names from sparse_experts.zoo)", names_from(_ZOO_MODELS)),
+    "eval_batch_size": Knob("evaluation batch size (fixed: routing depends on the group)", integer(1, 65536)),
+    "eval_every": Knob("validation every this many steps", integer(1, 10_000_000)),
+    "checkpoint_every": Knob("orbax checkpoint every this many steps", integer(1, 10_000_000)),
 }
 
 _EMBEDDED_DOWNSTREAM = (
@@ -298,6 +348,63 @@ PRESET_VALUES["01_vit22b_recipe"] = {
 }
 
 
+_ZOO_COMMON = dict(label="label", warmup_steps=50, weight_decay=1e-4, eval_batch_size=500)
+PRESET_VALUES["02_train_vmoe"] = {
+    # A reduced set of tiny models: proves the pipeline (train, cache, evaluate, plot) runs.
+    "smoke": dict(
+        _ZOO_COMMON, dataset="shapes_upstream_small", image_size=16, patch_size=4, width=32, depth=2,
+        mlp_dim=64, num_heads=2, large_width=48, large_depth=2, num_experts=4, capacity_factor=1.05,
+        eval_capacity_factor=1.05, group_size=2, batch_size=32, steps=16, warmup_steps=2, learning_rate=3e-3,
+        seeds=1, models=("dense", "vmoe_every2_k2", "expert_choice", "soft_moe"), eval_batch_size=250,
+        eval_every=8, checkpoint_every=8,
+    ),
+    "cpu": dict(
+        _ZOO_COMMON, dataset="shapes_upstream", image_size=16, patch_size=4, width=64, depth=6, mlp_dim=256,
+        num_heads=4, large_width=96, large_depth=8, num_experts=8, capacity_factor=1.05,
+        eval_capacity_factor=1.05, group_size=8, batch_size=128, steps=600, learning_rate=3e-3, seeds=3,
+        models=_ZOO_MODELS, eval_batch_size=1000, eval_every=200, checkpoint_every=200,
+    ),
+    "gpu": dict(
+        _ZOO_COMMON, dataset="cifar100", image_size=32, patch_size=4, width=384, depth=12, mlp_dim=1536,
+        num_heads=6, large_width=768, large_depth=12, num_experts=8, capacity_factor=1.05,
+        eval_capacity_factor=1.05, group_size=4, batch_size=256, steps=20_000, warmup_steps=1000,
+        learning_rate=1e-3, weight_decay=0.05, seeds=3, models=_ZOO_MODELS, eval_every=2000,
+        checkpoint_every=2000,
+    ),
+    "tpu": dict(
+        _ZOO_COMMON, dataset="imagenet2012", image_size=224, patch_size=16, width=768, depth=12,
+        mlp_dim=3072, num_heads=12, large_width=1536, large_depth=24, num_experts=32, capacity_factor=1.05,
+        eval_capacity_factor=1.05, group_size=1, batch_size=1024, steps=90_000, warmup_steps=10_000,
+        learning_rate=1e-3, weight_decay=0.1, seeds=3, models=_ZOO_MODELS, eval_every=5000,
+        checkpoint_every=5000,
+    ),
+}  # fmt: skip
+
+
+def _zoo_constraints(values: dict[str, Any]) -> None:
+    from sparse_experts import models
+
+    if values["image_size"] % values["patch_size"]:
+        _fail("image_size", values["image_size"], f"a multiple of patch_size={values['patch_size']}")
+    for width in ("width", "large_width"):
+        if values[width] % values["num_heads"]:
+            _fail(width, values[width], f"a multiple of num_heads={values['num_heads']}")
+    for batch in ("batch_size", "eval_batch_size"):
+        if values[batch] % values["group_size"]:
+            _fail(batch, values[batch], f"a multiple of group_size={values['group_size']}")
+    if values["warmup_steps"] > values["steps"]:
+        _fail("warmup_steps", values["warmup_steps"], f"at most steps={values['steps']}")
+    chosen = set(values["models"])
+    if chosen & {"vmoe_every2_k2", "vmoe_last2_k2", "vmoe_every2_k1", "expert_choice", "soft_moe"}:
+        if values["depth"] < 2:
+            _fail("depth", values["depth"], "at least 2 (MoE layers go in odd layers 1, 3, ...)")
+    if {"vmoe_every2_k2", "vmoe_last2_k2"} <= chosen:
+        every = models.placement_layers("every-2", values["depth"])
+        last = models.placement_layers("last-2", values["depth"])
+        if every == last:
+            _fail("depth", values["depth"], f"at least 6: every-2 and last-2 both give layers {every}")
+
+
 def _recipe_constraints(values: dict[str, Any]) -> None:
     from sparse_experts import models
 
@@ -319,6 +426,7 @@ def _recipe_constraints(values: dict[str, Any]) -> None:
 # Checks that involve several knobs of one notebook, run after each knob passed its own check.
 CONSTRAINTS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
     "01_vit22b_recipe": [_recipe_constraints],
+    "02_train_vmoe": [_zoo_constraints],
 }
 
 
