@@ -234,18 +234,24 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
     pct = 100 * gap["gflops_ratio"]
     if gap["accuracy_gap"] >= 0:
         verdict = "supported"
-        sentence = (f"Supported at this scale: {main} reaches {100 * vmoe['test_accuracy']:.1f}% test "
-                    f"accuracy, {100 * gap['accuracy_gap']:+.1f} points against {best['model']} "
-                    f"({100 * best['test_accuracy']:.1f}%), at {pct:.0f}% of its GFLOPs per image.")  # fmt: skip
+        sentence = (
+            f"Supported at this scale: {main} reaches {100 * vmoe['test_accuracy']:.1f}% test "
+            f"accuracy, {100 * gap['accuracy_gap']:+.1f} points against {best['model']} "
+            f"({100 * best['test_accuracy']:.1f}%), at {pct:.0f}% of its GFLOPs per image."
+        )
     elif gap["standard_error"] is not None and -gap["accuracy_gap"] < 2 * gap["standard_error"]:
         verdict = "within noise"
-        sentence = (f"Within seed noise: {main} is {100 * -gap['accuracy_gap']:.1f} points below "
-                    f"{best['model']} (2 standard errors = {200 * gap['standard_error']:.1f} points) at "
-                    f"{pct:.0f}% of its GFLOPs per image; neither reached nor clearly missed.")  # fmt: skip
+        sentence = (
+            f"Within seed noise: {main} is {100 * -gap['accuracy_gap']:.1f} points below "
+            f"{best['model']} (2 standard errors = {200 * gap['standard_error']:.1f} points) at "
+            f"{pct:.0f}% of its GFLOPs per image; neither reached nor clearly missed."
+        )
     else:
         verdict = "not supported"
-        sentence = (f"Not supported at this scale: {main} ({100 * vmoe['test_accuracy']:.1f}%) stays "
-                    f"{100 * -gap['accuracy_gap']:.1f} points below {best['model']} "
-                    f"({100 * best['test_accuracy']:.1f}%), which costs {100 / gap['gflops_ratio']:.0f}% of "
-                    f"{main}'s GFLOPs per image.")  # fmt: skip
+        sentence = (
+            f"Not supported at this scale: {main} ({100 * vmoe['test_accuracy']:.1f}%) stays "
+            f"{100 * -gap['accuracy_gap']:.1f} points below {best['model']} "
+            f"({100 * best['test_accuracy']:.1f}%), which costs {100 / gap['gflops_ratio']:.0f}% of "
+            f"{main}'s GFLOPs per image."
+        )
     return {"verdict": verdict, "sentence": sentence, "comparisons": comparisons}
