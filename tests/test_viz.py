@@ -87,8 +87,8 @@ def test_expert_load_bars_per_layer():
     titles = [a.text for a in fig.layout.annotations]
     entropy = analysis.router_entropy(GATES)
     dropped = RECORDS[1]["dropped_fraction"]
-    assert titles[0] == f"layer 1: dropped {dropped:.1%}, entropy {entropy:.2f} nats"
-    assert titles[1] == "layer 3: dropped 50.0%, entropy 0.25 nats"
+    assert titles[0] == f"layer 1<br>dropped {dropped:.1%}, entropy {entropy:.2f} nats"
+    assert titles[1] == "layer 3<br>dropped 50.0%, entropy 0.25 nats"
     assert fig.layout.xaxis.title.text == "expert"
     assert fig.layout.yaxis.title.text == "token-choices processed"
 

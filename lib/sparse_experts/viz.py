@@ -253,7 +253,7 @@ def patch_routing(
                 zmin=-0.5,
                 zmax=num_experts - 0.5,
                 colorscale=_expert_colorscale(num_experts),
-                opacity=0.45,
+                opacity=0.55,
                 text=hover,
                 hoverinfo="text",
                 showscale=j == 0,
@@ -271,7 +271,7 @@ def patch_routing(
                     y=vcentres[r],
                     mode="markers",
                     marker=dict(
-                        symbol="x", size=max(6, panel_pixels // (2 * max(rows, cols))), color="black"
+                        symbol="x", size=max(6, panel_pixels // (3 * max(rows, cols))), color="black"
                     ),
                     name=f"dropped ({names[j]})",
                     hoverinfo="skip",
@@ -281,7 +281,14 @@ def patch_routing(
             )
     fig.update_xaxes(showticklabels=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
-    fig.update_layout(title=title, width=K * panel_pixels + 160, height=panel_pixels + 90, showlegend=True)
+    fig.update_layout(
+        title=title,
+        width=K * panel_pixels + 160,
+        height=panel_pixels + 120,
+        showlegend=True,
+        legend=dict(orientation="h", yanchor="top", y=-0.02, x=0),
+        margin=dict(l=20, r=20, t=70, b=40),
+    )
     return fig
 
 
@@ -311,7 +318,7 @@ def expert_load_bars(records, title: str = "Expert load per MoE layer") -> go.Fi
     titles = []
     for layer in layers:
         stats = records[layer]
-        text = f"layer {layer}: dropped {float(stats['dropped_fraction']):.1%}"
+        text = f"layer {layer}<br>dropped {float(stats['dropped_fraction']):.1%}"
         entropy = _layer_entropy(stats)
         if entropy is not None:
             text += f", entropy {entropy:.2f} nats"
@@ -332,7 +339,8 @@ def expert_load_bars(records, title: str = "Expert load per MoE layer") -> go.Fi
         fig.add_hline(y=load.mean(), line_dash="dash", line_color="gray", row=1, col=col)
         fig.update_xaxes(title_text="expert", tickvals=list(experts), row=1, col=col)
     fig.update_yaxes(title_text="token-choices processed", row=1, col=1)
-    fig.update_layout(title=title, height=380, width=max(420, 300 * len(layers)))
+    fig.update_annotations(font_size=13)
+    fig.update_layout(title=title, height=420, width=max(420, 320 * len(layers) + 100), margin=dict(t=110))
     return fig
 
 
@@ -361,10 +369,10 @@ def affinity_heatmap(
     else:
         trace.update(colorscale="Viridis", zmin=0.0)
     fig = go.Figure(go.Heatmap(**trace))
-    fig.update_xaxes(title_text="class", tickangle=-45 if affinity.shape[1] > 10 else 0)
+    fig.update_xaxes(title_text="class", tickangle=-45 if affinity.shape[1] > 6 else 0)
     fig.update_yaxes(title_text="expert", autorange="reversed")
     fig.update_layout(
-        title=title, height=max(300, 28 * E + 160), width=max(480, 22 * affinity.shape[1] + 220)
+        title=title, height=max(300, 28 * E + 160), width=max(480, 40 * affinity.shape[1] + 260)
     )
     return fig
 
@@ -479,3 +487,80 @@ def compute_extremes(
         "least: " + ", ".join(f"{values[i]:g}" for i in least[:4]) + ("..." if count > 4 else ""),
     ]
     return image_grid(images[np.concatenate([most, least])], labels, title=title, columns=count)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 02: models on the accuracy-compute plane, learning curves.
+# ---------------------------------------------------------------------------------------------------------
+FAMILY_COLORS = {"dense": "#636efa", "sparse": "#ef553b"}
+
+
+def model_frontier(rows, title: str = "Test accuracy against inference compute") -> go.Figure:
+    """One marker per model at (GFLOPs per image, mean test accuracy), coloured by family (dense/sparse),
+    error bars = std over seeds, small markers = each seed, and each family's upper frontier as a line.
+    ``rows``: dicts with "model", "family", "gflops_per_image", "test_accuracy", "test_accuracy_std" (or
+    None) and "test_accuracy_per_seed" (what ``sparse_experts.zoo.summarize`` returns)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    fig = go.Figure()
+    for family, color in FAMILY_COLORS.items():
+        members = sorted((r for r in rows if r["family"] == family), key=lambda r: r["gflops_per_image"])
+        if not members:
+            continue
+        x = [r["gflops_per_image"] for r in members]
+        y = [r["test_accuracy"] for r in members]
+        errors = [r["test_accuracy_std"] or 0.0 for r in members]
+        fig.add_scatter(
+            x=x, y=y, mode="markers+text", text=[r["model"] for r in members], textposition="top center",
+            marker=dict(size=12, color=color), error_y=dict(type="data", array=errors, visible=True),
+            name=family, hovertemplate="%{text}<br>%{x:.4g} GFLOPs<br>accuracy %{y:.3f}<extra></extra>",
+        )  # fmt: skip
+        seeds_x = [r["gflops_per_image"] for r in members for _ in r["test_accuracy_per_seed"]]
+        seeds_y = [a for r in members for a in r["test_accuracy_per_seed"]]
+        fig.add_scatter(
+            x=seeds_x, y=seeds_y, mode="markers", marker=dict(size=5, color=color, opacity=0.5),
+            name=f"{family} (each seed)", showlegend=False,
+        )  # fmt: skip
+        frontier, best = [], -np.inf
+        for r in members:  # upper frontier: points not beaten by a cheaper member of the family
+            if r["test_accuracy"] > best:
+                frontier.append(r)
+                best = r["test_accuracy"]
+        fig.add_scatter(
+            x=[r["gflops_per_image"] for r in frontier], y=[r["test_accuracy"] for r in frontier],
+            mode="lines", line=dict(color=color, dash="dot"), name=f"{family} frontier",
+        )  # fmt: skip
+    fig.update_xaxes(title_text="GFLOPs per image (inference)", type="log")
+    fig.update_yaxes(title_text="test accuracy")
+    fig.update_layout(title=title, height=460, width=820)
+    return fig
+
+
+def learning_curves(histories, smooth: int = 20, title: str = "Learning curves") -> go.Figure:
+    """Training loss (moving average over ``smooth`` steps) and validation accuracy per model, side by side.
+    ``histories``: {model name: ``train.History``} (per-step "loss"; ``evals`` with "step", "accuracy")."""
+    from plotly.subplots import make_subplots
+
+    if smooth < 1:
+        raise ValueError(f"smooth={smooth} must be >= 1")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation accuracy"))
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
+    for i, (name, history) in enumerate(dict(histories).items()):
+        color = palette[i % len(palette)]
+        loss = history.series("loss")
+        window = min(smooth, max(len(loss), 1))
+        smoothed = np.convolve(loss, np.ones(window) / window, mode="valid") if len(loss) else loss
+        steps = np.arange(window, window + len(smoothed))
+        fig.add_scatter(
+            x=steps, y=smoothed, name=name, line=dict(color=color), legendgroup=name, row=1, col=1
+        )
+        if history.evals:
+            eval_steps, accuracy = history.eval_series("accuracy")
+            fig.add_scatter(
+                x=eval_steps, y=accuracy, name=name, mode="lines+markers", line=dict(color=color),
+                legendgroup=name, showlegend=False, row=1, col=2,
+            )  # fmt: skip
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title=title, height=420, width=980)
+    return fig
