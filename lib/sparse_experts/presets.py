@@ -354,9 +354,9 @@ PRESET_VALUES["02_train_vmoe"] = {
     "smoke": dict(
         _ZOO_COMMON, dataset="shapes_upstream_small", image_size=16, patch_size=4, width=32, depth=2,
         mlp_dim=64, num_heads=2, large_width=48, large_depth=2, num_experts=4, capacity_factor=1.05,
-        eval_capacity_factor=1.05, group_size=2, batch_size=32, steps=16, warmup_steps=2, learning_rate=3e-3,
+        eval_capacity_factor=1.05, group_size=2, batch_size=32, steps=12, warmup_steps=2, learning_rate=3e-3,
         seeds=1, models=("dense", "vmoe_every2_k2", "expert_choice", "soft_moe"), eval_batch_size=250,
-        eval_every=8, checkpoint_every=8,
+        eval_every=12, checkpoint_every=6,
     ),
     "cpu": dict(
         _ZOO_COMMON, dataset="shapes_upstream", image_size=16, patch_size=4, width=64, depth=6, mlp_dim=256,
