@@ -521,3 +521,9 @@ def resolve(notebook: str, preset: str = DEFAULT_PRESET, seed: int = 0, **knobs:
         constraint(values)
     given = {"preset": preset, "seed": seed, **{k: knobs.get(k) for k in spec}}
     return Params(notebook, values, given)
+
+
+# --- 03_routing_explorer: knobs and preset values (below this line) ---
+
+
+# --- 04_adaptive_compute: knobs and preset values (below this line) ---
