@@ -52,3 +52,43 @@ def test_routing_benchmark_quick(tmp_path, capsys):
     assert result["variants"][bench.BOUND]["ratio_to_bound"] == 1.0
     fastest = record["fastest_backend"][record["platform"]][result["name"]]
     assert set(fastest) == {"vanilla", "bpr", "overall"} and set(fastest.values()) <= set(routing.BACKENDS)
+
+
+def _load_train_step_benchmark():
+    path = paths.repo_root() / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_benchmark_quick(tmp_path, capsys):
+    bench = _load_train_step_benchmark()
+    out = tmp_path / "bench" / "train_step.json"
+    returned = bench.main(["--quick", "--repeats", "2", "--out", str(out)])
+
+    assert "MFU" in capsys.readouterr().out  # the table was printed
+    record = json.loads(out.read_text())
+    assert record["repeats"] == 2 and record["results"] == json.loads(json.dumps(returned["results"]))
+    for key in ("platform", "results", "targets", "table", "provenance"):
+        assert key in record
+    assert {"packages", "git", "devices"} <= set(record["provenance"])
+
+    (result,) = record["results"]
+    assert set(result["variants"]) == {"dense/step", "moe_k1/step", "moe_k2/step", bench.PEAK}
+    assert set(result["models"]) == {"dense", "moe_k1", "moe_k2"}
+    assert result["models"]["dense"]["capacity_per_group"] is None
+    capacities = [result["models"][v]["capacity_per_group"] for v in ("moe_k1", "moe_k2")]
+    assert 0 < capacities[0] < capacities[1]
+    assert result["peak_flops_per_s"] > 0
+    for name, stats in result["variants"].items():
+        assert len(stats["samples_s"]) == 2 and all(t > 0 for t in stats["samples_s"])
+        assert stats["median_s"] > 0 and stats["iqr_s"] >= 0 and stats["flops"] > 0
+        if name != bench.PEAK:
+            assert stats["mfu"] > 0 and stats["ratio_to_dense_step"] > 0 and stats["paired_ratio_iqr"] >= 0
+    assert result["variants"]["dense/step"]["ratio_to_dense_step"] == 1.0
+    # k=2 fills about twice the expert slots of k=1; the dense model has none.
+    flops = {v: m["step_flops"] for v, m in result["models"].items()}
+    assert flops["dense"] < flops["moe_k1"] < flops["moe_k2"]
+    assert set(result["targets"]) == {"moe_k1_ratio"}
+    assert isinstance(result["targets"]["moe_k1_ratio"]["met"], bool)
