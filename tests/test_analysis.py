@@ -169,3 +169,23 @@ def test_route_other_routers(router, images):
     else:
         assert records[1]["capacity"] == 1  # ceil(0.5 x 5 tokens / 4 experts)
         assert records[1]["load"].sum() == 6 * 1 * E  # every expert fills its C slots in each image
+
+
+def test_bpr_claim_check_verdicts():
+    factors = [0.25, 0.5, 1.0, 1.5]
+    check = analysis.bpr_claim_check(
+        factors, [0.40, 0.60, 0.80, 0.80], [0.75, 0.78, 0.80, 0.81], num_images=5000
+    )
+    assert check["verdict"] == "reproduced" and check["reference_capacity_factor"] == 1.0
+    assert [r["capacity_factor"] for r in check["rows"]] == [0.25, 0.5]
+    first = check["rows"][0]
+    assert np.isclose(first["vanilla_drop"], 0.40) and np.isclose(first["bpr_drop"], 0.05)
+    assert "C=0.25: vanilla -40.0, BPR -5.0" in check["sentence"]
+    flat = analysis.bpr_claim_check(factors, [0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5], num_images=100)
+    assert flat["verdict"] == "not reproduced at this scale"
+    worse = analysis.bpr_claim_check(factors, [0.7, 0.75, 0.8, 0.8], [0.3, 0.5, 0.8, 0.8], num_images=5000)
+    assert worse["verdict"] == "contradicted"
+    untested = analysis.bpr_claim_check([0.75, 1.5], [0.7, 0.8], [0.7, 0.8], num_images=100)
+    assert untested["verdict"] == "not tested" and untested["reference_capacity_factor"] == 1.5
+    with pytest.raises(ValueError, match="accuracies"):
+        analysis.bpr_claim_check(factors, [0.5], [0.5], num_images=10)

@@ -401,6 +401,95 @@ def capacity_sweep(
     return {key: np.asarray(value, np.float64) for key, value in rows.items()}
 
 
+def bpr_claim_check(
+    capacity_factors: Sequence[float],
+    vanilla_accuracy: Sequence[float],
+    bpr_accuracy: Sequence[float],
+    *,
+    num_images: int,
+    threshold: float = 0.5,
+    reference: float = 1.0,
+) -> dict[str, Any]:
+    """Check V-MoE's claim "with BPR, accuracy holds up at capacity factors below 1 where vanilla routing
+    degrades quickly" against a capacity sweep of one model with vanilla routing and with BPR.
+
+    The reference is the capacity factor ``reference`` if swept, else the highest swept. At each swept
+    factor ``<= threshold`` the accuracy *drop* from the reference is measured for both routings. The noise
+    scale is twice the binomial standard error of an accuracy on ``num_images`` images at the reference
+    (vanilla) accuracy. Verdict:
+
+    - ``"reproduced"``: vanilla drops by more than the noise at the lowest low factor, BPR is at least as
+      accurate as vanilla at every low factor, and BPR's mean drop is smaller by more than the noise;
+    - ``"contradicted"``: BPR's mean drop is larger than vanilla's by more than the noise;
+    - ``"not reproduced at this scale"``: otherwise (no resolved difference, or vanilla does not degrade);
+    - ``"not tested"``: no swept factor is ``<= threshold``.
+
+    Returns ``{"verdict", "sentence", "reference_capacity_factor", "noise", "mean_gap", "rows"}`` with one
+    row per low factor: ``capacity_factor``, ``vanilla_drop``, ``bpr_drop``, ``bpr_minus_vanilla``.
+    """
+    factors = np.asarray(capacity_factors, np.float64)
+    vanilla = np.asarray(vanilla_accuracy, np.float64)
+    bpr = np.asarray(bpr_accuracy, np.float64)
+    if factors.ndim != 1 or len(factors) == 0 or {vanilla.shape, bpr.shape} != {factors.shape}:
+        _fail(
+            "accuracies",
+            (vanilla.shape, bpr.shape),
+            f"1-D arrays of the shape {factors.shape} of the factors",
+        )
+    num_images = _check_positive_int("num_images", num_images)
+    matches = np.flatnonzero(np.isclose(factors, reference))
+    ref = int(matches[0]) if len(matches) else int(np.argmax(factors))
+    acc = vanilla[ref]
+    noise = 2 * float(np.sqrt(max(acc * (1 - acc), 1e-12) / num_images))
+    low = [i for i in np.argsort(factors, kind="stable") if factors[i] <= threshold and i != ref]
+    result: dict[str, Any] = {"reference_capacity_factor": float(factors[ref]), "noise": noise, "rows": []}
+    if not low:
+        result.update(
+            verdict="not tested",
+            mean_gap=None,
+            sentence=(f"Not tested: no capacity factor <= {threshold:g} was swept."),
+        )
+        return result
+    rows = [
+        {
+            "capacity_factor": float(factors[i]),
+            "vanilla_drop": float(vanilla[ref] - vanilla[i]),
+            "bpr_drop": float(bpr[ref] - bpr[i]),
+            "bpr_minus_vanilla": float(bpr[i] - vanilla[i]),
+        }
+        for i in low
+    ]
+    mean_gap = float(np.mean([r["vanilla_drop"] - r["bpr_drop"] for r in rows]))
+    vanilla_degrades = rows[0]["vanilla_drop"] > noise
+    bpr_never_worse = all(r["bpr_minus_vanilla"] >= 0 for r in rows)
+    if vanilla_degrades and bpr_never_worse and mean_gap > noise:
+        verdict = "reproduced"
+    elif mean_gap < -noise:
+        verdict = "contradicted"
+    else:
+        verdict = "not reproduced at this scale"
+    drops = "; ".join(
+        f"C={r['capacity_factor']:g}: vanilla {0.0 - 100 * r['vanilla_drop']:+.1f}, "
+        f"BPR {0.0 - 100 * r['bpr_drop']:+.1f}"
+        for r in rows
+    )
+    why = {
+        "reproduced": "BPR holds accuracy where vanilla routing loses it",
+        "contradicted": "BPR loses more accuracy than vanilla routing",
+        "not reproduced at this scale": (
+            "vanilla routing does not degrade beyond the noise"
+            if not vanilla_degrades
+            else "BPR's advantage is not resolved from the noise at every low capacity factor"
+        ),
+    }[verdict]
+    result.update(verdict=verdict, mean_gap=mean_gap, rows=rows, sentence=(
+        f"{verdict.capitalize()}: {why}. Accuracy change in points from C={factors[ref]:g} "
+        f"(vanilla {100 * vanilla[ref]:.1f}%, BPR {100 * bpr[ref]:.1f}%): {drops}. Mean BPR advantage "
+        f"{100 * mean_gap:+.1f} points; noise (2 standard errors on {num_images} images) {100 * noise:.1f}."
+    ))  # fmt: skip
+    return result
+
+
 def top_and_bottom(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``count`` largest values (largest first) and the ``count`` smallest (smallest first);
     ties keep the lower index first."""
@@ -417,6 +506,7 @@ __all__ = [
     "RECORD_KEYS",
     "ablate_expert",
     "accuracy_per_class",
+    "bpr_claim_check",
     "capacity_sweep",
     "compute_per_image",
     "expert_class_affinity",

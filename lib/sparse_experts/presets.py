@@ -527,3 +527,58 @@ def resolve(notebook: str, preset: str = DEFAULT_PRESET, seed: int = 0, **knobs:
 
 
 # --- 04_adaptive_compute: knobs and preset values (below this line) ---
+def capacity_factor_list(name: str, value: Any) -> tuple[float, ...]:
+    """At least 2 distinct capacity factors, each in (0, 16]; returned sorted."""
+    ok = not isinstance(value, str) and isinstance(value, Sequence) and len(value) >= 2
+    ok = ok and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 16
+        for v in value
+    )
+    if not ok or len(set(value)) != len(value):
+        _fail(name, value, "a list of >= 2 distinct capacity factors, each in (0, 16]")
+    return tuple(float(v) for v in sorted(value))
+
+
+NOTEBOOK_KNOBS["04_adaptive_compute"] = {
+    "capacity_factors": Knob("test-time capacity factors of the sweep (top-k V-MoE)", capacity_factor_list),
+    "low_capacity_factor": Knob(
+        "capacity factor at which compute per image is shown", real(0, 16, low_open=True)
+    ),
+    "claim_threshold": Knob(
+        "capacity factors at or below this count as 'well below 1' in the claim check", real(0, 1)
+    ),
+    "eval_images": Knob("test images evaluated (the first ones, stored order)", integer(1, 1_000_000)),
+    "eval_batch_size": Knob(
+        "images per evaluation batch (fixed; a multiple of notebook 02's group_size)", integer(1, 65536)
+    ),
+    "extremes_shown": Knob("images shown with the most and with the least compute", integer(1, 32)),
+}
+_ADAPTIVE_FACTORS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5)
+PRESET_VALUES["04_adaptive_compute"] = {
+    "smoke": dict(
+        capacity_factors=(0.5, 1.0), low_capacity_factor=0.5, claim_threshold=0.5, eval_images=250,
+        eval_batch_size=250, extremes_shown=6,
+    ),
+    "cpu": dict(
+        capacity_factors=_ADAPTIVE_FACTORS, low_capacity_factor=0.3, claim_threshold=0.5, eval_images=5000,
+        eval_batch_size=1000, extremes_shown=8,
+    ),
+    "gpu": dict(
+        capacity_factors=_ADAPTIVE_FACTORS, low_capacity_factor=0.3, claim_threshold=0.5,
+        eval_images=10_000, eval_batch_size=1000, extremes_shown=8,
+    ),
+    "tpu": dict(
+        capacity_factors=_ADAPTIVE_FACTORS, low_capacity_factor=0.3, claim_threshold=0.5,
+        eval_images=50_000, eval_batch_size=1024, extremes_shown=8,
+    ),
+}  # fmt: skip
+
+
+def _adaptive_constraints(values: dict[str, Any]) -> None:
+    group = PRESET_VALUES["02_train_vmoe"][values["preset"]]["group_size"]
+    for knob in ("eval_batch_size", "eval_images"):
+        if values[knob] % group:
+            _fail(knob, values[knob], f"a multiple of notebook 02's group_size={group} under this preset")
+
+
+CONSTRAINTS["04_adaptive_compute"] = [_adaptive_constraints]
