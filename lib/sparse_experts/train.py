@@ -5,9 +5,14 @@ float32 [B, height, width, channels] in [-1, 1] and "label" int32 [B] (what ``da
 
 - :class:`TrainConfig`: the optimiser (AdamW), schedule ("cosine" with linear warmup, "rsqrt" as in
   ViT-22B, or "constant"), weight decay (on matrices only, not on biases, norm scales or embeddings' 1-d
-  leaves), global-norm clipping and what to do with a non-finite loss or gradient.
-- :func:`train_step` / :func:`eval_step`: one ``nnx.jit``-compiled step each.
-- :func:`train`: the loop over a batch iterator with a tqdm progress bar (terminal and notebook). A
+  leaves; ``head_weight_decay`` apart for the classifier head), global-norm clipping, the weights of the MoE
+  auxiliary losses and what to do with a non-finite loss or gradient.
+- :class:`Trainer` (what notebooks and the artifact cache use): functional jitted steps sharded over a mesh,
+  compiled once per (architecture, settings, mesh) and shared by trainers (e.g. seeds); MoE aux losses in
+  the objective; per-step and evaluation metrics; :class:`Checkpoints` (orbax) with exact resume; router
+  noise of step t drawn from (seed, t).
+- :func:`train_step` / :func:`eval_step`: one ``nnx.jit``-compiled step each (a model and nnx.Optimizer).
+- :func:`train`: the simple loop over a batch iterator with a tqdm progress bar (terminal and notebook). A
   non-finite loss or gradient norm either stops the loop with :class:`NonFiniteError` naming the step and the
   quantity (``on_nonfinite="stop"``) or is recorded and the run marked diverged (``"record"``).
 - :func:`lr_sweep`: R copies of one model trained side by side with R learning rates, vmapped so the step
@@ -261,8 +266,8 @@ def train(
     """Run ``num_steps`` train steps over ``batches``; return the :class:`History`.
 
     On a non-finite loss or gradient norm: ``config.on_nonfinite="stop"`` raises :class:`NonFiniteError`
-    naming the step and the quantity (the model keeps the update of that step: checkpointing, which keeps
-    the last good state, comes with the training issue); ``"record"`` marks the history diverged and stops.
+    naming the step and the quantity (the model keeps the update of that step; :class:`Trainer` checkpoints
+    and keeps the last good state); ``"record"`` marks the history diverged and stops.
     """
     from tqdm.auto import tqdm
 
