@@ -524,6 +524,66 @@ def resolve(notebook: str, preset: str = DEFAULT_PRESET, seed: int = 0, **knobs:
 
 
 # --- 03_routing_explorer: knobs and preset values (below this line) ---
+_EXPLORER_MODELS = ("vmoe_every2_k2", "vmoe_last2_k2", "vmoe_every2_k1", "expert_choice", "soft_moe")
+NOTEBOOK_KNOBS["03_routing_explorer"] = {
+    "eval_images": Knob(
+        "test images analysed (the first ones in stored order; a multiple of notebook 02's group_size)",
+        integer(1, 1_000_000),
+    ),
+    "image_index": Knob("which of those images the patch view shows first (0-based)", integer(0, 999_999)),
+    "layer": Knob(
+        "MoE layer shown first: a layer index, or -1 for each model's first MoE layer", integer(-1, 127)
+    ),
+    "k": Knob("top-k choices per token at test time (at most notebook 02's num_experts)", integer(1, 1024)),
+    "capacity_factor": Knob("test-time capacity factor", real(0, 16, low_open=True)),
+    "batch_priority": Knob("Batch Prioritized Routing at test time (training used none)", boolean()),
+    "ablate_expert": Knob(
+        "expert switched off in the ablation: an index, or -1 for the most specialised one", integer(-1, 1023)
+    ),
+    "models": Knob(
+        "MoE models of notebook 02 to explore (each among notebook 02's models for the preset)",
+        names_from(_EXPLORER_MODELS),
+    ),
+}
+_EXPLORER_COMMON = dict(
+    image_index=0, layer=-1, k=2, capacity_factor=1.05, batch_priority=False, ablate_expert=-1
+)
+PRESET_VALUES["03_routing_explorer"] = {
+    "smoke": dict(_EXPLORER_COMMON, eval_images=250, models=("vmoe_every2_k2", "expert_choice", "soft_moe")),
+    "cpu": dict(_EXPLORER_COMMON, eval_images=2000, models=_EXPLORER_MODELS),
+    "gpu": dict(_EXPLORER_COMMON, eval_images=2000, models=_EXPLORER_MODELS),
+    "tpu": dict(_EXPLORER_COMMON, eval_images=2000, models=_EXPLORER_MODELS),
+}
+
+
+def _explorer_constraints(values: dict[str, Any]) -> None:
+    """Against notebook 02's knobs under the same preset: the models exist, k and the ablated expert fit E,
+    the image set splits into whole routing groups, the layer is an MoE layer of every explored model."""
+    from sparse_experts import models
+
+    zoo = resolve("02_train_vmoe", values["preset"], values["seed"])
+    trained = ", ".join(m for m in zoo["models"] if m in _EXPLORER_MODELS)
+    if any(m not in zoo["models"] for m in values["models"]):
+        _fail("models", values["models"], f"models notebook 02 trains under {values['preset']!r}: {trained}")
+    group, experts = zoo["group_size"], zoo["num_experts"]
+    if values["eval_images"] % group:
+        _fail("eval_images", values["eval_images"], f"a multiple of notebook 02's group_size={group}")
+    if values["image_index"] >= values["eval_images"]:
+        _fail("image_index", values["image_index"], f"an integer in [0, eval_images={values['eval_images']})")
+    if values["k"] > experts:
+        _fail("k", values["k"], f"an integer in [1, num_experts={experts}] (notebook 02's num_experts)")
+    if values["ablate_expert"] >= experts:
+        _fail("ablate_expert", values["ablate_expert"], f"-1 or an expert index in [0, {experts})")
+    if values["layer"] >= 0:
+        for name in values["models"]:
+            placement = "last-2" if name == "vmoe_last2_k2" else "every-2"
+            layers = models.placement_layers(placement, zoo["depth"])
+            if values["layer"] not in layers:
+                allowed = f"-1 or an MoE layer of every explored model ({name}: {layers})"
+                _fail("layer", values["layer"], allowed)
+
+
+CONSTRAINTS["03_routing_explorer"] = [_explorer_constraints]
 
 
 # --- 04_adaptive_compute: knobs and preset values (below this line) ---
