@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # OFFLINE=1 installs the loopback-only network guard in the runner and in every notebook kernel.
 OFFLINE_ENV := $(if $(filter 1,$(OFFLINE)),SPARSE_EXPERTS_OFFLINE=1 PYTHONPATH=lib/sparse_experts/_offline_site,)
 
-.PHONY: setup run test lab bench lint format strip lock help
+.PHONY: setup run test lab bench browser-check lint format strip lock help
 
 help:
 	@echo "make run [PRESET=smoke|cpu|gpu|tpu] [ONLY=02] [OFFLINE=1]  execute notebooks -> outputs/<preset>/"
@@ -48,7 +48,7 @@ browser-check: setup
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
 	  else echo "browser-check needs Chromium: sudo apt-get install -y chromium (or pass CHROMIUM=/path/to/chromium)"; exit 2; fi; \
 	fi
-	$(PY) -m sparse_experts.browser_check $(if $(NOTEBOOK),--notebook $(NOTEBOOK),)
+	$(PY) -m sparse_experts.browser_check $(if $(NOTEBOOK),--notebook $(NOTEBOOK),) $(if $(CHROMIUM),--chromium $(CHROMIUM),)
 
 lint: setup
 	$(VENV)/bin/ruff check lib tests benchmarks
