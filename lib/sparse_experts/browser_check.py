@@ -241,6 +241,16 @@ def _saved_errors(path: Path) -> tuple[list[str], int, int]:
     return errors, ran, code
 
 
+def _read_saved(path: Path) -> tuple[list[str], int, int] | None:
+    """:func:`_saved_errors`, or None while the file is still being written (empty or partial JSON)."""
+    import nbformat
+
+    try:
+        return _saved_errors(path)
+    except (nbformat.reader.NotJSONError, ValueError, OSError):
+        return None
+
+
 def run_check(
     notebook: Path,
     out: Path,
@@ -440,8 +450,10 @@ def run_check(
                     summary["failures"].append(
                         "could not save the notebook from the page to read its outputs"
                     )
-                else:
-                    errors, ran, code = _saved_errors(target)
+                else:  # the save may still be in progress once the mtime moves: wait for a whole file
+                    errors, ran, code = _wait(
+                        lambda: _read_saved(target), 30, "the saved notebook to be complete JSON"
+                    )
                     summary["cells_run"] = f"{ran}/{code}"
                     summary["failures"] += [f"error output in {e}" for e in errors]
                     if ran < code and not errors:
