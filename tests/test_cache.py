@@ -112,3 +112,25 @@ def test_bad_spec_names_the_field(tmp_path):
         spec = cache.TrainSpec(**{**SPEC.__dict__, "model": grouped, "eval_batch_size": 100})
         cache.get_or_train(spec, root=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists()  # checked before anything was written
+
+
+def test_concurrent_requests_train_once(tmp_path):
+    """Two callers asking for the same untrained model at once: one trains, the other waits and loads."""
+    import threading
+
+    results, errors = [], []
+
+    def ask():
+        try:
+            results.append(cache.get_or_train(SPEC, root=tmp_path, progress=False))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(r.trained_now for r in results) == [False, True]
+    assert results[0].metrics == results[1].metrics

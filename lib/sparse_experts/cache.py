@@ -19,11 +19,13 @@ and stores the entry. An entry is a folder ``<cache>/<key>/``::
 Atomicity: training and assembly happen under ``<cache>/.partial/<key>/``; the finished folder is moved
 into place with one rename. On load every file is checked against the manifest; an entry that fails (a
 partial copy, a truncated file, an edited spec) is never used: :func:`get_or_train` moves it aside to
-``<cache>/.corrupt/`` (nothing is deleted) and trains again.
+``<cache>/.corrupt/`` (nothing is deleted) and trains again. Processes asking for the same key at once
+take turns (a file lock): the first trains, the others then load its entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -339,19 +341,36 @@ def get_or_train(
     root = Path(root or cache_dir())
     key = spec.key()
     entry = root / key
-    if entry.exists():
-        if retrain:
-            _set_aside(entry, root, "retrain=True")
-        else:
-            try:
-                return _load_entry(entry, spec)
-            except CorruptEntryError as error:
-                _set_aside(entry, root, str(error))
-    work = root / ".partial" / key
-    work.mkdir(parents=True, exist_ok=True)
-    built = train_entry(spec, work, progress=progress, description=description)
-    os.replace(built, entry)
-    shutil.rmtree(work, ignore_errors=True)
+    (root / ".partial").mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / ".partial" / f"{key}.lock"):  # one process trains a key at a time; others wait
+        if entry.exists():
+            if retrain:
+                _set_aside(entry, root, "retrain=True")
+                retrain = False
+            else:
+                try:
+                    return _load_entry(entry, spec)
+                except CorruptEntryError as error:
+                    _set_aside(entry, root, str(error))
+        work = root / ".partial" / key
+        work.mkdir(parents=True, exist_ok=True)
+        built = train_entry(spec, work, progress=progress, description=description)
+        os.replace(built, entry)
+        shutil.rmtree(work, ignore_errors=True)
     trained = _load_entry(entry, spec)
     trained.trained_now = True
     return trained
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """An advisory lock (``fcntl.flock``) on ``path``, held for the block: two notebooks asking for the same
+    untrained model do not train it twice or race on the final rename."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
