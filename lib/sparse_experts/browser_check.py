@@ -465,6 +465,9 @@ def run_check(
         summary["failures"].append(str(e))
     except PlaywrightError as e:  # the page or browser misbehaved: a failed check, with the first line
         summary["failures"].append(f"browser: {str(e).strip().splitlines()[0]}")
+    except BaseException as e:  # a crash (or Ctrl-C) is never recorded as a pass
+        summary["failures"].append(f"the check itself stopped: {type(e).__name__}: {e}")
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         timings["total"] = round(time.monotonic() - started, 2)
