@@ -361,8 +361,8 @@ PRESET_VALUES["02_train_vmoe"] = {
     "cpu": dict(
         _ZOO_COMMON, dataset="shapes_upstream", image_size=16, patch_size=4, width=64, depth=6, mlp_dim=256,
         num_heads=4, large_width=96, large_depth=6, num_experts=8, capacity_factor=1.05,
-        eval_capacity_factor=1.05, group_size=8, batch_size=128, steps=400, learning_rate=3e-3, seeds=3,
-        models=_ZOO_MODELS, eval_batch_size=1000, eval_every=100, checkpoint_every=200,
+        eval_capacity_factor=1.05, group_size=8, batch_size=128, steps=320, learning_rate=3e-3, seeds=3,
+        models=_ZOO_MODELS, eval_batch_size=1000, eval_every=80, checkpoint_every=160,
     ),
     "gpu": dict(
         _ZOO_COMMON, dataset="cifar100", image_size=32, patch_size=4, width=384, depth=12, mlp_dim=1536,
