@@ -77,7 +77,8 @@ def test_summary_rows_spread_and_comparison():
     [(0.58, "supported"), (0.625, "within noise"), (0.80, "not supported")],
 )
 def test_claim_check_verdicts(large_accuracy, verdict):
-    """V-MoE 0.61 +- 0.0141 (2 seeds): se 0.01, so a gap below 0.02 is within noise."""
+    """V-MoE 0.61 +- 0.0141 (2 seeds); dense_large (1 seed) borrows the dense spread 0.0141:
+    se = sqrt(0.0141^2 / 2 + 0.0141^2 / 1) = 0.0173, so a shortfall below 0.035 is within noise."""
     rows = rows_of([("dense", 0, 0.50, 1.0), ("dense", 1, 0.52, 1.0),
                     ("vmoe_every2_k2", 0, 0.60, 1.2), ("vmoe_every2_k2", 1, 0.62, 1.2),
                     ("dense_large", 0, large_accuracy, 3.0)])  # fmt: skip
@@ -112,3 +113,15 @@ def test_frontier_and_learning_curve_figures():
     curves = viz.learning_curves({"dense": history}, smooth=5)
     assert list(curves.data[0].y) == pytest.approx([8, 7, 6, 5, 4, 3])  # moving average of 10..1
     assert list(curves.data[1].x) == [5, 10] and list(curves.data[1].y) == [0.3, 0.4]
+
+
+def test_one_seed_models_borrow_their_familys_spread():
+    rows = rows_of([("dense", 0, 0.50, 1.0), ("dense", 1, 0.54, 1.0), ("dense_large", 0, 0.53, 3.0),
+                    ("vmoe_every2_k2", 0, 0.60, 1.2)])  # fmt: skip
+    spread = zoo.family_spread(rows)
+    assert spread == {"dense": pytest.approx(0.028284, 1e-3)}
+    by = {r["model"]: r for r in rows}
+    gap = zoo.compare(by["vmoe_every2_k2"], by["dense_large"], spread)
+    assert gap["borrowed_spread"] == ["dense_large"]  # the sparse row has no family spread to borrow
+    assert gap["standard_error"] == pytest.approx(0.028284, 1e-3)
+    assert zoo.compare(by["vmoe_every2_k2"], by["dense_large"])["standard_error"] is None

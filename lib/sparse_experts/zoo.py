@@ -170,18 +170,25 @@ def summarize(results: Mapping[tuple[str, int], cache.Trained]) -> list[dict[str
     return sorted(rows, key=lambda r: r["gflops_per_image"])
 
 
-def compare(row_a: Mapping[str, Any], row_b: Mapping[str, Any]) -> dict[str, Any]:
+def compare(
+    row_a: Mapping[str, Any], row_b: Mapping[str, Any], borrowed_std: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """Test accuracy of model a minus model b, with the standard error of that difference from the seed
-    spread (sample std / sqrt(seeds), combined; only models with >= 2 seeds contribute), and the GFLOPs
-    ratio a / b. ``resolved`` says whether the gap exceeds twice its standard error (None when no model
-    has a spread to estimate it)."""
+    spread (sample std / sqrt(seeds), combined), and the GFLOPs ratio a / b. A model trained with one seed
+    has no spread of its own: it takes ``borrowed_std[its family]`` when given (the spread of that family's
+    multi-seed model, see :func:`family_spread`), otherwise it contributes nothing. ``resolved`` says
+    whether the gap exceeds twice its standard error (None when no spread is known at all)."""
     import math
 
     diff = row_a["test_accuracy"] - row_b["test_accuracy"]
-    variance, known = 0.0, False
+    variance, known, borrowed = 0.0, False, []
     for row in (row_a, row_b):
-        if row["test_accuracy_std"] is not None:
-            variance += row["test_accuracy_std"] ** 2 / len(row["seeds"])
+        std = row["test_accuracy_std"]
+        if std is None and borrowed_std and row["family"] in borrowed_std:
+            std = borrowed_std[row["family"]]
+            borrowed.append(row["model"])
+        if std is not None:
+            variance += std**2 / len(row["seeds"])
             known = True
     se = math.sqrt(variance) if known else None
     return {
@@ -191,7 +198,18 @@ def compare(row_a: Mapping[str, Any], row_b: Mapping[str, Any]) -> dict[str, Any
         "standard_error": se,
         "resolved": None if se is None else abs(diff) > 2 * se,
         "gflops_ratio": row_a["gflops_per_image"] / row_b["gflops_per_image"],
+        "borrowed_spread": borrowed,
     }
+
+
+def family_spread(rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    """Per family, the largest seed std of its multi-seed models: the seed noise assumed for its one-seed
+    models (a one-seed model's accuracy is as uncertain as any seed of its family's repeated model)."""
+    out: dict[str, float] = {}
+    for row in rows:
+        if row["test_accuracy_std"] is not None:
+            out[row["family"]] = max(out.get(row["family"], 0.0), row["test_accuracy_std"])
+    return out
 
 
 def dominated_by(rows: list[Mapping[str, Any]], row: Mapping[str, Any]) -> list[str]:
@@ -210,7 +228,8 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
 
     Supported when the main V-MoE is at least as accurate as some dense model that needs more GFLOPs per
     image (it reaches that model's accuracy for less compute); "within noise" when it falls short of every
-    such model by less than twice the standard error; otherwise not supported. Without a dense model that
+    such model by less than twice the standard error (one-seed models borrow their family's seed spread,
+    :func:`family_spread`); otherwise not supported. Without a dense model that
     costs more than the main V-MoE the claim cannot be tested here. Returns the verdict, a sentence, and
     the comparisons behind it.
     """
@@ -222,7 +241,8 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
         r for r in rows if r["family"] == "dense" and r["gflops_per_image"] > vmoe["gflops_per_image"]
     ]
     same_backbone = by_name.get("dense")
-    comparisons = [compare(vmoe, r) for r in ([same_backbone] if same_backbone else []) + costlier]
+    spread = family_spread(rows)
+    comparisons = [compare(vmoe, r, spread) for r in ([same_backbone] if same_backbone else []) + costlier]
     if not costlier:
         return {
             "verdict": "untested",
@@ -230,7 +250,7 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
             "comparisons": comparisons,
         }
     best = max(costlier, key=lambda r: r["test_accuracy"])
-    gap = compare(vmoe, best)
+    gap = compare(vmoe, best, spread)
     pct = 100 * gap["gflops_ratio"]
     if gap["accuracy_gap"] >= 0:
         verdict = "supported"
