@@ -24,7 +24,8 @@ in by hand (nothing picks a backend by timing at run time).
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared _timing module
+from _timing import summarize, time_interleaved  # noqa: E402
 
 from sparse_experts import paths, routing, session
 
@@ -138,39 +142,12 @@ def build_programs(shape: Sequence[int], capacity_factor: float, backends: Seque
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-def time_interleaved(programs: dict[str, tuple[Any, tuple]], repeats: int) -> dict[str, list[float]]:
-    """Warm up every program once, then ``repeats`` round-robin rounds (rotating the order each round)."""
-    names = list(programs)
-    for name in names:
-        compiled, args = programs[name]
-        jax.block_until_ready(compiled(*args))
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            compiled, args = programs[name]
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def summarize(samples: Sequence[float]) -> dict[str, float]:
-    q25, q50, q75 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 50, 75])
-    return {
-        "median_s": float(q50),
-        "q25_s": float(q25),
-        "q75_s": float(q75),
-        "iqr_s": float(q75 - q25),
-        "min_s": float(min(samples)),
-        "mean_s": float(statistics.fmean(samples)),
-    }
-
-
 def bench_shape(shape, capacity_factor: float, backends: Sequence[str], repeats: int) -> dict[str, Any]:
     s, e, k, d, h = shape
     cap, programs = build_programs(shape, capacity_factor, backends)
-    times = time_interleaved(programs, repeats)
+    times = time_interleaved(
+        {name: functools.partial(c, *args) for name, (c, args) in programs.items()}, repeats
+    )
     bound_median = float(np.median(times[BOUND]))
     variants = {}
     for name, samples in times.items():

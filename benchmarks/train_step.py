@@ -42,6 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared _timing module
+from _timing import summarize, time_interleaved  # noqa: E402
+
 from sparse_experts import models, paths, session, sharding
 from sparse_experts.train import TrainConfig, Trainer, cross_entropy
 
@@ -169,32 +172,6 @@ def xla_flops(compiled) -> float | None:
     if isinstance(cost, list | tuple):
         cost = cost[0] if cost else None
     return float(cost["flops"]) if cost and "flops" in cost else None
-
-
-def time_interleaved(programs: dict[str, Any], repeats: int) -> dict[str, list[float]]:
-    """Warm up every program once, then ``repeats`` round-robin rounds (rotating the order each round)."""
-    names = list(programs)
-    for name in names:
-        jax.block_until_ready(programs[name]())
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            jax.block_until_ready(programs[name]())
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def summarize(samples: Sequence[float]) -> dict[str, float]:
-    q25, q50, q75 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 50, 75])
-    return {
-        "median_s": float(q50),
-        "q25_s": float(q25),
-        "q75_s": float(q75),
-        "iqr_s": float(q75 - q25),
-        "min_s": float(min(samples)),
-    }
 
 
 def bench_size(

@@ -1,0 +1,39 @@
+"""Shared by the benchmark scripts: interleaved timing rounds and their summary statistics."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+
+def time_interleaved(programs: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Warm up every program once, then ``repeats`` round-robin rounds (rotating the order each round, so no
+    program always runs first or right after the same neighbour). Returns seconds per call, per program."""
+    names = list(programs)
+    for name in names:
+        jax.block_until_ready(programs[name]())
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            jax.block_until_ready(programs[name]())
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(samples: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles, IQR, min and mean of timing samples (seconds)."""
+    q25, q50, q75 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 50, 75])
+    return {
+        "median_s": float(q50),
+        "q25_s": float(q25),
+        "q75_s": float(q75),
+        "iqr_s": float(q75 - q25),
+        "min_s": float(min(samples)),
+        "mean_s": float(statistics.fmean(samples)),
+    }
