@@ -278,19 +278,46 @@ def _flat_slot_index(assignment: Assignment, capacity: int, num_experts: int) ->
     return jnp.where(kept, assignment.expert * capacity + assignment.slot, num_experts * capacity)
 
 
+@jax.custom_vjp
+def _gather_rows(table: Array, index: Array, readers: Array) -> Array:
+    """``table[index]`` with zero rows where ``index`` is out of range; ``readers[R, J]`` lists, for every row
+    r of ``table``, the (at most J) output rows that read it (out of range = none). With that inverse map
+    the backward pass is a gather and a sum instead of XLA's scatter-add, which is slow on CPU."""
+    return table.at[index].get(mode="fill", fill_value=0)
+
+
+def _gather_rows_fwd(table, index, readers):
+    return _gather_rows(table, index, readers), readers
+
+
+def _gather_rows_bwd(readers, grad_out):
+    grad = grad_out.at[readers].get(mode="fill", fill_value=0)  # [R, J, D]
+    return jnp.sum(grad, axis=1), None, None
+
+
+_gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
+
+
 def _dispatch_indices_one_group(x: Array, flat_index: Array, num_buffer_rows: int) -> Array:
-    """x [S, D], flat_index [S, K] -> [E * C, D]: each buffer row gathers its token (zeros when empty)."""
+    """x ``[S, D]`` -> buffer rows ``[E * C, D]``: row ``flat_index[s, k]`` holds token s."""
     num_tokens, num_choices = flat_index.shape
     token_of_choice = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32)[:, None], flat_index.shape)
     # Which token fills each buffer row; S (out of range) for empty rows. Dropped choices are dropped here.
     source = jnp.full((num_buffer_rows,), num_tokens, dtype=jnp.int32)
     source = source.at[flat_index.reshape(-1)].set(token_of_choice.reshape(-1), mode="drop")
-    return x.at[source].get(mode="fill", fill_value=0)
+    # A token is read by the rows of its kept choices: flat_index itself (E * C = out of range = dropped).
+    return _gather_rows(x, source, flat_index)
 
 
 def _combine_indices_one_group(y_flat: Array, flat_index: Array, weight: Array) -> Array:
-    """y_flat [E * C, D], flat_index [S, K], weight [S, K] -> [S, D]."""
-    picked = y_flat.at[flat_index].get(mode="fill", fill_value=0)  # [S, K, D]; dropped choices read zeros
+    """Buffer rows ``[E * C, D]`` -> tokens ``[S, D]``: each token sums its kept choices' rows, weighted."""
+    num_tokens, num_choices = flat_index.shape
+    choices = num_tokens * num_choices
+    # Which choice (s * K + k) reads each buffer row; S * K (out of range) for empty rows.
+    reader = jnp.full((y_flat.shape[0],), choices, dtype=jnp.int32)
+    reader = reader.at[flat_index.reshape(-1)].set(jnp.arange(choices, dtype=jnp.int32), mode="drop")
+    picked = _gather_rows(y_flat, flat_index.reshape(-1), reader[:, None])  # dropped choices read zeros
+    picked = picked.reshape(num_tokens, num_choices, -1)
     return jnp.einsum("SK,SKD->SD", weight.astype(picked.dtype), picked)
 
 
