@@ -1,10 +1,12 @@
-"""Shared by the benchmark scripts: interleaved timing rounds and their summary statistics."""
+"""Shared by the benchmark scripts: interleaved timing rounds, their summary statistics, the JSON record."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -37,3 +39,15 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
         "min_s": float(min(samples)),
         "mean_s": float(statistics.fmean(samples)),
     }
+
+
+def write_record(out: str | Path, record: dict[str, Any], started: float) -> dict[str, Any]:
+    """Add the wall time since ``started`` (``time.perf_counter()``) and the provenance to ``record``, write
+    it atomically as JSON to ``out``, say so, and return it."""
+    from sparse_experts import session
+
+    record["wall_time_s"] = round(time.perf_counter() - started, 3)
+    record["provenance"] = session.provenance()
+    session.write_json_atomic(Path(out), record)
+    print(f"wrote {out}")
+    return record

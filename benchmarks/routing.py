@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared _timing module
-from _timing import summarize, time_interleaved  # noqa: E402
+from _timing import summarize, time_interleaved, write_record  # noqa: E402
 
-from sparse_experts import paths, routing, session
+from sparse_experts import paths, routing
 
 DEFAULT_SHAPES = ((1024, 8, 2, 256, 1024), (4096, 8, 2, 256, 1024), (4096, 32, 2, 256, 1024))
 QUICK_SHAPE = (64, 4, 2, 16, 32)
@@ -291,12 +291,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for r in results
         },
         "table": table,
-        "wall_time_s": round(time.perf_counter() - started, 3),
-        "provenance": session.provenance(),
     }
-    session.write_json_atomic(args.out, record)
-    print(f"wrote {args.out}")
-    return record
+    return write_record(args.out, record, started)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,9 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared _timing module
-from _timing import summarize, time_interleaved  # noqa: E402
+from _timing import summarize, time_interleaved, write_record  # noqa: E402
 
-from sparse_experts import models, paths, session, sharding
+from sparse_experts import models, paths, sharding
 from sparse_experts.train import TrainConfig, Trainer, cross_entropy
 
 # The `cpu` preset model of notebook 02 (keep in step with the notebook), and the width-512 model.
@@ -360,12 +360,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "results": results,
         "targets": {r["size"]: r["targets"] for r in results},
         "table": table,
-        "wall_time_s": round(time.perf_counter() - started, 3),
-        "provenance": session.provenance(),
     }
-    session.write_json_atomic(args.out, record)
-    print(f"wrote {args.out}")
-    return record
+    return write_record(args.out, record, started)
 
 
 if __name__ == "__main__":

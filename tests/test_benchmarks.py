@@ -11,16 +11,17 @@ import json
 from sparse_experts import paths, routing
 
 
-def _load_routing_benchmark():
-    path = paths.repo_root() / "benchmarks" / "routing.py"
-    spec = importlib.util.spec_from_file_location("routing_benchmark", path)
+def _load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` as a module (the scripts are not a package)."""
+    path = paths.repo_root() / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_routing_benchmark_quick(tmp_path, capsys):
-    bench = _load_routing_benchmark()
+    bench = _load_benchmark("routing")
     out = tmp_path / "bench" / "routing.json"
     returned = bench.main(["--quick", "--repeats", "2", "--out", str(out)])
 
@@ -54,16 +55,8 @@ def test_routing_benchmark_quick(tmp_path, capsys):
     assert set(fastest) == {"vanilla", "bpr", "overall"} and set(fastest.values()) <= set(routing.BACKENDS)
 
 
-def _load_train_step_benchmark():
-    path = paths.repo_root() / "benchmarks" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_step_benchmark_quick(tmp_path, capsys):
-    bench = _load_train_step_benchmark()
+    bench = _load_benchmark("train_step")
     out = tmp_path / "bench" / "train_step.json"
     returned = bench.main(["--quick", "--repeats", "2", "--out", str(out)])
 

@@ -266,17 +266,16 @@ def _check_eval_split(spec: TrainSpec, split: str) -> None:
         )
 
 
-def train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, description: str = "") -> Path:
+def _train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, description: str = "") -> Path:
     """Train ``spec`` with checkpoints under ``work/checkpoints`` (resuming there), evaluate, and assemble
-    the entry folder ``work/entry`` (with its manifest). Returns that folder."""
+    the entry folder ``work/entry`` (with its manifest). Returns that folder. The caller has checked the
+    evaluation splits (:func:`get_or_train`, before anything is written)."""
     import orbax.checkpoint as ocp
     from flax import nnx
 
     from sparse_experts import models, session, train
     from sparse_experts.datasets import loader
 
-    for split in ("validation", "test"):
-        _check_eval_split(spec, split)
     model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
     trainer = train.Trainer(model, spec.train, seed=spec.seed)
 
@@ -299,8 +298,7 @@ def train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, descripti
     if history.diverged:
         raise train.NonFiniteError(f"training diverged: {history.message}; nothing was cached")
     test = trainer.evaluate(_eval_batches(spec, "test"))
-    validation = history.evals[-1] if history.evals and history.evals[-1]["step"] == spec.num_steps else None
-    validation = validation or {"step": spec.num_steps, **trainer.evaluate(_eval_batches(spec, "validation"))}
+    validation = history.evals[-1]  # fit always evaluates at the last step when given an eval_fn
     steps = np.asarray(history.step_seconds[1:] or history.step_seconds)
     metrics = {
         "validation": validation,
@@ -354,7 +352,7 @@ def get_or_train(
                     _set_aside(entry, root, str(error))
         work = root / ".partial" / key
         work.mkdir(parents=True, exist_ok=True)
-        built = train_entry(spec, work, progress=progress, description=description)
+        built = _train_entry(spec, work, progress=progress, description=description)
         os.replace(built, entry)
         shutil.rmtree(work, ignore_errors=True)
     trained = _load_entry(entry, spec)
