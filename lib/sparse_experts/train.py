@@ -527,7 +527,6 @@ class Trainer:
         rules = sharding.TP_RULES if rules is None else rules
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         self._params_treedef = jax.tree.structure(params)
-        self._pure_treedef = jax.tree.structure(nnx.to_pure_dict(params))
         self.has_moe = getattr(getattr(model, "config", None), "moe", None) is not None
         self.tx = make_tx(config)
         shardings = nnx.to_pure_dict(sharding.param_shardings(params, self.mesh, rules))
