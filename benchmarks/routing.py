@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared _timing module
-from _timing import summarize, time_interleaved, write_record  # noqa: E402
+from _timing import calls_per_sample, summarize, time_interleaved, write_record  # noqa: E402
 
 from sparse_experts import paths, routing
 
@@ -114,8 +114,37 @@ def memory_bytes(compiled) -> dict[str, int | None]:
     return fields
 
 
-def build_programs(shape: Sequence[int], capacity_factor: float, backends: Sequence[str], seed: int = 0):
-    """Compiled fwd+bwd programs and their arguments: the bound, then each (backend, vanilla/BPR)."""
+def make_route_only(k: int, cap: int, batch_priority: bool) -> Callable:
+    """Breakdown: the router alone, forward (logits -> softmax -> top_k_routing), returning the Assignment."""
+
+    def route(x, w_router):
+        return routing.top_k_routing(
+            jax.nn.softmax(x @ w_router, axis=-1), k, cap, batch_priority=batch_priority
+        )
+
+    return route
+
+
+def make_move_loss(num_experts: int, cap: int, backend: str) -> Callable:
+    """Breakdown: dispatch -> expert MLP -> combine under a fixed, precomputed assignment (no router)."""
+
+    def loss(x, w_in, w_out, assignment):
+        buffers = routing.dispatch(x, assignment, num_experts, cap, backend=backend)
+        return jnp.mean(routing.combine(expert_mlp(buffers, w_in, w_out), assignment, backend=backend) ** 2)
+
+    return loss
+
+
+def build_programs(
+    shape: Sequence[int],
+    capacity_factor: float,
+    backends: Sequence[str],
+    seed: int = 0,
+    breakdown: bool = False,
+):
+    """Compiled fwd+bwd programs and their arguments: the bound, then each (backend, vanilla/BPR). With
+    ``breakdown``, also ``route/{vanilla,bpr}`` (the router's forward alone) and ``{backend}/move``
+    (fwd+bwd of dispatch -> MLP -> combine under a fixed vanilla assignment): where a layer's time goes."""
     s, e, k, d, h = shape
     cap = routing.capacity(s, e, k, capacity_factor)
     keys = jax.random.split(jax.random.key(seed), 5)
@@ -136,19 +165,54 @@ def build_programs(shape: Sequence[int], capacity_factor: float, backends: Seque
             fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
             name = f"{backend}/{'bpr' if bpr else 'vanilla'}"
             programs[name] = (fn.lower(*layer_args).compile(), layer_args)
+    if breakdown:
+        for bpr in (False, True):
+            fn = jax.jit(make_route_only(k, cap, bpr))
+            programs[f"route/{'bpr' if bpr else 'vanilla'}"] = (
+                fn.lower(x, w_router).compile(),
+                (x, w_router),
+            )
+        assignment = jax.jit(make_route_only(k, cap, False))(x, w_router)
+        move_args = (x, w_in, w_out, assignment)
+        for backend in backends:
+            fn = jax.jit(jax.grad(make_move_loss(e, cap, backend), argnums=(0, 1, 2)))
+            programs[f"{backend}/move"] = (fn.lower(*move_args).compile(), move_args)
     return cap, programs
 
 
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-def bench_shape(shape, capacity_factor: float, backends: Sequence[str], repeats: int) -> dict[str, Any]:
+def bench_shape(
+    shape,
+    capacity_factor: float,
+    backends: Sequence[str],
+    repeats: int,
+    min_sample_s: float = 0.0,
+    breakdown: bool = False,
+    hlo_dir: Path | None = None,
+) -> dict[str, Any]:
     s, e, k, d, h = shape
-    cap, programs = build_programs(shape, capacity_factor, backends)
-    times = time_interleaved(
-        {name: functools.partial(c, *args) for name, (c, args) in programs.items()}, repeats
-    )
+    cap, programs = build_programs(shape, capacity_factor, backends, breakdown=breakdown)
+    if hlo_dir is not None:  # the optimised programs, to read kernel counts and fusions offline
+        hlo_dir.mkdir(parents=True, exist_ok=True)
+        for name, (compiled, _) in programs.items():
+            stem = f"S{s}_E{e}_K{k}_D{d}_H{h}__{name.replace('/', '_')}"
+            (hlo_dir / f"{stem}.hlo.txt").write_text(compiled.as_text())
+    callables = {name: functools.partial(c, *args) for name, (c, args) in programs.items()}
+    calls = calls_per_sample(callables, min_sample_s)
+    times = time_interleaved(callables, repeats, calls)
     bound_median = float(np.median(times[BOUND]))
+    # The backends must compute the same gradients (values to float tolerance) at the timed shape too.
+    agreement = {}
+    for variant in ("vanilla", "bpr"):
+        grads = {b: jax.device_get(callables[f"{b}/{variant}"]()) for b in backends}
+        reference = grads[backends[0]]
+        for b in backends[1:]:
+            agreement[f"{b}_vs_{backends[0]}/{variant}"] = max(
+                float(np.max(np.abs(g - r)) / max(float(np.max(np.abs(r))), 1e-30))
+                for g, r in zip(grads[b], reference, strict=True)
+            )
     variants = {}
     for name, samples in times.items():
         stats = summarize(samples)
@@ -160,9 +224,13 @@ def bench_shape(shape, capacity_factor: float, backends: Sequence[str], repeats:
         stats["paired_ratio_iqr"] = float(q75 - q25)
         stats["memory_bytes"] = memory_bytes(programs[name][0])
         stats["samples_s"] = [float(t) for t in samples]
+        stats["calls_per_sample"] = calls[name]
         if name != BOUND:
             backend, variant = name.split("/")
-            stats.update(backend=backend, batch_priority=variant == "bpr")
+            if variant in ("vanilla", "bpr") and backend in backends:
+                stats.update(backend=backend, batch_priority=variant == "bpr")
+            else:
+                stats.update(breakdown=True)
         variants[name] = stats
 
     fastest = {}
@@ -181,6 +249,7 @@ def bench_shape(shape, capacity_factor: float, backends: Sequence[str], repeats:
         "variants": variants,
         "fastest_backend": {**fastest, "overall": min(overall, key=overall.get)},
         "geomean_ratio_by_backend": overall,
+        "max_relative_grad_difference": agreement,
     }
 
 
@@ -198,7 +267,7 @@ def format_table(results: Sequence[dict[str, Any]], default_backend: str) -> str
         for name, stats in result["variants"].items():
             mem = stats["memory_bytes"]["total"]
             mem_text = f"{mem / 2**20:8.1f}" if mem is not None else f"{'n/a':>8}"
-            if name == BOUND:
+            if name == BOUND or stats.get("breakdown"):
                 target = ""
             else:
                 is_default = stats["backend"] == default_backend
@@ -214,6 +283,8 @@ def format_table(results: Sequence[dict[str, Any]], default_backend: str) -> str
             f"{'':<32} fastest: vanilla={fastest['vanilla']} bpr={fastest['bpr']} "
             f"overall={fastest['overall']} (target <= {result['target_ratio']}x the bound)"
         )
+        for pair, diff in result.get("max_relative_grad_difference", {}).items():
+            lines.append(f"{'':<32} gradients {pair}: max |diff| / max |ref| = {diff:.1e}")
         lines.append("")
     lines.append(
         f"* = the platform's current default backend ({default_backend}); ok/MISS: 'x bound' (ratio of "
@@ -236,6 +307,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         + ")",
     )
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds after the warm-up (default 10)")
+    parser.add_argument(
+        "--min-sample-ms",
+        type=float,
+        default=None,
+        help="a timed sample repeats a program back to back until it lasts this long (default: 0, one call, "
+        "on CPU; 5 ms on an accelerator, where one call is short next to the host's dispatch cost)",
+    )
     parser.add_argument("--capacity-factor", type=float, default=CAPACITY_FACTOR)
     parser.add_argument(
         "--backends", nargs="+", default=list(routing.BACKENDS), choices=list(routing.BACKENDS)
@@ -246,10 +324,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=paths.outputs_root() / "benchmarks" / "routing.json",
         help="JSON output (default outputs/benchmarks/routing.json)",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the router alone (route/vanilla, route/bpr: forward) and dispatch -> MLP -> combine "
+        "under a fixed assignment ({backend}/move: fwd+bwd)",
+    )
+    parser.add_argument(
+        "--dump-hlo",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each optimised program's HLO text here",
+    )
     parser.add_argument("--quick", action="store_true", help=f"one tiny smoke shape {QUICK_SHAPE}")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.min_sample_ms is not None and args.min_sample_ms < 0:
+        parser.error(f"--min-sample-ms must be >= 0, got {args.min_sample_ms}")
     if args.shapes is None:
         args.shapes = [QUICK_SHAPE] if args.quick else list(DEFAULT_SHAPES)
     elif args.quick:
@@ -261,10 +354,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     platform = jax.default_backend()
     default_backend = routing.DEFAULT_BACKEND.get(platform, "indices")
+    min_sample_ms = args.min_sample_ms
+    if min_sample_ms is None:
+        min_sample_ms = 0.0 if platform == "cpu" else 5.0
     started = time.perf_counter()
-    results = [bench_shape(shape, args.capacity_factor, args.backends, args.repeats) for shape in args.shapes]
+    results = [
+        bench_shape(
+            shape,
+            args.capacity_factor,
+            args.backends,
+            args.repeats,
+            min_sample_ms / 1e3,
+            breakdown=args.breakdown,
+            hlo_dir=args.dump_hlo,
+        )
+        for shape in args.shapes
+    ]
     table = format_table(results, default_backend)
-    print(f"platform={platform} devices={jax.devices()[0].device_kind} repeats={args.repeats}")
+    print(
+        f"platform={platform} device={jax.devices()[0].device_kind} repeats={args.repeats} "
+        f"min_sample_ms={min_sample_ms}"
+    )
     print(table)
 
     record = {
@@ -273,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "expert MLP alone on [E, C, D] buffers (the bound); interleaved runs; times in seconds",
         "platform": platform,
         "repeats": args.repeats,
+        "device_kind": jax.devices()[0].device_kind,
+        "min_sample_ms": min_sample_ms,
         "capacity_factor": args.capacity_factor,
         "backends": list(args.backends),
         "current_default_backend": default_backend,

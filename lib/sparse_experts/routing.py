@@ -52,6 +52,10 @@ Array = jax.Array
 # measures the backends and fills this table in; never chosen by timing at run time.
 DEFAULT_BACKEND = {"cpu": "indices", "gpu": "indices", "tpu": "einsum"}
 BACKENDS = ("einsum", "indices")
+# Moving tokens must not round them. JAX's default float32 matmul precision rounds the operands (TF32 on
+# recent NVIDIA GPUs, bfloat16 passes on TPU), so a one-hot dispatch or combine einsum at that precision
+# would perturb every token by ~1e-3; at HIGHEST a product with a 0/1 tensor is exact. No effect on CPU.
+_EXACT = jax.lax.Precision.HIGHEST
 
 
 class Assignment(NamedTuple):
@@ -264,9 +268,9 @@ def assignment_tensors(assignment: Assignment, num_experts: int, capacity: int) 
     """
     expert_one_hot = jax.nn.one_hot(assignment.expert, num_experts, dtype=assignment.weight.dtype)
     slot_one_hot = jax.nn.one_hot(assignment.slot, capacity, dtype=assignment.weight.dtype)  # [..., S, K, C]
-    dispatch_mask = jnp.einsum("...SKE,...SKC->...SEC", expert_one_hot, slot_one_hot)
+    dispatch_mask = jnp.einsum("...SKE,...SKC->...SEC", expert_one_hot, slot_one_hot, precision=_EXACT)
     combine_weights = jnp.einsum(
-        "...SK,...SKE,...SKC->...SEC", assignment.weight, expert_one_hot, slot_one_hot
+        "...SK,...SKE,...SKC->...SEC", assignment.weight, expert_one_hot, slot_one_hot, precision=_EXACT
     )
     return dispatch_mask, combine_weights
 
@@ -318,7 +322,7 @@ def _combine_indices_one_group(y_flat: Array, flat_index: Array, weight: Array) 
     reader = reader.at[flat_index.reshape(-1)].set(jnp.arange(choices, dtype=jnp.int32), mode="drop")
     picked = _gather_rows(y_flat, flat_index.reshape(-1), reader[:, None])  # dropped choices read zeros
     picked = picked.reshape(num_tokens, num_choices, -1)
-    return jnp.einsum("SK,SKD->SD", weight.astype(picked.dtype), picked)
+    return jnp.einsum("SK,SKD->SD", weight.astype(picked.dtype), picked, precision=_EXACT)
 
 
 def dispatch(x: Array, routing, num_experts: int, capacity: int, backend: str | None = None) -> Array:
@@ -333,11 +337,11 @@ def dispatch(x: Array, routing, num_experts: int, capacity: int, backend: str | 
     if isinstance(routing, ExpertChoice):
         if backend == "einsum":
             token_one_hot = jax.nn.one_hot(routing.token, x.shape[-2], dtype=x.dtype)  # [..., E, C, S]
-            return jnp.einsum("...ECS,...SD->...ECD", token_one_hot, x)
+            return jnp.einsum("...ECS,...SD->...ECD", token_one_hot, x, precision=_EXACT)
         return _over_groups(lambda xg, tg: xg[tg], x.ndim - 2)(x, routing.token)
     if backend == "einsum":
         dispatch_mask, _ = assignment_tensors(routing, num_experts, capacity)
-        return jnp.einsum("...SEC,...SD->...ECD", dispatch_mask.astype(x.dtype), x)
+        return jnp.einsum("...SEC,...SD->...ECD", dispatch_mask.astype(x.dtype), x, precision=_EXACT)
     flat_index = _flat_slot_index(routing, capacity, num_experts)
     one_group = functools.partial(_dispatch_indices_one_group, num_buffer_rows=num_experts * capacity)
     buffers = _over_groups(one_group, x.ndim - 2)(x, flat_index)
@@ -364,7 +368,7 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
         weighted = routing.weight[..., None].astype(y.dtype) * y  # [..., E, C, D]
         if backend == "einsum":
             token_one_hot = jax.nn.one_hot(routing.token, num_tokens, dtype=y.dtype)  # [..., E, C, S]
-            return jnp.einsum("...ECS,...ECD->...SD", token_one_hot, weighted)
+            return jnp.einsum("...ECS,...ECD->...SD", token_one_hot, weighted, precision=_EXACT)
 
         def one_group(weighted_g: Array, token_g: Array) -> Array:
             out = jnp.zeros((num_tokens, y.shape[-1]), y.dtype)
@@ -377,7 +381,7 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
         )
     if backend == "einsum":
         _, combine_weights = assignment_tensors(routing, num_experts, capacity)
-        return jnp.einsum("...SEC,...ECD->...SD", combine_weights.astype(y.dtype), y)
+        return jnp.einsum("...SEC,...ECD->...SD", combine_weights.astype(y.dtype), y, precision=_EXACT)
     flat_index = _flat_slot_index(routing, capacity, num_experts)
     y_flat = y.reshape(*y.shape[:-3], num_experts * capacity, y.shape[-1])
     return _over_groups(_combine_indices_one_group, y.ndim - 3)(y_flat, flat_index, routing.weight)
@@ -447,7 +451,7 @@ def dropless_combine(rows: Array, routing: DroplessRouting) -> Array:
     rows = jnp.asarray(rows)
     unsorted = jnp.zeros_like(rows).at[routing.order].set(rows, unique_indices=True)  # [R, D] token-major
     per_choice = unsorted.reshape(*routing.expert.shape, rows.shape[-1])  # [..., S, K, D]
-    return jnp.einsum("...SK,...SKD->...SD", routing.weight.astype(rows.dtype), per_choice)
+    return jnp.einsum("...SK,...SKD->...SD", routing.weight.astype(rows.dtype), per_choice, precision=_EXACT)
 
 
 # ------------------------------------------------------------------------------------------ auxiliary losses
@@ -785,13 +789,15 @@ class MoeMlp(nnx.Module):
             routing = top_k_routing(gates, k, C, batch_priority=batch_priority, renormalize=self.renormalize)
             kept = (routing.slot < C).astype(jnp.float32)  # [G, S, K]
             expert_one_hot = jax.nn.one_hot(routing.expert, E, dtype=jnp.float32)  # [G, S, K, E]
-            combine_weights = jnp.einsum("GSK,GSKE->GSE", routing.weight, expert_one_hot)
-            kept_per_token = jnp.einsum("GSK,GSKE->GSE", kept, expert_one_hot)  # [G, S, E] 0 or 1
+            combine_weights = jnp.einsum("GSK,GSKE->GSE", routing.weight, expert_one_hot, precision=_EXACT)
+            kept_per_token = jnp.einsum(
+                "GSK,GSKE->GSE", kept, expert_one_hot, precision=_EXACT
+            )  # [G, S, E] 0 or 1
             num_choices = G * S * k
         else:
             routing = expert_choice_routing(gates, C)
             taken = jax.nn.one_hot(routing.token, S, dtype=jnp.float32)  # [G, E, C, S]
-            combine_weights = jnp.einsum("GECS,GEC->GSE", taken, routing.weight)
+            combine_weights = jnp.einsum("GECS,GEC->GSE", taken, routing.weight, precision=_EXACT)
             kept_per_token = jnp.sum(taken, axis=2).swapaxes(-1, -2)  # [G, S, E]
             num_choices = G * S
         buffers = dispatch(tokens, routing, E, C, backend=self.backend)  # [G, E, C, D]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU checks in one call, for a machine with an NVIDIA GPU and JAX (CUDA) but not this project's venv:
+#   1. the environment (GPU, jax/flax/optax/numpy versions);
+#   2. benchmarks/routing.py at the issue's three shapes, 30 interleaved rounds, with the breakdown (router
+#      alone; dispatch -> MLP -> combine under a fixed assignment), the optimised HLO of every program, and
+#      the backends' gradient agreement at each timed shape;
+#   3. the routing and MoE tests (tests/test_routing.py, tests/test_moe.py) on the GPU.
+# Everything lands in $OUT (default outputs/gpu-check): env.txt, routing_gpu.json/.log, hlo.tgz, pytest.log.
+#
+#   OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh          # PY=python3 by default
+set -u
+OUT=${OUT:-outputs/gpu-check}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+hlo=$(mktemp -d)
+
+{
+  nvidia-smi -L
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used,memory.total --format=csv
+  $PY -c "import jax, flax, optax, numpy; print('jax', jax.__version__, 'flax', flax.__version__, \
+'optax', optax.__version__, 'numpy', numpy.__version__); print(jax.devices())"
+} 2>&1 | tee "$OUT/env.txt"
+
+echo "== routing benchmark"
+timeout 300 $PY benchmarks/routing.py ${ROUTING_ARGS:---repeats 30} --breakdown --dump-hlo "$hlo/hlo" \
+  --out "$OUT/routing_gpu.json" 2>&1 | tee "$OUT/routing_gpu.log"
+tar czf "$OUT/hlo.tgz" -C "$hlo" hlo
+
+echo "== routing and MoE tests on the GPU"
+timeout 240 $PY -m pytest tests/test_routing.py tests/test_moe.py -q -p no:cacheprovider --durations=10 \
+  2>&1 | tee "$OUT/pytest.log" | tail -40
