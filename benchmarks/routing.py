@@ -191,6 +191,8 @@ def bench_shape(
     min_sample_s: float = 0.0,
     breakdown: bool = False,
     hlo_dir: Path | None = None,
+    profile_dir: Path | None = None,
+    profile_calls: int = 20,
 ) -> dict[str, Any]:
     s, e, k, d, h = shape
     cap, programs = build_programs(shape, capacity_factor, backends, breakdown=breakdown)
@@ -242,8 +244,13 @@ def bench_shape(
         b: float(np.sqrt(variants[f"{b}/vanilla"]["ratio_to_bound"] * variants[f"{b}/bpr"]["ratio_to_bound"]))
         for b in backends
     }
+    kernels = None
+    if profile_dir is not None:
+        profiled = [n for n in programs if not n.startswith("einsum/")]  # einsum: reference only, slow
+        kernels = profile_programs(callables, profiled, profile_calls, profile_dir / f"S{s}_E{e}_K{k}")
     return {
         "shape": {"S": s, "E": e, "K": k, "D": d, "H": h, "C": cap, "capacity_factor": capacity_factor},
+        "kernels": kernels,
         "name": shape_name(shape),
         "target_ratio": target_ratio(s),
         "variants": variants,
@@ -251,6 +258,60 @@ def bench_shape(
         "geomean_ratio_by_backend": overall,
         "max_relative_grad_difference": agreement,
     }
+
+
+# ---------------------------------------------------------------------------------------------- profiling
+
+
+def profile_programs(
+    callables: dict[str, Callable[[], object]], names: Sequence[str], calls: int, trace_root: Path
+) -> dict[str, Any]:
+    """Device time per kernel, from a ``jax.profiler`` trace of ``calls`` back-to-back calls of each program.
+
+    Per program and per trace line of the device planes (on a GPU, one line per stream holds its kernels):
+    events per call, their total duration per call, and the 20 costliest event names (kernel or fusion names,
+    which match the HLO that ``--dump-hlo`` writes). Next to the wall time per call, this separates time in
+    kernels from gaps between them (launches, host). A failure to trace is recorded, not raised."""
+    summary: dict[str, Any] = {}
+    for name in names:
+        program = callables[name]
+        jax.block_until_ready(program())
+        trace_dir = trace_root / name.replace("/", "_")
+        try:
+            with jax.profiler.trace(str(trace_dir)):
+                out = None
+                for _ in range(calls):
+                    out = program()
+                jax.block_until_ready(out)
+            files = sorted(trace_dir.rglob("*.xplane.pb"))
+            if not files:
+                raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
+            data = jax.profiler.ProfileData.from_file(str(files[-1]))
+            lines = {}
+            for plane in data.planes:
+                if not plane.name.startswith("/device:"):
+                    continue
+                for line in plane.lines:
+                    per_name: dict[str, list[float]] = {}
+                    for event in line.events:
+                        entry = per_name.setdefault(event.name, [0, 0.0])
+                        entry[0] += 1
+                        entry[1] += float(event.duration_ns)
+                    if not per_name:
+                        continue
+                    top = sorted(per_name.items(), key=lambda item: -item[1][1])[:20]
+                    lines[f"{plane.name} | {line.name}"] = {
+                        "events_per_call": sum(c for c, _ in per_name.values()) / calls,
+                        "busy_us_per_call": sum(t for _, t in per_name.values()) / calls / 1e3,
+                        "top": [
+                            {"name": n, "per_call": c / calls, "us_per_call": t / calls / 1e3}
+                            for n, (c, t) in top
+                        ],
+                    }
+            summary[name] = {"calls": calls, "lines": lines}
+        except Exception as error:  # noqa: BLE001 - a profiler that does not work here is a finding, not a crash
+            summary[name] = {"calls": calls, "error": f"{type(error).__name__}: {error}"}
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -337,6 +398,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="write each optimised program's HLO text here",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="trace 20 calls of every non-einsum program with jax.profiler (traces under DIR) and save "
+        "device time per kernel in the JSON",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        default=None,
+        help="set jax_default_matmul_precision for the whole run (e.g. 'highest': full float32 matmuls on "
+        "GPU, where the default is TF32); recorded in the JSON",
+    )
     parser.add_argument("--quick", action="store_true", help=f"one tiny smoke shape {QUICK_SHAPE}")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -352,6 +427,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.matmul_precision is not None:
+        jax.config.update("jax_default_matmul_precision", args.matmul_precision)
     platform = jax.default_backend()
     default_backend = routing.DEFAULT_BACKEND.get(platform, "indices")
     min_sample_ms = args.min_sample_ms
@@ -367,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             min_sample_ms / 1e3,
             breakdown=args.breakdown,
             hlo_dir=args.dump_hlo,
+            profile_dir=args.profile,
         )
         for shape in args.shapes
     ]
@@ -385,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "repeats": args.repeats,
         "device_kind": jax.devices()[0].device_kind,
         "min_sample_ms": min_sample_ms,
+        "matmul_precision": args.matmul_precision,
         "capacity_factor": args.capacity_factor,
         "backends": list(args.backends),
         "current_default_backend": default_backend,

@@ -181,15 +181,19 @@ def test_large_capacity_equals_the_dense_mixture(router):
 def test_soft_moe_by_hand():
     module = layer(router="soft", slots_per_expert=2)
     x = inputs()
-    y, record = call(module, x)
-    slots = np.asarray(module.slots[...]).reshape(E * 2, D)
-    slots = slots / np.linalg.norm(slots, axis=-1, keepdims=True)
-    tokens = np.asarray(x) / np.linalg.norm(np.asarray(x), axis=-1, keepdims=True)
-    logits = np.einsum("BND,MD->BNM", tokens * float(module.scale[...]), slots)
-    dispatch_w, combine_w = jax.nn.softmax(logits, axis=1), jax.nn.softmax(logits, axis=2)
-    buffers = jnp.einsum("BNM,BND->BMD", dispatch_w, x).reshape(B, E, 2, D)
-    out = module.experts(buffers).reshape(B, E * 2, D)
-    np.testing.assert_allclose(y, jnp.einsum("BNM,BMD->BND", combine_w, out), atol=1e-4)
+    # The layer and the hand computation in full float32 matmuls: on a GPU the default is TF32, and the two
+    # sides' matmuls (different programs, different kernels) would differ by its rounding, ~1e-3.
+    with jax.default_matmul_precision("highest"):
+        y, record = call(module, x)
+        slots = np.asarray(module.slots[...]).reshape(E * 2, D)
+        slots = slots / np.linalg.norm(slots, axis=-1, keepdims=True)
+        tokens = np.asarray(x) / np.linalg.norm(np.asarray(x), axis=-1, keepdims=True)
+        logits = np.einsum("BND,MD->BNM", tokens * float(module.scale[...]), slots)
+        dispatch_w, combine_w = jax.nn.softmax(logits, axis=1), jax.nn.softmax(logits, axis=2)
+        buffers = jnp.einsum("BNM,BND->BMD", dispatch_w, x).reshape(B, E, 2, D)
+        out = module.experts(buffers).reshape(B, E * 2, D)
+        expected = jnp.einsum("BNM,BMD->BND", combine_w, out)
+    np.testing.assert_allclose(y, expected, atol=1e-4)
     np.testing.assert_allclose(record["combine_weights"], combine_w.reshape(B, N, E, 2).sum(-1), atol=1e-5)
     np.testing.assert_allclose(np.sum(record["combine_weights"], -1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="router='soft' has a fixed number of slots"):

@@ -376,16 +376,17 @@ def test_dropless_by_hand():
 
 
 def _dropless_vs_capacity_loss(x, gates, expert_weights, probe, k):
-    """The same MoE two ways: dropless with ragged_dot, and the capacity path with C = S (nothing dropped)."""
+    """The same MoE two ways: dropless with ragged_dot, and the capacity path with C = S (nothing dropped).
+    Both expert matmuls run in full float32, so the comparison is about routing and not about which kernel
+    (and which rounding: TF32 on recent GPUs) each path's matmul gets."""
     num_tokens, num_experts = gates.shape[-2:]
     plan = routing.dropless_routing(gates, k)
     rows = routing.dropless_dispatch(x, plan)  # [R, D]
-    dropless = routing.dropless_combine(
-        jnp.tanh(jax.lax.ragged_dot(rows, expert_weights, plan.group_sizes)), plan
-    )
+    hidden = jax.lax.ragged_dot(rows, expert_weights, plan.group_sizes, precision=jax.lax.Precision.HIGHEST)
+    dropless = routing.dropless_combine(jnp.tanh(hidden), plan)
     assignment = routing.top_k_routing(gates, k, num_tokens)
     buffers = routing.dispatch(x, assignment, num_experts, num_tokens)
-    y = jnp.tanh(jnp.einsum("GECD,EDF->GECF", buffers, expert_weights))
+    y = jnp.tanh(jnp.einsum("GECD,EDF->GECF", buffers, expert_weights, precision=jax.lax.Precision.HIGHEST))
     capacity_path = routing.combine(y, assignment)
     return jnp.sum(dropless * probe), jnp.sum(capacity_path * probe)
 

@@ -572,7 +572,7 @@ class Encoder(nnx.Module):
 
     def __call__(self, x, *, train=False, with_stats=False, moe_overrides=None):
         """``with_stats``: False, True (attention statistics and MoE records) or "moe" (MoE records only).
-        An ``rng`` in ``moe_overrides`` is folded with each layer's index, so layers draw independent noise."""
+        An ``rng`` in ``moe_overrides`` is folded with each layer's index: layers draw independent noise."""
         attn_stats = with_stats is True
 
         def apply(block, x, overrides):

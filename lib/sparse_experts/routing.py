@@ -191,17 +191,26 @@ def top_k_routing(
     if k > num_experts:
         raise ValueError(f"k={k} exceeds num_experts={num_experts} (the last dim of gates); use k <= E")
 
-    top_gates, top_experts = jax.lax.top_k(gates, k)  # [..., S, K]; equal values keep the lower index first
+    # Equal values keep the lower index first. The gates of the chosen experts are picked with a one-hot
+    # product rather than taken from top_k: exact (one nonzero term), and its gradient is elementwise, where
+    # top_k's is a scatter (a separate, slow kernel on CPU and GPU alike).
+    _, top_experts = jax.lax.top_k(jax.lax.stop_gradient(gates), k)  # [..., S, K]
     top_experts = top_experts.astype(jnp.int32)
+    chosen = jax.nn.one_hot(top_experts, num_experts, dtype=gates.dtype)  # [..., S, K, E]
+    top_gates = jnp.sum(gates[..., None, :] * chosen, axis=-1)  # [..., S, K]
     if not batch_priority:  # position order: the token order is already the service order
         slot = jnp.swapaxes(_slots_in_service_order(jnp.swapaxes(top_experts, -1, -2), num_experts), -1, -2)
     else:
         order = jnp.argsort(-top_gates[..., 0], axis=-1, stable=True)  # [..., S] tokens in service order
         served = jnp.take_along_axis(top_experts, order[..., None], axis=-2)  # [..., S, K] in service order
         slot_served = _slots_in_service_order(jnp.swapaxes(served, -1, -2), num_experts)  # [..., K, S]
-        inverse = jnp.argsort(order, axis=-1)  # [..., S] each token's place in the service order
         slot_by_service = jnp.swapaxes(slot_served, -1, -2)  # [..., S, K], rows in service order
-        slot = jnp.take_along_axis(slot_by_service, inverse[..., None], axis=-2)  # [..., S, K], token order
+        # Back to token order: row i of the service order belongs to token order[i] (a permutation, so a
+        # scatter with unique indices; cheaper than sorting again for the inverse permutation).
+        slot = _over_groups(
+            lambda rows, tokens: jnp.zeros_like(rows).at[tokens].set(rows, unique_indices=True),
+            order.ndim - 1,
+        )(slot_by_service, order)
     kept = slot < capacity
     weight = jnp.where(kept, top_gates, jnp.zeros_like(top_gates))
     if renormalize:
@@ -302,13 +311,21 @@ def _gather_rows_bwd(readers, grad_out):
 _gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
 
 
+def _choice_of_row(flat_index: Array, num_buffer_rows: int) -> Array:
+    """Which choice (``s * K + k``) fills each of the ``num_buffer_rows`` buffer rows; S * K (out of range)
+    for empty rows. Dropped choices (out-of-range index) are dropped by the scatter. Dispatch and combine
+    both call this with the same arguments, so under one jit XLA computes it once."""
+    num_choices = flat_index.size
+    rows = jnp.full((num_buffer_rows,), num_choices, dtype=jnp.int32)
+    return rows.at[flat_index.reshape(-1)].set(jnp.arange(num_choices, dtype=jnp.int32), mode="drop")
+
+
 def _dispatch_indices_one_group(x: Array, flat_index: Array, num_buffer_rows: int) -> Array:
     """x ``[S, D]`` -> buffer rows ``[E * C, D]``: row ``flat_index[s, k]`` holds token s."""
     num_tokens, num_choices = flat_index.shape
-    token_of_choice = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32)[:, None], flat_index.shape)
-    # Which token fills each buffer row; S (out of range) for empty rows. Dropped choices are dropped here.
-    source = jnp.full((num_buffer_rows,), num_tokens, dtype=jnp.int32)
-    source = source.at[flat_index.reshape(-1)].set(token_of_choice.reshape(-1), mode="drop")
+    choice = _choice_of_row(flat_index, num_buffer_rows)
+    # Which token fills each buffer row; S (out of range) for empty rows.
+    source = jnp.where(choice < num_tokens * num_choices, choice // num_choices, num_tokens)
     # A token is read by the rows of its kept choices: flat_index itself (E * C = out of range = dropped).
     return _gather_rows(x, source, flat_index)
 
@@ -316,10 +333,7 @@ def _dispatch_indices_one_group(x: Array, flat_index: Array, num_buffer_rows: in
 def _combine_indices_one_group(y_flat: Array, flat_index: Array, weight: Array) -> Array:
     """Buffer rows ``[E * C, D]`` -> tokens ``[S, D]``: each token sums its kept choices' rows, weighted."""
     num_tokens, num_choices = flat_index.shape
-    choices = num_tokens * num_choices
-    # Which choice (s * K + k) reads each buffer row; S * K (out of range) for empty rows.
-    reader = jnp.full((y_flat.shape[0],), choices, dtype=jnp.int32)
-    reader = reader.at[flat_index.reshape(-1)].set(jnp.arange(choices, dtype=jnp.int32), mode="drop")
+    reader = _choice_of_row(flat_index, y_flat.shape[0])  # which choice reads each buffer row
     picked = _gather_rows(y_flat, flat_index.reshape(-1), reader[:, None])  # dropped choices read zeros
     picked = picked.reshape(num_tokens, num_choices, -1)
     return jnp.einsum("SK,SKD->SD", weight.astype(picked.dtype), picked, precision=_EXACT)
@@ -769,8 +783,13 @@ class MoeMlp(nnx.Module):
         G, S = B // self.group_size, self.group_size * N
         C = layer_capacity(self.router, S, E, k, capacity_factor)
         tokens = x.reshape(G, S, D)
+        # The router runs in full float32 (as Switch Transformer advises): its logits decide which expert
+        # each token meets, so they should not depend on the platform's default matmul precision.
         logits = jnp.einsum(
-            "GSD,DE->GSE", tokens.astype(jnp.float32), self.router_kernel[...].astype(jnp.float32)
+            "GSD,DE->GSE",
+            tokens.astype(jnp.float32),
+            self.router_kernel[...].astype(jnp.float32),
+            precision=_EXACT,
         )
         if train and self.noise_std > 0:
             rng = self.noise_rngs.noise() if rng is None else rng
@@ -824,7 +843,7 @@ class MoeMlp(nnx.Module):
         E, C = self.num_experts, self.slots_per_expert
         slots = _l2_normalize(self.slots[...].astype(jnp.float32)).reshape(E * C, D)  # [M = E x C, D]
         tokens = self.scale[...].astype(jnp.float32) * _l2_normalize(x.astype(jnp.float32))
-        logits = jnp.einsum("BND,MD->BNM", tokens, slots)  # [B, N, M]
+        logits = jnp.einsum("BND,MD->BNM", tokens, slots, precision=_EXACT)  # [B, N, M], full f32 router
         dispatch_weights = jax.nn.softmax(logits, axis=1)  # over tokens, per slot
         combine_slot_weights = jax.nn.softmax(logits, axis=2)  # over all slots, per token
         buffers = jnp.einsum("BNM,BND->BMD", dispatch_weights.astype(x.dtype), x).reshape(B, E, C, D)
