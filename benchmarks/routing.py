@@ -83,12 +83,16 @@ def bound_loss(buffers, w_in, w_out):
     return jnp.mean(expert_mlp(buffers, w_in, w_out) ** 2)
 
 
-def make_layer_loss(num_experts: int, k: int, cap: int, batch_priority: bool, backend: str) -> Callable:
+def make_layer_loss(
+    num_experts: int, k: int, cap: int, batch_priority: bool, backend: str, bpr_method: str | None = None
+) -> Callable:
     """Scalar loss of one MoE layer on one group of tokens ``x[S, D]``."""
 
     def loss(x, w_router, w_in, w_out):
         gates = jax.nn.softmax(x @ w_router, axis=-1)  # [S, E]
-        assignment = routing.top_k_routing(gates, k, cap, batch_priority=batch_priority)
+        assignment = routing.top_k_routing(
+            gates, k, cap, batch_priority=batch_priority, bpr_method=bpr_method
+        )
         buffers = routing.dispatch(x, assignment, num_experts, cap, backend=backend)  # [E, C, D]
         out = routing.combine(expert_mlp(buffers, w_in, w_out), assignment, backend=backend)  # [S, D]
         return jnp.mean(out**2)
@@ -143,8 +147,9 @@ def build_programs(
     breakdown: bool = False,
 ):
     """Compiled fwd+bwd programs and their arguments: the bound, then each (backend, vanilla/BPR). With
-    ``breakdown``, also ``route/{vanilla,bpr}`` (the router's forward alone) and ``{backend}/move``
-    (fwd+bwd of dispatch -> MLP -> combine under a fixed vanilla assignment): where a layer's time goes."""
+    ``breakdown``, also ``indices/bpr_{sort,pairwise}`` (the BPR layer with each ``bpr_method``),
+    ``route/{vanilla,bpr}`` (the router's forward alone) and ``{backend}/move`` (fwd+bwd of dispatch -> MLP
+    -> combine under a fixed vanilla assignment): where a layer's time goes."""
     s, e, k, d, h = shape
     cap = routing.capacity(s, e, k, capacity_factor)
     keys = jax.random.split(jax.random.key(seed), 5)
@@ -166,6 +171,9 @@ def build_programs(
             name = f"{backend}/{'bpr' if bpr else 'vanilla'}"
             programs[name] = (fn.lower(*layer_args).compile(), layer_args)
     if breakdown:
+        for method in routing.BPR_METHODS:  # the layer with each way of computing BPR slots
+            fn = jax.jit(jax.grad(make_layer_loss(e, k, cap, True, "indices", method), argnums=(0, 1, 2, 3)))
+            programs[f"indices/bpr_{method}"] = (fn.lower(*layer_args).compile(), layer_args)
         for bpr in (False, True):
             fn = jax.jit(make_route_only(k, cap, bpr))
             programs[f"route/{'bpr' if bpr else 'vanilla'}"] = (
@@ -319,7 +327,7 @@ def profile_programs(
 
 def format_table(results: Sequence[dict[str, Any]], default_backend: str) -> str:
     header = (
-        f"{'shape':<32} {'C':>5} {'variant':<18} {'median ms':>10} {'IQR ms':>8} "
+        f"{'shape':<32} {'C':>5} {'variant':<20} {'median ms':>10} {'IQR ms':>8} "
         f"{'x bound':>8} {'paired':>7} {'target':>7} {'mem MiB':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -335,7 +343,7 @@ def format_table(results: Sequence[dict[str, Any]], default_backend: str) -> str
                 ok = stats["ratio_to_bound"] <= result["target_ratio"]
                 target = f"{'ok' if ok else 'MISS'}{'*' if is_default else ''}"
             lines.append(
-                f"{result['name']:<32} {cap:>5} {name:<18} {stats['median_s'] * 1e3:>10.2f} "
+                f"{result['name']:<32} {cap:>5} {name:<20} {stats['median_s'] * 1e3:>10.2f} "
                 f"{stats['iqr_s'] * 1e3:>8.2f} {stats['ratio_to_bound']:>8.3f} "
                 f"{stats['paired_ratio_median']:>7.3f} {target:>7} {mem_text}"
             )

@@ -48,9 +48,10 @@ def test_top1_vanilla():
     _assert_assignment(got, expert=[[0], [0], [1]], slot=[[0], [1], [0]], weight=[[0.6], [0.0], [0.5]])
 
 
-def test_top1_batch_priority():
+@pytest.mark.parametrize("bpr_method", routing.BPR_METHODS)
+def test_top1_batch_priority(bpr_method):
     # Served 1, 0, 2: token 1 (top-1 gate .8) now takes e0 and token 0 is dropped.
-    got = routing.top_k_routing(GATES, k=1, capacity=1, batch_priority=True)
+    got = routing.top_k_routing(GATES, k=1, capacity=1, batch_priority=True, bpr_method=bpr_method)
     _assert_assignment(got, expert=[[0], [0], [1]], slot=[[1], [0], [0]], weight=[[0.0], [0.8], [0.5]])
 
 
@@ -66,10 +67,11 @@ def test_top2_vanilla():
     )
 
 
-def test_top2_batch_priority():
+@pytest.mark.parametrize("bpr_method", routing.BPR_METHODS)
+def test_top2_batch_priority(bpr_method):
     # Served 1, 0, 2 at both levels. First: t1 -> e0 s0, t0 -> e0 s1, t2 -> e1 s0. Second: t1 -> e1 s1,
     # t0 -> e1 full (dropped), t2 -> e2 s0.
-    got = routing.top_k_routing(GATES, k=2, capacity=2, batch_priority=True)
+    got = routing.top_k_routing(GATES, k=2, capacity=2, batch_priority=True, bpr_method=bpr_method)
     _assert_assignment(
         got,
         expert=[[0, 1], [0, 1], [1, 2]],
@@ -173,9 +175,15 @@ def _reference_top_k(gates: np.ndarray, k: int, capacity: int, batch_priority: b
 
 
 @functools.cache
-def _jit_top_k(k: int, capacity: int, batch_priority: bool):
+def _jit_top_k(k: int, capacity: int, batch_priority: bool, bpr_method: str | None = None):
     return jax.jit(
-        functools.partial(routing.top_k_routing, k=k, capacity=capacity, batch_priority=batch_priority)
+        functools.partial(
+            routing.top_k_routing,
+            k=k,
+            capacity=capacity,
+            batch_priority=batch_priority,
+            bpr_method=bpr_method,
+        )
     )
 
 
@@ -239,6 +247,15 @@ def test_top_k_properties(case):
                 dropped_gates = chosen_gates[mine & ~kept[:, 0], 0]
                 if kept_gates.size and dropped_gates.size:
                     assert dropped_gates.max() <= kept_gates.min()
+    if case["batch_priority"]:
+        # Both ways of computing BPR slots (sorting; counting higher-priority choices pairwise) agree with
+        # the reference exactly, ties in the top-1 gate included (the gates are rounded to make them common).
+        for method in routing.BPR_METHODS:
+            other = [np.asarray(a) for a in _jit_top_k(k, cap, True, method)(gates)]
+            for g in range(GROUPS):
+                want = _reference_top_k(gates[g], k, cap, True)
+                for got_part, want_part in zip(other, want, strict=True):
+                    np.testing.assert_array_equal(got_part[g], want_part, err_msg=f"bpr_method={method}")
 
 
 @given(routing_cases)
@@ -503,6 +520,10 @@ def test_aux_loss_gradients_finite_at_balanced_routing():
         (lambda: routing.top_k_routing(GATES, k=4, capacity=1), "k=4 exceeds num_experts=3"),
         (lambda: routing.top_k_routing(GATES, k=1, capacity=0), "capacity"),
         (lambda: routing.top_k_routing(GATES, k=1, capacity=1, renormalize="yes"), "renormalize"),
+        (
+            lambda: routing.top_k_routing(GATES, 1, 1, batch_priority=True, bpr_method="heap"),
+            "bpr_method='heap'",
+        ),
         (lambda: routing.top_k_routing(GATES[0], k=1, capacity=1), "gates"),
         (lambda: routing.top_k_routing(np.where(GATES > 0.7, np.nan, GATES), 1, 1), "gates contain NaN"),
         (lambda: routing.expert_choice_routing(GATES, capacity=4), "capacity=4 exceeds"),

@@ -52,6 +52,11 @@ Array = jax.Array
 # measures the backends and fills this table in; never chosen by timing at run time.
 DEFAULT_BACKEND = {"cpu": "indices", "gpu": "indices", "tpu": "einsum"}
 BACKENDS = ("einsum", "indices")
+# How BPR finds each choice's slot (same result either way): "sort" sorts the tokens by priority and counts
+# in that order (O(S log S)); "pairwise" counts, for every choice, the higher-priority choices for the same
+# expert (O(S^2), one fused reduction). The table holds the faster per platform, from benchmarks/routing.py.
+BPR_METHOD = {"cpu": "sort", "gpu": "pairwise", "tpu": "sort"}
+BPR_METHODS = ("sort", "pairwise")
 # Moving tokens must not round them. JAX's default float32 matmul precision rounds the operands (TF32 on
 # recent NVIDIA GPUs, bfloat16 passes on TPU), so a one-hot dispatch or combine einsum at that precision
 # would perturb every token by ~1e-3; at HIGHEST a product with a 0/1 tensor is exact. No effect on CPU.
@@ -103,6 +108,16 @@ def _check_gates(gates, name: str = "gates") -> None:
         )
     if _is_concrete(gates) and np.isnan(np.asarray(gates)).any():
         raise ValueError(f"{name} contain NaN; check the router logits (learning rate, inputs)")
+
+
+def _resolve_bpr_method(method: str | None) -> str:
+    if method is None:
+        return BPR_METHOD.get(jax.default_backend(), "sort")
+    if method not in BPR_METHODS:
+        raise ValueError(
+            f"bpr_method={method!r} is unknown; expected one of {BPR_METHODS} or None (the default)"
+        )
+    return method
 
 
 def _resolve_backend(backend: str | None) -> str:
@@ -160,8 +175,31 @@ def _slots_in_service_order(expert_served: Array, num_experts: int) -> Array:
     return slot.reshape(*lead, num_choices, num_tokens)
 
 
+def _bpr_slots_pairwise(top_experts: Array, priority: Array, num_experts: int) -> Array:
+    """BPR slots ``[..., S, K]`` without sorting: a choice's slot is the number of choices served before it
+    that asked for the same expert, i.e. every choice of an earlier level for that expert, plus the
+    same-level choices for that expert of tokens ahead of it (higher ``priority``, or equal priority and an
+    earlier position)."""
+    num_tokens = top_experts.shape[-2]
+    one_hot = jax.nn.one_hot(top_experts, num_experts, dtype=jnp.int32)  # [..., S, K, E]
+    per_level = jnp.sum(one_hot, axis=-3)  # [..., K, E] choices per expert at each level
+    earlier_levels = jnp.cumsum(per_level, axis=-2) - per_level  # [..., K, E] exclusive over levels
+    base = jnp.sum(one_hot * earlier_levels[..., None, :, :], axis=-1)  # [..., S, K]
+    position = jnp.arange(num_tokens)
+    mine, theirs = priority[..., :, None], priority[..., None, :]  # [..., S(me), S(them)]
+    ahead = (theirs > mine) | ((theirs == mine) & (position[None, :] < position[:, None]))
+    same_expert = top_experts[..., :, None, :] == top_experts[..., None, :, :]  # [..., S, S, K]
+    within = jnp.sum(ahead[..., None] & same_expert, axis=-2, dtype=jnp.int32)  # [..., S, K]
+    return base + within
+
+
 def top_k_routing(
-    gates: Array, k: int, capacity: int, batch_priority: bool = False, renormalize: bool = False
+    gates: Array,
+    k: int,
+    capacity: int,
+    batch_priority: bool = False,
+    renormalize: bool = False,
+    bpr_method: str | None = None,
 ) -> Assignment:
     """V-MoE top-k routing with a fixed capacity, optionally with Batch Prioritized Routing.
 
@@ -172,6 +210,8 @@ def top_k_routing(
       batch_priority: serve tokens in descending order of their top-1 gate (BPR) instead of position order.
       renormalize: divide each token's kept weights by the sum of its kept gates, so they sum to 1 (off by
         default, as in V-MoE). A token with nothing kept keeps weights 0 (no NaN, finite gradients).
+      bpr_method: how BPR computes the slots, ``"sort"`` or ``"pairwise"`` (identical results), or None for
+        ``BPR_METHOD`` of this platform.
 
     Returns:
       :class:`Assignment` with ``expert``, ``slot``, ``weight`` each ``[..., S, K]``.
@@ -188,6 +228,7 @@ def top_k_routing(
     _check_positive_int("k", k)
     _check_positive_int("capacity", capacity)
     _check_bool("renormalize", renormalize)
+    bpr_method = _resolve_bpr_method(bpr_method)
     if k > num_experts:
         raise ValueError(f"k={k} exceeds num_experts={num_experts} (the last dim of gates); use k <= E")
 
@@ -200,6 +241,8 @@ def top_k_routing(
     top_gates = jnp.sum(gates[..., None, :] * chosen, axis=-1)  # [..., S, K]
     if not batch_priority:  # position order: the token order is already the service order
         slot = jnp.swapaxes(_slots_in_service_order(jnp.swapaxes(top_experts, -1, -2), num_experts), -1, -2)
+    elif bpr_method == "pairwise":
+        slot = _bpr_slots_pairwise(top_experts, jax.lax.stop_gradient(top_gates[..., 0]), num_experts)
     else:
         order = jnp.argsort(-top_gates[..., 0], axis=-1, stable=True)  # [..., S] tokens in service order
         served = jnp.take_along_axis(top_experts, order[..., None], axis=-2)  # [..., S, K] in service order
