@@ -48,13 +48,20 @@ from jax.scipy.special import ndtr
 
 Array = jax.Array
 
-# Default dispatch backend per platform (jax.default_backend()). Placeholder until benchmarks/routing.py
-# measures the backends and fills this table in; never chosen by timing at run time.
+# Default dispatch backend per platform (jax.default_backend()), filled in by hand from benchmarks/routing.py
+# (benchmarks/README.md has the tables); never chosen by timing at run time.
+# - cpu: "indices", 1.0-1.15x the expert-MLP bound; "einsum" 1.6-5x (2-core x86, 2026-11).
+# - gpu: "indices", 1.2-1.5x the bound; "einsum" 3.2-11x, its exact one-hot products running in full f32
+#   (H200, jax 0.11.2, 2026-11-28).
+# - tpu: not measured (no TPU was available); "einsum" is V-MoE's choice there, where scatters are slow.
 DEFAULT_BACKEND = {"cpu": "indices", "gpu": "indices", "tpu": "einsum"}
 BACKENDS = ("einsum", "indices")
 # How BPR finds each choice's slot (same result either way): "sort" sorts the tokens by priority and counts
 # in that order (O(S log S)); "pairwise" counts, for every choice, the higher-priority choices for the same
-# expert (O(S^2), one fused reduction). The table holds the faster per platform, from benchmarks/routing.py.
+# expert (O(S^2), one fused reduction). From benchmarks/routing.py --breakdown: on the H200 the BPR layer
+# takes 1.22x the bound with "pairwise" and 1.36x with "sort" (S=4096, E=8; a one-row sort of 4096 keys is
+# one 34 us kernel there); on CPU the two are within noise, so the asymptotically cheaper sort stays. TPU:
+# not measured.
 BPR_METHOD = {"cpu": "sort", "gpu": "pairwise", "tpu": "sort"}
 BPR_METHODS = ("sort", "pairwise")
 # Moving tokens must not round them. JAX's default float32 matmul precision rounds the operands (TF32 on
