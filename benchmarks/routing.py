@@ -271,6 +271,44 @@ def bench_shape(
 # ---------------------------------------------------------------------------------------------- profiling
 
 
+def _line_summary(events, calls: int) -> dict[str, Any] | None:
+    """Events per call, busy time per call and the 20 costliest event names of one trace line (None if
+    the line is empty)."""
+    per_name: dict[str, list[float]] = {}
+    for event in events:
+        entry = per_name.setdefault(event.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += float(event.duration_ns)
+    if not per_name:
+        return None
+    top = sorted(per_name.items(), key=lambda item: -item[1][1])[:20]
+    return {
+        "events_per_call": sum(c for c, _ in per_name.values()) / calls,
+        "busy_us_per_call": sum(t for _, t in per_name.values()) / calls / 1e3,
+        "top": [{"name": n, "per_call": c / calls, "us_per_call": t / calls / 1e3} for n, (c, t) in top],
+    }
+
+
+def _trace_device_lines(program: Callable[[], object], calls: int, trace_dir: Path) -> dict[str, Any]:
+    """Trace ``calls`` back-to-back calls and summarise every non-empty line of the device planes."""
+    with jax.profiler.trace(str(trace_dir)):
+        out = None
+        for _ in range(calls):
+            out = program()
+        jax.block_until_ready(out)
+    files = sorted(trace_dir.rglob("*.xplane.pb"))
+    if not files:
+        raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
+    data = jax.profiler.ProfileData.from_file(str(files[-1]))
+    lines = {}
+    for plane in (p for p in data.planes if p.name.startswith("/device:")):
+        for line in plane.lines:
+            summary = _line_summary(line.events, calls)
+            if summary is not None:
+                lines[f"{plane.name} | {line.name}"] = summary
+    return lines
+
+
 def profile_programs(
     callables: dict[str, Callable[[], object]], names: Sequence[str], calls: int, trace_root: Path
 ) -> dict[str, Any]:
@@ -284,38 +322,8 @@ def profile_programs(
     for name in names:
         program = callables[name]
         jax.block_until_ready(program())
-        trace_dir = trace_root / name.replace("/", "_")
         try:
-            with jax.profiler.trace(str(trace_dir)):
-                out = None
-                for _ in range(calls):
-                    out = program()
-                jax.block_until_ready(out)
-            files = sorted(trace_dir.rglob("*.xplane.pb"))
-            if not files:
-                raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
-            data = jax.profiler.ProfileData.from_file(str(files[-1]))
-            lines = {}
-            for plane in data.planes:
-                if not plane.name.startswith("/device:"):
-                    continue
-                for line in plane.lines:
-                    per_name: dict[str, list[float]] = {}
-                    for event in line.events:
-                        entry = per_name.setdefault(event.name, [0, 0.0])
-                        entry[0] += 1
-                        entry[1] += float(event.duration_ns)
-                    if not per_name:
-                        continue
-                    top = sorted(per_name.items(), key=lambda item: -item[1][1])[:20]
-                    lines[f"{plane.name} | {line.name}"] = {
-                        "events_per_call": sum(c for c, _ in per_name.values()) / calls,
-                        "busy_us_per_call": sum(t for _, t in per_name.values()) / calls / 1e3,
-                        "top": [
-                            {"name": n, "per_call": c / calls, "us_per_call": t / calls / 1e3}
-                            for n, (c, t) in top
-                        ],
-                    }
+            lines = _trace_device_lines(program, calls, trace_root / name.replace("/", "_"))
             summary[name] = {"calls": calls, "lines": lines}
         except Exception as error:  # noqa: BLE001 - a profiler that does not work here is a finding, not a crash
             summary[name] = {"calls": calls, "error": f"{type(error).__name__}: {error}"}

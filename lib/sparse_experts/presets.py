@@ -225,7 +225,9 @@ NOTEBOOK_KNOBS: dict[str, dict[str, Knob]] = {
     },
 }
 
-_ZOO_MODELS = (
+# Notebook 02's model names; sparse_experts.zoo defines each (zoo.MODEL_NAMES is this tuple, kept here so
+# presets imports nothing heavy).
+ZOO_MODELS = (
     "dense",
     "vmoe_every2_k2",
     "vmoe_last2_k2",
@@ -233,7 +235,7 @@ _ZOO_MODELS = (
     "expert_choice",
     "soft_moe",
     "dense_large",
-)  # sparse_experts.zoo.MODEL_NAMES (presets imports nothing heavy; tests check they agree)
+)
 NOTEBOOK_KNOBS["02_train_vmoe"] = {
     "dataset": Knob("upstream dataset the models are trained on", dataset_name),
     "label": Knob("which labels to learn: 'label' (fine) or 'coarse_label'", choice("label", "coarse_label")),
@@ -255,7 +257,7 @@ NOTEBOOK_KNOBS["02_train_vmoe"] = {
     "learning_rate": Knob("peak learning rate (AdamW)", real(0, 1, low_open=True)),
     "weight_decay": Knob("decoupled weight decay on matrices", real(0, 10)),
     "seeds": Knob("seeds for the dense model and the main V-MoE (the spread)", integer(1, 10)),
-    "models": Knob("which models to train (names from sparse_experts.zoo)", names_from(_ZOO_MODELS)),
+    "models": Knob("which models to train (names from sparse_experts.zoo)", names_from(ZOO_MODELS)),
     "eval_batch_size": Knob("evaluation batch size (fixed: routing depends on the group)", integer(1, 65536)),
     "eval_every": Knob("validation every this many steps", integer(1, 10_000_000)),
     "checkpoint_every": Knob("orbax checkpoint every this many steps", integer(1, 10_000_000)),
@@ -362,20 +364,20 @@ PRESET_VALUES["02_train_vmoe"] = {
         _ZOO_COMMON, dataset="shapes_upstream", image_size=16, patch_size=4, width=64, depth=6, mlp_dim=256,
         num_heads=4, large_width=96, large_depth=6, num_experts=8, capacity_factor=1.05,
         eval_capacity_factor=1.05, group_size=8, batch_size=128, steps=320, learning_rate=3e-3, seeds=3,
-        models=_ZOO_MODELS, eval_batch_size=1000, eval_every=80, checkpoint_every=160,
+        models=ZOO_MODELS, eval_batch_size=1000, eval_every=80, checkpoint_every=160,
     ),
     "gpu": dict(
         _ZOO_COMMON, dataset="cifar100", image_size=32, patch_size=4, width=384, depth=12, mlp_dim=1536,
         num_heads=6, large_width=768, large_depth=12, num_experts=8, capacity_factor=1.05,
         eval_capacity_factor=1.05, group_size=4, batch_size=256, steps=20_000, warmup_steps=1000,
-        learning_rate=1e-3, weight_decay=0.05, seeds=3, models=_ZOO_MODELS, eval_every=2000,
+        learning_rate=1e-3, weight_decay=0.05, seeds=3, models=ZOO_MODELS, eval_every=2000,
         checkpoint_every=2000,
     ),
     "tpu": dict(
         _ZOO_COMMON, dataset="imagenet2012", image_size=224, patch_size=16, width=768, depth=12,
         mlp_dim=3072, num_heads=12, large_width=1536, large_depth=24, num_experts=32, capacity_factor=1.05,
         eval_capacity_factor=1.05, group_size=1, batch_size=1024, steps=90_000, warmup_steps=10_000,
-        learning_rate=1e-3, weight_decay=0.1, seeds=3, models=_ZOO_MODELS, eval_every=5000,
+        learning_rate=1e-3, weight_decay=0.1, seeds=3, models=ZOO_MODELS, eval_every=5000,
         checkpoint_every=5000,
     ),
 }  # fmt: skip

@@ -23,25 +23,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sparse_experts import cache, models, train
+from sparse_experts import cache, models, presets, train
 
-MODEL_NAMES = (
-    "dense",
-    "vmoe_every2_k2",
-    "vmoe_last2_k2",
-    "vmoe_every2_k1",
-    "expert_choice",
-    "soft_moe",
-    "dense_large",
-)
+MODEL_NAMES = presets.ZOO_MODELS
 MULTI_SEED = ("dense", "vmoe_every2_k2")
 NOTEBOOK = "02_train_vmoe"
 
 
 def params_for(preset: str, seed: int = 0, **knobs: Any):
     """The resolved knobs of notebook 02 under ``preset``: how notebooks 03 and 04 find its models."""
-    from sparse_experts import presets
-
     return presets.resolve(NOTEBOOK, preset, seed, **knobs)
 
 
