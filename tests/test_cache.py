@@ -46,6 +46,43 @@ def test_key_depends_on_spec_and_code(monkeypatch):
     assert SPEC.key() != before
 
 
+def test_code_text_ignores_prose_but_not_code():
+    source = '''"""Module doc."""
+import math  # a comment
+
+
+def f(x):
+    """Doc."""
+    return math.sqrt(x) + 1  # why
+
+
+class A:
+    "Doc."
+    RATE = 2
+    """What RATE is."""
+'''
+    reworded = '''"""Another module doc, longer."""
+import math
+
+
+def f(x):
+    'Other doc'
+    # a new comment
+    return (math.sqrt(x)
+            + 1)
+
+
+class A:
+    RATE = 2
+'''
+    assert cache.code_text(source) == cache.code_text(reworded)
+    assert cache.code_text(source) != cache.code_text(reworded.replace("+ 1", "+ 2"))
+    assert cache.code_text(source) != cache.code_text(source.replace("RATE = 2", "RATE = 3"))
+    only_doc = '''def g():\n    """Doc."""\n'''
+    assert cache.code_text(only_doc) == "def g():\n    pass"
+    assert "sparse_experts.datasets.splits" in cache.CODE_MODULES  # the split plans decide what is trained on
+
+
 def test_trains_once_then_reuses(trained):
     root, first = trained
     assert first.trained_now and first.path == root / SPEC.key()

@@ -370,28 +370,67 @@ class SewTestCatalog(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(6), "test": self._generate_examples(3)}
+        return {"train": self._generate_examples(0, 20), "test": self._generate_examples(20, 23)}
 
-    def _generate_examples(self, n):
-        for i in range(n):
-            image = np.full((10 + 2 * i, 12, 3), 40 * i, np.uint8)
+    def _generate_examples(self, lo, hi):
+        for i in range(lo, hi):
+            image = np.full((10 + 2 * i, 12, 3), 10 * i, np.uint8)
             yield i, {"image": _png(image), "label": i % 3}
 
 
 def test_catalog_dataset_prepared_as_real_array_record_files(tmp_path):
+    """A catalog dataset with train and test only: the workbook's validation split is the last 10% of its
+    train split (the generic plan), disjoint from the workbook's train split."""
     SewTestCatalog(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
     info = ds.info("sew_test_catalog", data_dir=tmp_path)
-    assert info.splits == {"train": 6, "test": 3} and info.image_shape == (None, None, 3)
+    assert info.splits == {"train": 18, "validation": 2, "test": 3} and info.image_shape == (None, None, 3)
+    assert info.split_sources == {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
     with pytest.raises(ValueError, match="image_size"):
         ds.load_split("sew_test_catalog", "train", data_dir=tmp_path)
-    split = ds.load_split("sew_test_catalog", "train", data_dir=tmp_path, image_size=8)
-    assert split.images.shape == (6, 8, 8, 3) and split.coarse_labels is None
-    # Constant images stay constant after resizing: value 40 * i for label i % 3.
-    for image, label in zip(split.images, split.labels, strict=True):
-        assert np.unique(image).size == 1 and int(image[0, 0, 0]) % 40 == 0
-        assert (int(image[0, 0, 0]) // 40) % 3 == label
-    with pytest.raises(ValueError, match=r"split='validation'"):
-        ds.load_split("sew_test_catalog", "validation", data_dir=tmp_path, image_size=8)
+    read = {s: ds.load_split("sew_test_catalog", s, data_dir=tmp_path, image_size=8) for s in ds.SPLITS}
+    assert read["train"].images.shape == (18, 8, 8, 3) and read["train"].coarse_labels is None
+    ids = {}
+    for name, split in read.items():
+        # Constant images stay constant after resizing: value 10 * i for example i, label i % 3.
+        ids[name] = []
+        for image, label in zip(split.images, split.labels, strict=True):
+            assert np.unique(image).size == 1
+            i = int(image[0, 0, 0]) // 10
+            assert i % 3 == label
+            ids[name].append(i)
+    assert sorted(ids["train"] + ids["validation"]) == list(range(20))
+    assert sorted(ids["test"]) == [20, 21, 22]
+    with pytest.raises(ValueError, match=r"split='extra' is not a split of dataset 'sew_test_catalog'"):
+        ds.load_split("sew_test_catalog", "extra", data_dir=tmp_path, image_size=8)
+
+
+def test_catalog_split_plans():
+    """The published conventions for the catalog datasets the presets name, and the generic rules."""
+    from sparse_experts.datasets import splits
+
+    assert splits.plan("cifar100") == {"train": "train[:98%]", "validation": "train[98%:]", "test": "test"}
+    assert splits.sizes(splits.plan("cifar100"), splits.RAW_SIZES["cifar100"]) == {
+        "train": 49_000, "validation": 1_000, "test": 10_000
+    }  # fmt: skip
+    imagenet = splits.plan("imagenet2012")
+    assert imagenet["test"] == "validation"  # ImageNet's official validation split is the workbook's test
+    assert splits.sizes(imagenet, splits.RAW_SIZES["imagenet2012"]) == {
+        "train": 1_268_355, "validation": 12_812, "test": 50_000
+    }  # fmt: skip
+    assert splits.plan("eurosat/rgb:2.0.0")["validation"] == "train[60%:80%]"
+    assert splits.plan("dtd") == {s: s for s in ds.SPLITS}
+    assert splits.plan("somewhere", ["train", "validation", "test", "extra"]) == {s: s for s in ds.SPLITS}
+    assert splits.plan("somewhere", ["train"])["test"] == "train[80%:]"
+    assert splits.plan("somewhere", ["train", "validation"])["test"] == "validation"
+    for name in splits.KNOWN:  # every plan reads only splits the dataset publishes
+        published = splits.RAW_SIZES[name]
+        assert all(n > 0 for n in splits.sizes(splits.plan(name), published).values()), name
+    with pytest.raises(ValueError, match=r"dataset='cifar100'.*reads split\(s\) \['test'\]"):
+        splits.plan("cifar100", ["train", "validation"])
+    with pytest.raises(ValueError, match=r"dataset='somewhere'.*needs a 'train' split"):
+        splits.plan("somewhere", ["test"])
+    with pytest.raises(ValueError, match=r"reads 'train\[90%:\]', which is empty here"):
+        ds.loader._catalog_split("tiny", "validation", {"train": 3, "test": 2})
 
 
 # ----------------------------------------------------------------------------------------------------------

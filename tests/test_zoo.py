@@ -24,6 +24,25 @@ def test_every_model_of_every_preset_builds(preset):
         assert spec.preset == preset and spec.num_steps == p["steps"]
 
 
+@pytest.mark.parametrize("preset", ["gpu", "tpu"])
+def test_accelerator_presets_evaluate_on_planned_catalog_splits(preset):
+    """Every model of the gpu/tpu presets evaluates its catalog dataset's validation and test splits (as the
+    split plan cuts them from the published sizes) in whole routing groups: ``get_or_train``'s first check,
+    run here without the data."""
+    from sparse_experts.datasets import splits
+
+    p = zoo.params_for(preset)
+    sizes = splits.sizes(splits.plan(p["dataset"]), splits.RAW_SIZES[p["dataset"]])
+    assert min(sizes.values()) >= 1000, sizes
+    for name in p["models"]:
+        for split in ("validation", "test"):
+            cache.check_eval_split(zoo.spec(name, p), split, num_examples=sizes[split])
+    odd = zoo.spec("vmoe_every2_k2", zoo.params_for(preset, eval_batch_size=997 * p["group_size"]))
+    if p["group_size"] > 1:  # the check can fail: a last batch of a partial group is refused
+        with pytest.raises(ValueError, match="not a multiple of the routing group_size"):
+            cache.check_eval_split(odd, "test", num_examples=997 * p["group_size"] + 1)
+
+
 def test_models_differ_as_documented():
     p = zoo.params_for("cpu")
     cfg = {name: zoo.model_config(name, p) for name in zoo.MODEL_NAMES}

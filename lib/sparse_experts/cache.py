@@ -2,9 +2,10 @@
 
 A :class:`TrainSpec` says everything that makes a trained model: dataset, image size, labels, model config,
 training settings, batch size, steps, seed, preset and evaluation batch size. Its key is the sha256 of the
-canonical JSON of that spec together with a hash of the source of the code that trains (``train``,
-``models``, ``routing``, ``expert_parallel``): change any of it and the key changes, so a stale model is
-never reused.
+canonical JSON of that spec together with a hash of the code that trains (``train``, ``models``,
+``routing``, ``expert_parallel``) and of the catalog split plans (``datasets.splits``): change any of it and
+the key changes, so a stale model is never reused. The code is hashed as parsed, without comments,
+docstrings or layout, so editing the prose of those modules does not retrain anything.
 
 :func:`get_or_train` returns the cached entry when a verified one exists, otherwise trains (resuming from
 the checkpoints of an interrupted attempt when there are any), evaluates on the validation and test splits,
@@ -25,8 +26,10 @@ take turns (a file lock): the first trains, the others then load its entry.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
@@ -34,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,8 +55,9 @@ CODE_MODULES = (
     "sparse_experts.models",
     "sparse_experts.routing",
     "sparse_experts.expert_parallel",
+    "sparse_experts.datasets.splits",
 )
-"""Modules whose source is part of every cache key."""
+"""Modules whose code is part of every cache key."""
 LABELS = ("label", "coarse_label")
 FILES = ("spec.json", "history.json", "metrics.json")
 
@@ -66,12 +71,36 @@ def cache_dir() -> Path:
     return paths.data_root() / "cache"
 
 
+_AST_LOCK = threading.Lock()  # CPython 3.11's parser is not safe in two threads at once (SystemError seen)
+
+
+@functools.lru_cache(maxsize=32)
+def code_text(source: str) -> str:
+    """``source`` as Python sees it: parsed and printed back without comments, docstrings (any string
+    statement) or the original layout. Two sources with the same code text behave the same."""
+    with _AST_LOCK:
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list):
+                node.body = [s for s in body if not _is_string_statement(s)] or [ast.Pass()]
+        return ast.unparse(tree)
+
+
+def _is_string_statement(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
+
+
 def code_hash() -> str:
-    """sha256 of the source of :data:`CODE_MODULES`, in order."""
+    """sha256 of the code text (:func:`code_text`) of :data:`CODE_MODULES`, in order."""
     digest = hashlib.sha256()
     for name in CODE_MODULES:
         digest.update(name.encode())
-        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+        digest.update(code_text(inspect.getsource(importlib.import_module(name))).encode())
     return digest.hexdigest()
 
 
@@ -253,10 +282,15 @@ def _eval_batches(spec: TrainSpec, split: str):
     ]
 
 
-def _check_eval_split(spec: TrainSpec, split: str) -> None:
+def check_eval_split(spec: TrainSpec, split: str, num_examples: int | None = None) -> None:
+    """Raise ``ValueError`` unless evaluating ``spec`` on ``split`` (``num_examples`` images; read from the
+    dataset when None) ends in a batch of whole routing groups. :func:`get_or_train` calls it before it
+    writes anything."""
     from sparse_experts.datasets import loader
 
-    n = len(loader.load_split(spec.dataset, split, image_size=spec.image_size))
+    n = num_examples
+    if n is None:
+        n = len(loader.load_split(spec.dataset, split, image_size=spec.image_size))
     group = spec.model.moe.group_size if spec.model.moe is not None else 1
     if (n % spec.eval_batch_size) % group:
         raise ValueError(
@@ -335,7 +369,7 @@ def get_or_train(
     (resuming an interrupted attempt from its checkpoints) and stored. ``retrain=True`` sets an existing
     entry aside and trains again."""
     for split in ("validation", "test"):  # before anything is written
-        _check_eval_split(spec, split)
+        check_eval_split(spec, split)
     root = Path(root or cache_dir())
     key = spec.key()
     entry = root / key

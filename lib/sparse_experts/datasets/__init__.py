@@ -10,7 +10,8 @@ Embedded (generated offline on first use into ``paths.tfds_data_dir()``; see ``d
   ``shapes_count``, ``shapes_position``, ``shapes_orientation`` (structured).
 
 Any other name is a TFDS catalog dataset (``cifar10``, ``cifar100``, ``oxford_flowers102``, ``dtd``, ...),
-read through the same API when prepared in the same data_dir.
+read through the same API when prepared in the same data_dir; ``splits.plan`` says which part of it each of
+the workbook's train / validation / test splits reads (CIFAR's validation is the last 2% of its train split).
 
 Usage::
 

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             i = loader.info(args.name, data_dir=args.data_dir)
             print(f"{i.name} ({i.source}, TFDS {i.tfds_name}): {i.description}")
             print(f"  group {i.group}; image {i.image_shape}; splits {i.splits}")
+            if i.split_sources:
+                print(f"  split plan (TFDS expressions): {i.split_sources}")
             print(f"  augmentations allowed: {i.augmentations}")
             print(f"  {i.num_classes} classes: {', '.join(i.class_names)}")
             if i.coarse_class_names is not None:

@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from sparse_experts import paths
+from sparse_experts.datasets import splits as split_plans
 from sparse_experts.datasets import tasks
 from sparse_experts.datasets.digits import DIGITS_CLASS_NAMES, DIGITS_SIZES
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
+SPLITS = split_plans.SPLITS
 AUGMENTATIONS = ("crop", "flip")
 
 _SHAPES_TASKS = {
@@ -103,6 +104,10 @@ class DatasetInfo:
     (pass ``image_size`` to :func:`load_split`). ``fine_to_coarse`` is int32 [num_classes] (fine label ->
     coarse label) when the dataset has a two-level hierarchy and the mapping is known ahead of the data.
     ``augmentations`` lists what :func:`batches` may apply without changing the label ("crop", "flip").
+    ``splits`` counts the examples of the workbook's splits (train / validation / test); for a catalog
+    dataset ``split_sources`` gives the TFDS split expression each one reads (``datasets.splits.plan``:
+    CIFAR's validation is ``"train[98%:]"``, ImageNet's test its official validation split), and both are
+    empty when the dataset is neither prepared nor one whose sizes the workbook knows.
     """
 
     name: str
@@ -118,6 +123,7 @@ class DatasetInfo:
     num_coarse_classes: int | None = None
     coarse_class_names: list[str] | None = None
     fine_to_coarse: np.ndarray | None = field(default=None, repr=False)
+    split_sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,13 +224,20 @@ def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
         )
     shape = tuple(features["image"].shape)
     coarse = features["coarse_label"] if "coarse_label" in features else None
+    raw = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
+    raw = raw or dict(split_plans.RAW_SIZES.get(split_plans.base_name(name), {}))
+    try:
+        sources = split_plans.plan(name, list(raw))
+        sizes = split_plans.sizes(sources, raw) if raw else {}
+    except ValueError:  # load_split says why; info still describes the dataset
+        sources, sizes = {}, {}
     group = _CATALOG_GROUPS.get(name.split("/")[0].split(":")[0], "natural")
     return DatasetInfo(
         name=name,
         image_shape=shape,
         num_classes=int(features["label"].num_classes),
         class_names=list(features["label"].names),
-        splits={s: int(v.num_examples) for s, v in builder.info.splits.items()},
+        splits=sizes,
         description=str(builder.info.description).strip().split("\n")[0],
         group=group,
         augmentations=("crop", "flip") if group != "structured" else (),
@@ -232,6 +245,7 @@ def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
         tfds_name=name,
         num_coarse_classes=None if coarse is None else int(coarse.num_classes),
         coarse_class_names=None if coarse is None else list(coarse.names),
+        split_sources=sources,
     )
 
 
@@ -311,6 +325,26 @@ def _check_split(split: object, allowed: Sequence[str]) -> str:
     return split
 
 
+def _catalog_split(name: str, split: object, raw_sizes: dict[str, int]) -> str:
+    """The TFDS split expression that ``split`` of catalog dataset ``name`` reads: a workbook split through
+    its plan (:func:`datasets.splits.plan`), or any other split of the dataset by its own name."""
+    if isinstance(split, str) and split in SPLITS:
+        plan = split_plans.plan(name, list(raw_sizes))
+        if raw_sizes and split_plans.sizes({split: plan[split]}, raw_sizes)[split] == 0:
+            raise ValueError(
+                f"split={split!r} of dataset {name!r} reads {plan[split]!r}, which is empty here "
+                f"(split sizes {raw_sizes}); the workbook's split plan is {plan}"
+            )
+        return plan[split]
+    extra = [s for s in raw_sizes if s not in SPLITS]
+    if isinstance(split, str) and split in extra:
+        return split
+    raise ValueError(
+        f"split={split!r} is not a split of dataset {name!r}; allowed: {SPLITS} (the workbook's splits, "
+        f"read through its split plan) or the dataset's other splits {tuple(extra)}"
+    )
+
+
 def _resize(images: list[np.ndarray], size: int) -> np.ndarray:
     """Centre-crop each image to a square and resize it to [size, size] (bilinear, Pillow)."""
     from PIL import Image
@@ -383,8 +417,8 @@ def load_split(
         builder = _catalog_builder(name, ddir)
         if not builder.is_prepared():
             raise DatasetNotPreparedError(_not_prepared_message(name, ddir, "no prepared files found"))
-        _check_split(split, list(builder.info.splits))
-        source = builder.as_data_source(split=split)
+        raw = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
+        source = builder.as_data_source(split=_catalog_split(name, split, raw))
         records = [source[i] for i in range(len(source))]
     out = _to_arrays(name, split, records, image_size)
     log.info("dataset %s/%s: read %d examples in %.1f s", name, split, len(out), time.perf_counter() - start)
