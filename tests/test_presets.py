@@ -92,6 +92,8 @@ def test_accelerator_presets_dry_run_catalog_datasets(preset, tmp_path):
     """gpu/tpu presets name real catalog datasets whose features fit the loader (no data, no network)."""
     import tensorflow_datasets as tfds
 
+    from sparse_experts.datasets import splits
+
     names = set()
     for notebook, knobs in presets.NOTEBOOK_KNOBS.items():
         params = presets.resolve(notebook, preset=preset)
@@ -104,6 +106,9 @@ def test_accelerator_presets_dry_run_catalog_datasets(preset, tmp_path):
         features = tfds.builder(name, data_dir=str(tmp_path)).info.features
         assert features["image"].shape[-1] == 3, (name, features["image"].shape)
         assert features["label"].num_classes >= 2, name
+        # A split plan with published sizes: every workbook split is known and non-empty before preparing.
+        planned = splits.sizes(splits.plan(name), splits.RAW_SIZES[splits.base_name(name)])
+        assert set(planned) == set(splits.SPLITS) and min(planned.values()) > 0, (name, planned)
 
 
 @pytest.mark.parametrize("preset", ["gpu", "tpu"])
