@@ -224,14 +224,13 @@ def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
         )
     shape = tuple(features["image"].shape)
     coarse = features["coarse_label"] if "coarse_label" in features else None
-    raw = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
-    raw = raw or dict(split_plans.RAW_SIZES.get(split_plans.base_name(name), {}))
+    raw = _raw_sizes(builder) or dict(split_plans.RAW_SIZES.get(split_plans.base_name(name), {}))
     try:
         sources = split_plans.plan(name, list(raw))
         sizes = split_plans.sizes(sources, raw) if raw else {}
     except ValueError:  # load_split says why; info still describes the dataset
         sources, sizes = {}, {}
-    group = _CATALOG_GROUPS.get(name.split("/")[0].split(":")[0], "natural")
+    group = _CATALOG_GROUPS.get(split_plans.base_name(name), "natural")
     return DatasetInfo(
         name=name,
         image_shape=shape,
@@ -255,7 +254,7 @@ def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
 
 
 def _not_prepared_message(name: str, data_dir: Path, reason: str) -> str:
-    stand_in = CATALOG_STAND_INS.get(name.split("/")[0].split(":")[0], "shapes_upstream")
+    stand_in = CATALOG_STAND_INS.get(split_plans.base_name(name), "shapes_upstream")
     return (
         f"TFDS catalog dataset {name!r} is not prepared in data_dir {str(data_dir)!r} ({reason}). "
         "It cannot be downloaded here: preparing it needs network access and TensorFlow (the `gpu` install "
@@ -323,6 +322,11 @@ def _check_split(split: object, allowed: Sequence[str]) -> str:
     if not isinstance(split, str) or (allowed and split not in allowed):
         raise ValueError(f"split={split!r} is not a split of this dataset; allowed: {tuple(allowed)}")
     return split
+
+
+def _raw_sizes(builder) -> dict[str, int]:
+    """A TFDS builder's own splits and their sizes (empty until it is prepared)."""
+    return {s: int(v.num_examples) for s, v in builder.info.splits.items()}
 
 
 def _catalog_split(name: str, split: object, raw_sizes: dict[str, int]) -> str:
@@ -417,8 +421,7 @@ def load_split(
         builder = _catalog_builder(name, ddir)
         if not builder.is_prepared():
             raise DatasetNotPreparedError(_not_prepared_message(name, ddir, "no prepared files found"))
-        raw = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
-        source = builder.as_data_source(split=_catalog_split(name, split, raw))
+        source = builder.as_data_source(split=_catalog_split(name, split, _raw_sizes(builder)))
         records = [source[i] for i in range(len(source))]
     out = _to_arrays(name, split, records, image_size)
     log.info("dataset %s/%s: read %d examples in %.1f s", name, split, len(out), time.perf_counter() - start)

@@ -13,7 +13,7 @@ three names onto TFDS split expressions, following the usual practice of the pap
   alone, 60 / 20 / 20).
 
 Slices are TFDS's (``"train[:98%]"``: percent boundaries rounded to the closest example), so the same plan
-gives the same examples on every machine. The module's source is part of every cache key
+gives the same examples on every machine. This module's code is part of every cache key
 (``cache.CODE_MODULES``): changing a plan retrains what was trained on it.
 """
 
