@@ -77,7 +77,7 @@ def plan(name: str, available: Sequence[str] = ()) -> dict[str, str]:
     available = tuple(available) or tuple(RAW_SIZES.get(base_name(name), ()))
     known = KNOWN.get(base_name(name))
     if known is not None:
-        missing = sorted({_split_of(e) for e in known.values()} - set(available)) if available else []
+        missing = sorted({_split_of(e) for e in known.values()} - set(available))
         if missing:
             raise ValueError(
                 f"dataset={name!r}: the workbook's split plan {known} reads split(s) {missing}, but the "
