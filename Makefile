@@ -48,15 +48,15 @@ browser-check: setup
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
 	  else echo "browser-check needs Chromium: sudo apt-get install -y chromium (or pass CHROMIUM=/path/to/chromium)"; exit 2; fi; \
 	fi
-	$(PY) -m sparse_experts.browser_check $(if $(NOTEBOOK),--notebook $(NOTEBOOK),) $(if $(CHROMIUM),--chromium $(CHROMIUM),)
+	$(PY) -m tools.browser_check $(if $(NOTEBOOK),--notebook $(NOTEBOOK),) $(if $(CHROMIUM),--chromium $(CHROMIUM),)
 
 lint: setup
-	$(VENV)/bin/ruff check lib tests benchmarks
-	$(VENV)/bin/ruff format --check lib tests benchmarks
+	$(VENV)/bin/ruff check lib tools tests benchmarks
+	$(VENV)/bin/ruff format --check lib tools tests benchmarks
 
 format: setup
-	$(VENV)/bin/ruff format lib tests benchmarks
-	$(VENV)/bin/ruff check --fix lib tests benchmarks
+	$(VENV)/bin/ruff format lib tools tests benchmarks
+	$(VENV)/bin/ruff check --fix lib tools tests benchmarks
 
 # Notebooks are committed without outputs.
 strip: setup
@@ -69,5 +69,5 @@ lock:
 	{ echo "# Exact pins (the lock) for the Sparse Experts Workbook: Python 3.11, CPU jax."; \
 	  echo "# Regenerate: make lock (pip freeze of a fresh venv made from the direct dependencies in pyproject.toml)."; \
 	  .lock-venv/bin/pip freeze --exclude-editable; } > requirements.txt
-	.lock-venv/bin/python -c "import sys; sys.path.insert(0, 'lib'); from sparse_experts import envfile; envfile.write()"
+	.lock-venv/bin/python -c "import sys; sys.path.insert(0, 'lib'); from tools import envfile; envfile.write()"
 	rm -rf .lock-venv

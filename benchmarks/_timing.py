@@ -73,10 +73,11 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
 def write_record(out: str | Path, record: dict[str, Any], started: float) -> dict[str, Any]:
     """Add the wall time since ``started`` (``time.perf_counter()``) and the provenance to ``record``, write
     it atomically as JSON to ``out``, say so, and return it."""
-    from sparse_experts import session
+    from sparse_experts.atomic import write_json_atomic
+    from sparse_experts.workbook import session
 
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     record["provenance"] = session.provenance()
-    session.write_json_atomic(Path(out), record)
+    write_json_atomic(Path(out), record)
     print(f"wrote {out}")
     return record

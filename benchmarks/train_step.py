@@ -45,7 +45,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared _timing module
 from _timing import summarize, time_interleaved, write_record  # noqa: E402
 
-from sparse_experts import models, paths, sharding
+from sparse_experts import models, parallel, paths
 from sparse_experts.train import TrainConfig, Trainer, cross_entropy
 
 # The `cpu` preset model of notebook 02 (keep in step with the notebook), and the width-512 model.
@@ -108,7 +108,7 @@ class StepProgram:
     def __init__(self, config: models.VitConfig, batch_size: int):
         model = models.ViT(config, rngs=nnx.Rngs(0))
         self.trainer = Trainer(model, TrainConfig(total_steps=1000), seed=0)
-        self.batch = sharding.shard_batch(_batch(config, batch_size), self.trainer.mesh)
+        self.batch = parallel.shard_batch(_batch(config, batch_size), self.trainer.mesh)
         t = self.trainer
         self.compiled = t._step.lower(t.state, t.rest, self.batch, t._key).compile()
 

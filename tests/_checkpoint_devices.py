@@ -13,10 +13,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import batch_fn, leaves, trainer  # noqa: E402
 
-from sparse_experts import sharding, train  # noqa: E402
+from sparse_experts import parallel, train  # noqa: E402
 
 root = Path(sys.argv[1])
-mesh = sharding.make_mesh({"data": 4, "expert": 2})
+mesh = parallel.make_mesh({"data": 4, "expert": 2})
 t = trainer()
 t = train.Trainer(t.model, t.config, seed=t.seed, mesh=mesh)
 checkpoints = train.Checkpoints(root / "from1")

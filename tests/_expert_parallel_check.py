@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_experts import sharding
-from sparse_experts.expert_parallel import expert_mlp, expert_parallel_apply
+from sparse_experts import parallel
+from sparse_experts.parallel.experts import expert_mlp, expert_parallel_apply
 
 G, E, C, D, H = 8, 8, 3, 16, 32
 MESHES = {"data2_expert4": {"data": 2, "expert": 4}, "expert8": {"expert": 8}}
@@ -50,8 +50,8 @@ def main() -> None:
     ref_grads = jax.jit(jax.grad(reference_loss, argnums=(0, 1)))(buffers, params)
     results = {}
     for name, shape in MESHES.items():
-        mesh = sharding.make_mesh(shape)
-        placed = sharding.shard_batch(buffers, mesh)
+        mesh = parallel.make_mesh(shape)
+        placed = parallel.shard_batch(buffers, mesh)
         placed_params = jax.device_put(
             params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("expert"))
         )
@@ -77,7 +77,7 @@ def main() -> None:
         }
     results.update(moe_layer_cases())
     try:
-        expert_parallel_apply(expert_mlp, buffers[:, :6], params, sharding.make_mesh({"expert": 8}))
+        expert_parallel_apply(expert_mlp, buffers[:, :6], params, parallel.make_mesh({"expert": 8}))
         error = None
     except ValueError as caught:
         error = str(caught)
@@ -89,7 +89,7 @@ def moe_layer_cases() -> dict:
     """The whole MoeMlp layer (route -> dispatch -> experts -> combine), with and without a mesh."""
     from flax import nnx
 
-    from sparse_experts.routing import MoeMlp
+    from sparse_experts.models import MoeMlp
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 5, D)).astype(np.float32)  # B=8 images of N=5 tokens
@@ -106,7 +106,7 @@ def moe_layer_cases() -> dict:
         grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
         ref_grad, ref_y = grad_fn(params, x, None)
         for name, shape in MESHES.items():
-            mesh = sharding.make_mesh(shape)
+            mesh = parallel.make_mesh(shape)
             grad, y = grad_fn(params, x, mesh)
             results[f"layer_{router}_{name}"] = {
                 "forward": max_diff([y], [ref_y]),

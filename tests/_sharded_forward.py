@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sparse_experts import sharding
+from sparse_experts import models, parallel
 from sparse_experts.models import ViT, vit_config
 
 # (mesh shape, rules, config overrides): both meshes x both block kinds, each rule set once per block kind.
@@ -21,10 +21,10 @@ from sparse_experts.models import ViT, vit_config
 PARALLEL = dict(parallel_block=True, scan_layers=True)
 SEQUENTIAL = dict(parallel_block=False, scan_layers=False)
 CASES = {
-    "data2_model4_parallel_tp": ({"data": 2, "model": 4}, sharding.TP_RULES, PARALLEL),
-    "data2_model4_sequential_fsdp": ({"data": 2, "model": 4}, sharding.FSDP_RULES, SEQUENTIAL),
-    "data4_model2_parallel_fsdp": ({"data": 4, "model": 2}, sharding.FSDP_RULES, PARALLEL),
-    "data4_model2_sequential_tp": ({"data": 4, "model": 2}, sharding.TP_RULES, SEQUENTIAL),
+    "data2_model4_parallel_tp": ({"data": 2, "model": 4}, parallel.TP_RULES, PARALLEL),
+    "data2_model4_sequential_fsdp": ({"data": 2, "model": 4}, parallel.FSDP_RULES, SEQUENTIAL),
+    "data4_model2_parallel_fsdp": ({"data": 4, "model": 2}, parallel.FSDP_RULES, PARALLEL),
+    "data4_model2_sequential_tp": ({"data": 4, "model": 2}, parallel.TP_RULES, SEQUENTIAL),
 }
 BATCH = 8
 
@@ -64,9 +64,9 @@ def main() -> None:
         if cfg not in references:
             references[cfg] = np.asarray(forward(build(cfg), images))
         reference = references[cfg]
-        mesh = sharding.make_mesh(mesh_shape)
-        model = sharding.shard_model(build(cfg), mesh, rules)
-        batch = sharding.shard_batch({"images": images}, mesh)
+        mesh = parallel.make_mesh(mesh_shape)
+        model = parallel.shard_model(build(cfg), mesh, rules)
+        batch = parallel.shard_batch({"images": images}, mesh)
         logits = forward(model, batch["images"])
         state = nnx.state(model, nnx.Param)
         specs = {"/".join(map(str, path)): str(v[...].sharding.spec) for path, v in nnx.to_flat_state(state)}
@@ -76,7 +76,7 @@ def main() -> None:
             "param_bytes_per_device": sum(
                 v[...].addressable_shards[0].data.nbytes for v in jax.tree.leaves(state)
             ),
-            "planned_param_bytes": sharding.memory_plan(cfg, mesh_shape, BATCH, rules=rules).params,
+            "planned_param_bytes": models.memory_plan(cfg, mesh_shape, BATCH, rules=rules).params,
             "batch_spec": str(batch["images"].sharding.spec),
             "specs": specs,
         }
@@ -85,8 +85,10 @@ def main() -> None:
     # few random initialisers: each costs seconds of XLA compile on CPU.)
     lean = dict(norm="rmsnorm", norm_bias=False, qkv_bias=False, mlp_bias=False, pool="gap", num_classes=0)
     cfg = config(parallel_block=True, qk_norm=False, posemb="sincos2d", **lean)
-    mesh = sharding.make_mesh({"data": 2, "model": 4})
-    created = sharding.create_sharded(cfg, mesh, seed=3, rules=sharding.FSDP_RULES)
+    mesh = parallel.make_mesh({"data": 2, "model": 4})
+    created = parallel.create_sharded(
+        lambda: models.ViT(cfg, rngs=nnx.Rngs(3)), mesh, rules=parallel.FSDP_RULES
+    )
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: ViT(cfg, rngs=nnx.Rngs(3))))
     single = jax.jit(lambda: nnx.state(ViT(cfg, rngs=nnx.Rngs(3))))()
     pairs = zip(nnx.to_flat_state(nnx.state(created)), nnx.to_flat_state(single), strict=True)
@@ -99,10 +101,10 @@ def main() -> None:
     }
 
     # Batch placement: the expert axis joins the data axes; an indivisible batch is refused.
-    expert_mesh = sharding.make_mesh({"data": 2, "expert": 2, "model": 2})
-    placed = sharding.shard_batch({"images": images, "labels": np.arange(BATCH)}, expert_mesh)
+    expert_mesh = parallel.make_mesh({"data": 2, "expert": 2, "model": 2})
+    placed = parallel.shard_batch({"images": images, "labels": np.arange(BATCH)}, expert_mesh)
     try:
-        sharding.shard_batch({"images": images[:6]}, sharding.make_mesh({"data": 4, "model": 2}))
+        parallel.shard_batch({"images": images[:6]}, parallel.make_mesh({"data": 4, "model": 2}))
         error = None
     except ValueError as caught:
         error = str(caught)

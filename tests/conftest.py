@@ -6,7 +6,8 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-from sparse_experts import offline, presets
+from sparse_experts import offline
+from sparse_experts.workbook import presets
 
 # Compile without XLA backend optimisation, as the smoke preset does: about 3x faster compiles on CPU. Set
 # before anything imports jax; subprocesses and notebook kernels inherit it.

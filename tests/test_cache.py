@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparse_experts import cache, models, train
+from sparse_experts import models, train
+from sparse_experts.workbook import cache
 
 SPEC = cache.TrainSpec(
     dataset="digits",

@@ -1,4 +1,4 @@
-"""Expert parallelism (sparse_experts.expert_parallel): all_to_all over the "expert" axis in jax.shard_map.
+"""Expert parallelism (sparse_experts.parallel.experts): all_to_all over the "expert" axis in jax.shard_map.
 
 The main pytest process sees one CPU device, so the 8-device comparison (expert-parallel == single-device
 expert MLPs, forward and gradients w.r.t. the buffers and every expert parameter, on meshes
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import run_on_fake_devices
 
-from sparse_experts import sharding
-from sparse_experts.expert_parallel import expert_mlp, expert_parallel_apply
+from sparse_experts import parallel
+from sparse_experts.parallel.experts import expert_mlp, expert_parallel_apply
 
 HERE = pathlib.Path(__file__).parent
 CASES = ["data2_expert4", "expert8"]
@@ -67,14 +67,14 @@ def test_single_device_mesh_is_the_plain_computation():
         "wi": rng.normal(size=(3, 4, 5)).astype(np.float32),
         "wo": rng.normal(size=(3, 5, 4)).astype(np.float32),
     }
-    out = expert_parallel_apply(expert_mlp, buffers, params, sharding.make_mesh({"data": 1}))
+    out = expert_parallel_apply(expert_mlp, buffers, params, parallel.make_mesh({"data": 1}))
     h = jnp.einsum("GECD,EDH->GECH", buffers, params["wi"])
     expected = jnp.einsum("GECH,EHD->GECD", jax.nn.gelu(h), params["wo"])
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 def test_bad_shapes_are_refused():
-    mesh = sharding.make_mesh({"data": 1})
+    mesh = parallel.make_mesh({"data": 1})
     params = {"wi": np.zeros((3, 4, 5), np.float32), "wo": np.zeros((3, 5, 4), np.float32)}
     with pytest.raises(ValueError, match=r"\[G, E, C, D\]"):
         expert_parallel_apply(expert_mlp, np.zeros((2, 3, 4), np.float32), params, mesh)

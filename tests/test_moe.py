@@ -1,4 +1,4 @@
-"""The V-MoE layer (sparse_experts.routing.MoeMlp) and V-MoE models (models.py with ``moe`` set).
+"""The V-MoE layer (sparse_experts.models.MoeMlp) and V-MoE models (models.py with ``moe`` set).
 
 Layers are created under one compiled program (:func:`layer`) and called through one compiled program per
 set of call options (:func:`call`), so the file stays fast on 2 CPU cores.
@@ -17,8 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparse_experts import models, routing
-from sparse_experts.models import MoeConfig, flops_per_image, param_count, vit_config
-from sparse_experts.routing import MoeMlp
+from sparse_experts.models import MoeConfig, MoeMlp, flops_per_image, param_count, vit_config
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 RECORD_KEYS = {"combine_weights", "gates", "aux", "load", "dropped_fraction", "tokens_per_image", "capacity"}

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from sparse_experts import workbook
+from sparse_experts.workbook import runner
 
-NOTEBOOKS = [nb.name for nb in workbook.discover()]
+NOTEBOOKS = [nb.name for nb in runner.discover()]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def out(tmp_path_factory):
 @pytest.mark.notebooks
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_under_smoke(name, out):
-    (record,) = workbook.run("smoke", only=[name], out=out, log=lambda message: None)
+    (record,) = runner.run("smoke", only=[name], out=out, log=lambda message: None)
     assert record["status"] == "ok", record.get("error")
     saved = json.loads((out / f"{name}.json").read_text())
     assert saved["provenance"]["preset"] == "smoke"
@@ -31,7 +31,7 @@ def test_notebook_runs_under_smoke(name, out):
 def test_tour_runs_under_gpu_preset_without_catalog_data(tmp_path, monkeypatch):
     """00_tour runs under every preset: offline, catalog datasets that are not prepared are reported."""
     monkeypatch.setenv("SPARSE_EXPERTS_DATA_DIR", str(tmp_path / "data"))
-    (record,) = workbook.run("gpu", only=["00"], out=tmp_path / "out", log=lambda message: None)
+    (record,) = runner.run("gpu", only=["00"], out=tmp_path / "out", log=lambda message: None)
     assert record["status"] == "ok", record.get("error")
     figures = json.loads((tmp_path / "out" / "00_tour.json").read_text())["figures"]
     assert figures["upstream"]["name"] == "cifar100"

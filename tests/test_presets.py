@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sparse_experts import presets, workbook
+from sparse_experts.workbook import presets, runner
 
 
 def test_every_notebook_is_registered_with_every_preset():
-    names = [nb.name for nb in workbook.discover()]
+    names = [nb.name for nb in runner.discover()]
     assert sorted(presets.NOTEBOOK_KNOBS) == sorted(names)
     for name in names:
         for preset in presets.PRESET_NAMES:
@@ -119,7 +119,7 @@ def test_recipe_notebook_dry_run_fits_the_accelerator(preset, tmp_path):
     import tensorflow_datasets as tfds
     from flax import nnx
 
-    from sparse_experts import models, sharding
+    from sparse_experts import models
 
     p = presets.resolve("01_vit22b_recipe", preset=preset)
     budget = presets.PRESET_DEVICES[preset]
@@ -130,7 +130,7 @@ def test_recipe_notebook_dry_run_fits_the_accelerator(preset, tmp_path):
     logits, stats = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, return_stats=True), state, images)
     assert logits.shape == (p.batch_size, features["label"].num_classes)
     assert stats["attn_max_logit"].shape == (config.depth,)
-    plan = sharding.memory_plan(config, {"data": budget["devices"]}, p.batch_size).per_device_bytes()
+    plan = models.memory_plan(config, {"data": budget["devices"]}, p.batch_size).per_device_bytes()
     copies = len(p.learning_rates)  # the sweep trains one copy per learning rate side by side
     sweep_bytes = copies * plan["total"]
     assert sweep_bytes < budget["memory_gib"] * 2**30, (

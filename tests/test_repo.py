@@ -5,9 +5,11 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from sparse_experts import envfile, paths, presets, workbook
+from sparse_experts import paths
+from sparse_experts.workbook import presets, runner
+from tools import envfile
 
-NOTEBOOKS = [nb.path for nb in workbook.discover()]
+NOTEBOOKS = [nb.path for nb in runner.discover()]
 
 
 def test_environment_yml_matches_requirements():
@@ -47,7 +49,7 @@ def test_notebook_parameters_cell(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell must be tagged"
-    declared = workbook.declared_parameters(workbook.Notebook(path))
+    declared = runner.declared_parameters(runner.Notebook(path))
     assert declared[:2] == ["preset", "seed"]
     assert declared == list(presets.knob_names(path.stem))
     namespace: dict = {}

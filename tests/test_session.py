@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sparse_experts import session
+from sparse_experts import atomic
+from sparse_experts.workbook import session
 
 
 def test_save_writes_figures_with_provenance(tmp_path, monkeypatch):
@@ -58,8 +59,8 @@ def test_interactive_runs_do_not_write_into_runner_outputs(monkeypatch):
 
 def test_atomic_write_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "f.json"
-    session.write_json_atomic(target, {"v": 1})
+    atomic.write_json_atomic(target, {"v": 1})
     with pytest.raises(ValueError):
-        session.write_json_atomic(target, {"v": float("nan")})  # allow_nan=False
+        atomic.write_json_atomic(target, {"v": float("nan")})  # allow_nan=False
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]

@@ -1,4 +1,4 @@
-"""Meshes, partition rules, placement and memory plans (sparse_experts.sharding).
+"""Meshes, partition rules, placement and memory plans (sparse_experts.parallel).
 
 The main pytest process sees one CPU device, so the multi-device checks (sharded forward == single-device
 forward on 8 fake devices, direct sharded creation, batch placement) run once, together, in a subprocess
@@ -20,9 +20,9 @@ from conftest import run_on_fake_devices
 from flax import nnx
 from jax.sharding import AxisType, PartitionSpec
 
-from sparse_experts import sharding
+from sparse_experts import models, parallel
 from sparse_experts.models import ViT, VitConfig, param_count, vit_config
-from sparse_experts.sharding import FSDP_RULES, TP_RULES
+from sparse_experts.parallel import FSDP_RULES, TP_RULES
 
 P = PartitionSpec
 HERE = pathlib.Path(__file__).parent
@@ -35,7 +35,7 @@ def tiny(**overrides) -> VitConfig:
 def specs(config: VitConfig, rules, mesh_shape) -> dict[str, PartitionSpec]:
     """{"encoder/blocks/0/mlp/wi": spec, ...} of an abstract model of this config."""
     model = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
-    state = sharding.partition_specs(model, rules, mesh_shape)
+    state = parallel.partition_specs(model, rules, mesh_shape)
     return {"/".join(map(str, path)): v.get_value() for path, v in nnx.to_flat_state(state)}
 
 
@@ -43,11 +43,11 @@ def specs(config: VitConfig, rules, mesh_shape) -> dict[str, PartitionSpec]:
 # Meshes
 # ---------------------------------------------------------------------------------------------------------
 def test_default_mesh_puts_every_device_on_data_with_auto_axes():
-    mesh = sharding.make_mesh()
+    mesh = parallel.make_mesh()
     assert mesh.axis_names == ("data", "expert", "model")
     assert dict(mesh.shape) == {"data": jax.device_count(), "expert": 1, "model": 1}
     assert mesh.axis_types == (AxisType.Auto,) * 3
-    assert dict(sharding.make_mesh({"model": -1}).shape) == {"data": 1, "expert": 1, "model": 1}
+    assert dict(parallel.make_mesh({"model": -1}).shape) == {"data": 1, "expert": 1, "model": 1}
 
 
 @pytest.mark.parametrize(
@@ -61,14 +61,14 @@ def test_default_mesh_puts_every_device_on_data_with_auto_axes():
 )
 def test_bad_mesh_shapes_say_what_is_wrong(shape, message):
     with pytest.raises(ValueError, match="mesh shape") as error:
-        sharding.make_mesh(shape)
+        parallel.make_mesh(shape)
     assert message in str(error.value)
 
 
 def test_data_axes_include_expert_only_when_it_is_used():
-    assert sharding.data_axes({"data": 4, "model": 2}) == ("data",)
-    assert sharding.data_axes({"data": 2, "expert": 4}) == ("data", "expert")
-    assert sharding.num_data_shards({"data": 2, "expert": 4, "model": 2}) == 8
+    assert parallel.data_axes({"data": 4, "model": 2}) == ("data",)
+    assert parallel.data_axes({"data": 2, "expert": 4}) == ("data", "expert")
+    assert parallel.num_data_shards({"data": 2, "expert": 4, "model": 2}) == 8
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,14 +107,14 @@ def test_indivisible_axes_fall_back_to_replication():
     # 10 classes on 4 model devices: the head's class axis is replicated.
     assert specs(tiny(num_classes=10), TP_RULES, {"model": 4})["head"] == P()
     # Several mesh axes: trailing ones are dropped until the size divides.
-    spec_for = sharding.partition_spec_for
+    spec_for = parallel.partition_spec_for
     assert spec_for(("embed",), (6,), FSDP_RULES, {"data": 2, "expert": 4}) == P("data")
     assert spec_for(("embed",), (8,), FSDP_RULES, {"data": 2, "expert": 4}) == P(("data", "expert"))
     assert spec_for(("embed",), (5,), FSDP_RULES, {"data": 2, "expert": 4}) == P()
 
 
 def test_expert_weights_leave_room_for_expert_parallelism():
-    spec_for = sharding.partition_spec_for
+    spec_for = parallel.partition_spec_for
     axes, shape = ("expert", "embed", "mlp"), (8, 64, 256)  # stacked expert weights [E, D, H]
     assert spec_for(axes, shape, TP_RULES, {"data": 2, "expert": 4}) == P("expert")
     assert spec_for(axes, shape, TP_RULES, {"expert": 4, "model": 2}) == P("expert", None, "model")
@@ -128,33 +128,33 @@ def test_partition_specs_read_flax_metadata_and_replicate_the_unannotated():
     init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"), eager_sharding=False)
     annotated = nnx.eval_shape(lambda: nnx.Linear(4, 8, kernel_init=init, rngs=nnx.Rngs(0)))
     plain = nnx.eval_shape(lambda: nnx.Linear(4, 8, rngs=nnx.Rngs(0)))
-    assert sharding.partition_specs(annotated, TP_RULES, {"model": 2})["kernel"].get_value() == P(
+    assert parallel.partition_specs(annotated, TP_RULES, {"model": 2})["kernel"].get_value() == P(
         None, "model"
     )
-    assert sharding.partition_specs(plain, TP_RULES, {"model": 2})["kernel"].get_value() == P()
+    assert parallel.partition_specs(plain, TP_RULES, {"model": 2})["kernel"].get_value() == P()
     # Without mesh sizes the rules apply as written (no fallback, size-1 axes kept).
-    assert sharding.partition_spec_for(("embed", "mlp"), (4, 8), FSDP_RULES) == P(("data", "expert"), "model")
+    assert parallel.partition_spec_for(("embed", "mlp"), (4, 8), FSDP_RULES) == P(("data", "expert"), "model")
 
 
 def test_unknown_logical_axes_and_bad_metadata_raise():
     with pytest.raises(ValueError, match="logical axis 'vocab' has no partition rule"):
-        sharding.partition_spec_for(("vocab",), (8,), TP_RULES, {"model": 2}, where="embedding")
+        parallel.partition_spec_for(("vocab",), (8,), TP_RULES, {"model": 2}, where="embedding")
     with pytest.raises(ValueError, match=r"logical axes \('embed',\) do not match its shape \(4, 8\)"):
-        sharding.partition_spec_for(("embed",), (4, 8), TP_RULES)
+        parallel.partition_spec_for(("embed",), (4, 8), TP_RULES)
     with pytest.raises(ValueError, match="not in the mesh"):
-        sharding.partition_spec_for(("mlp",), (8,), (("mlp", "tensor"),), {"model": 2})
+        parallel.partition_spec_for(("mlp",), (8,), (("mlp", "tensor"),), {"model": 2})
 
 
 def test_shardings_and_placement_on_one_device():
-    mesh = sharding.make_mesh()
+    mesh = parallel.make_mesh()
     model = nnx.eval_shape(lambda: ViT(tiny(), rngs=nnx.Rngs(0)))
-    shardings = sharding.param_shardings(model, mesh, FSDP_RULES)
+    shardings = parallel.param_shardings(model, mesh, FSDP_RULES)
     assert {s.mesh for s in jax.tree.leaves(shardings)} == {mesh}
-    batch = sharding.shard_batch({"images": jnp.zeros((3, 16, 16, 3)), "labels": np.arange(3)}, mesh)
+    batch = parallel.shard_batch({"images": jnp.zeros((3, 16, 16, 3)), "labels": np.arange(3)}, mesh)
     assert batch["images"].sharding.spec == P("data", None, None, None)
     assert batch["labels"].shape == (3,)
     with pytest.raises(ValueError, match=r"batch\['step'\] is a scalar"):
-        sharding.shard_batch({"step": 3}, mesh)
+        parallel.shard_batch({"step": 3}, mesh)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,14 +162,14 @@ def test_shardings_and_placement_on_one_device():
 # ---------------------------------------------------------------------------------------------------------
 def test_memory_plan_adds_up_and_prints():
     config = tiny()
-    plan = sharding.memory_plan(config, {"data": 1}, 8, "adam")
+    plan = models.memory_plan(config, {"data": 1}, 8, "adam")
     assert plan.param_count == param_count(config)
     assert plan.params == plan.params_unsharded == 4 * param_count(config)  # float32, one device
     assert plan.optimizer_state == 2 * plan.params and plan.gradients == plan.params
     assert plan.total == plan.params + plan.optimizer_state + plan.gradients + plan.activations
-    assert sharding.memory_plan(config, {"data": 1}, 8, "sgd").optimizer_state == 0
-    assert sharding.memory_plan(config, {"data": 1}, 8, "momentum").optimizer_state == plan.params
-    bf16 = sharding.memory_plan(tiny(param_dtype="bfloat16"), {"data": 1}, 8, moment_dtype="float32")
+    assert models.memory_plan(config, {"data": 1}, 8, "sgd").optimizer_state == 0
+    assert models.memory_plan(config, {"data": 1}, 8, "momentum").optimizer_state == plan.params
+    bf16 = models.memory_plan(tiny(param_dtype="bfloat16"), {"data": 1}, 8, moment_dtype="float32")
     assert bf16.params * 2 == plan.params and bf16.optimizer_state == plan.optimizer_state
     data = plan.to_dict()
     assert data["total"] == plan.total and data["num_devices"] == 1 and json.dumps(data)
@@ -182,16 +182,16 @@ def test_memory_plan_adds_up_and_prints():
 
 def test_memory_plan_scales_with_the_mesh():
     config = vit_config("B/16")
-    plans = {m: sharding.memory_plan(config, {"data": 2, "model": m}, 64) for m in (1, 2, 4)}
+    plans = {m: models.memory_plan(config, {"data": 2, "model": m}, 64) for m in (1, 2, 4)}
     # Replicated bytes R plus sharded bytes S / model: each doubling of "model" halves S exactly.
     assert plans[1].params - plans[2].params == 2 * (plans[2].params - plans[4].params) > 0
     # The sharded part is nearly everything in a ViT (only norms, embed biases, patches are replicated).
     assert plans[4].params < 0.27 * plans[1].params
     # Doubling the data axis halves the images per device, hence the activations.
-    wide = sharding.memory_plan(config, {"data": 4, "model": 2}, 64)
+    wide = models.memory_plan(config, {"data": 4, "model": 2}, 64)
     assert plans[2].activations == 2 * wide.activations and wide.params == plans[2].params
     # Remat keeps one input per layer instead of everything.
-    assert sharding.memory_plan(config, {"data": 2}, 64, remat=True).activations < plans[1].activations / 4
+    assert models.memory_plan(config, {"data": 2}, 64, remat=True).activations < plans[1].activations / 4
 
 
 def test_memory_plan_activation_sizes_by_hand():
@@ -207,12 +207,12 @@ def test_memory_plan_activation_sizes_by_hand():
     layer = stream + attention + mlp
     outside = (X + N * D + D) * c + N * D * (f + c)  # patches, final norm input and its value/output, pooled
     assert (layer, outside) == (528, 176)
-    assert sharding.activation_bytes(config, images=1) == (layer + layer // 2 + outside, layer)
-    assert sharding.activation_bytes(config, images=3, remat=True)[0] == 3 * (
+    assert models.activation_bytes(config, images=1) == (layer + layer // 2 + outside, layer)
+    assert models.activation_bytes(config, images=3, remat=True)[0] == 3 * (
         N * D * c + layer + layer // 2 + outside
     )
     # Split 2 ways over the heads and the MLP hidden: only those parts shrink.
-    halved = sharding.activation_bytes(config, images=1, model_shards={"heads": 2, "mlp": 2})[1]
+    halved = models.activation_bytes(config, images=1, model_shards={"heads": 2, "mlp": 2})[1]
     assert halved == stream + attention // 2 + mlp // 2
 
 
@@ -226,15 +226,15 @@ def test_activation_estimate_is_close_to_xla_buffer_assignment():
 
     images = jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32)
     measured = jax.jit(jax.grad(loss)).lower(state, images).compile().memory_analysis().temp_size_in_bytes
-    planned = sharding.memory_plan(config, {"data": 1}, 16).activations
+    planned = models.memory_plan(config, {"data": 1}, 16).activations
     assert 0.8 < planned / measured < 1.2, (planned, measured)  # 0.93 with jax 0.10.2 on CPU
 
 
 def test_memory_plan_of_vit_22b_is_instant():
     config = vit_config("22B/14")
     start = time.perf_counter()
-    fsdp = sharding.memory_plan(config, {"data": 256, "model": 4}, 4096, rules=FSDP_RULES)
-    tp = sharding.memory_plan(config, {"data": 256, "model": 4}, 4096, rules=TP_RULES)
+    fsdp = models.memory_plan(config, {"data": 256, "model": 4}, 4096, rules=FSDP_RULES)
+    tp = models.memory_plan(config, {"data": 256, "model": 4}, 4096, rules=TP_RULES)
     assert time.perf_counter() - start < 10  # about 0.2 s; generous for a loaded CI machine
     assert fsdp.num_devices == 1024 and fsdp.images_per_device == 16
     assert 21.6e9 < fsdp.param_count < 21.8e9
@@ -245,11 +245,11 @@ def test_memory_plan_of_vit_22b_is_instant():
 
 def test_memory_plan_rejects_bad_input():
     with pytest.raises(ValueError, match="optimizer='lion' is unknown"):
-        sharding.memory_plan(tiny(), {"data": 1}, 8, "lion")
+        models.memory_plan(tiny(), {"data": 1}, 8, "lion")
     with pytest.raises(ValueError, match="batch_size=10 is not divisible by the 4 data shards"):
-        sharding.memory_plan(tiny(), {"data": 2, "expert": 2}, 10)
+        models.memory_plan(tiny(), {"data": 2, "expert": 2}, 10)
     with pytest.raises(ValueError, match="unknown axes"):
-        sharding.memory_plan(tiny(), {"pipeline": 2}, 8)
+        models.memory_plan(tiny(), {"pipeline": 2}, 8)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparse_experts import analysis, viz
+from sparse_experts import analysis
+from sparse_experts.workbook import viz
 
 # gates [B=3, N=4, E=3]; combine weights keep each token's top-2 choices except where dropped.
 GATES = np.array(

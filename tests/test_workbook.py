@@ -7,11 +7,11 @@ import json
 import nbformat
 import pytest
 
-from sparse_experts import presets, workbook
+from sparse_experts.workbook import presets, runner
 
 _SAVE = """
-from sparse_experts.presets import Params
-from sparse_experts.session import Run
+from sparse_experts.workbook.presets import Params
+from sparse_experts.workbook.session import Run
 values = dict(preset=preset, seed=seed, fail=fail)
 params = Params("{name}", values, values)
 run = Run(params)
@@ -53,7 +53,7 @@ def _snapshot(folder):
 def test_runs_in_order_and_writes_outputs(notebooks, tmp_path):
     out = tmp_path / "out"
     lines = []
-    records = workbook.run("smoke", out=out, notebooks_dir=notebooks, params={"seed": 3}, log=lines.append)
+    records = runner.run("smoke", out=out, notebooks_dir=notebooks, params={"seed": 3}, log=lines.append)
     assert [r["notebook"] for r in records] == ["91_first", "92_second"]
     assert all(r["status"] == "ok" for r in records)
     for name in ("91_first", "92_second"):
@@ -73,23 +73,23 @@ def test_runs_in_order_and_writes_outputs(notebooks, tmp_path):
 
 
 def test_only_selects_by_number_and_name(notebooks):
-    found = workbook.discover(notebooks)
-    assert [nb.name for nb in workbook.select(found, ["92"])] == ["92_second"]
-    assert [nb.name for nb in workbook.select(found, ["92_second,91"])] == ["91_first", "92_second"]
-    with pytest.raises(workbook.WorkbookError, match="--only '07' matches no notebook; available: 91_first"):
-        workbook.select(found, ["07"])
+    found = runner.discover(notebooks)
+    assert [nb.name for nb in runner.select(found, ["92"])] == ["92_second"]
+    assert [nb.name for nb in runner.select(found, ["92_second,91"])] == ["91_first", "92_second"]
+    with pytest.raises(runner.WorkbookError, match="--only '07' matches no notebook; available: 91_first"):
+        runner.select(found, ["07"])
 
 
 def test_failure_keeps_previous_good_output(notebooks, tmp_path):
     out = tmp_path / "out"
-    workbook.run("smoke", out=out, notebooks_dir=notebooks, only=["91"], log=lambda m: None)
+    runner.run("smoke", out=out, notebooks_dir=notebooks, only=["91"], log=lambda m: None)
     good = _snapshot(out)
     good_outputs = {k: v for k, v in good.items() if k.name.startswith("91_first.")}
     assert set(k.name for k in good_outputs) == {"91_first.ipynb", "91_first.json"}
 
     lines = []
-    with pytest.raises(workbook.NotebookFailed) as failure:
-        workbook.run("smoke", out=out, notebooks_dir=notebooks, params={"fail": True}, log=lines.append)
+    with pytest.raises(runner.NotebookFailed) as failure:
+        runner.run("smoke", out=out, notebooks_dir=notebooks, params={"fail": True}, log=lines.append)
     message = str(failure.value)
     assert "91_first failed at cell 2" in message and "RuntimeError: planned failure" in message
     after = _snapshot(out)
@@ -107,7 +107,7 @@ def test_unknown_preset_is_rejected_before_touching_outputs(tmp_path, capsys):
     out.mkdir()
     (out / "00_tour.json").write_text('{"keep": true}')
     before = _snapshot(out)
-    code = workbook.main(["run", "--preset", "nosuch", "--out", str(out)])
+    code = runner.main(["run", "--preset", "nosuch", "--out", str(out)])
     assert code == 2
     err = capsys.readouterr().err
     assert "preset='nosuch'" in err and "'smoke', 'cpu', 'gpu', 'tpu'" in err
@@ -115,13 +115,13 @@ def test_unknown_preset_is_rejected_before_touching_outputs(tmp_path, capsys):
 
 
 def test_undeclared_parameter_is_an_error(notebooks, tmp_path):
-    with pytest.raises(workbook.WorkbookError, match="parameter 'learning_rate' is not declared by 91_first"):
-        workbook.run("smoke", out=tmp_path / "o", notebooks_dir=notebooks, params={"learning_rate": 0.1})
+    with pytest.raises(runner.WorkbookError, match="parameter 'learning_rate' is not declared by 91_first"):
+        runner.run("smoke", out=tmp_path / "o", notebooks_dir=notebooks, params={"learning_rate": 0.1})
     assert not (tmp_path / "o").exists()
 
 
 def test_out_of_range_value_is_an_error_before_compute(tmp_path, capsys):
-    code = workbook.main(
+    code = runner.main(
         [
             "run",
             "--preset",
@@ -140,8 +140,8 @@ def test_out_of_range_value_is_an_error_before_compute(tmp_path, capsys):
 
 
 def test_preset_through_p_is_refused(notebooks, tmp_path):
-    with pytest.raises(workbook.WorkbookError, match="--preset"):
-        workbook.run("smoke", out=tmp_path / "o", notebooks_dir=notebooks, params={"preset": "gpu"})
+    with pytest.raises(runner.WorkbookError, match="--preset"):
+        runner.run("smoke", out=tmp_path / "o", notebooks_dir=notebooks, params={"preset": "gpu"})
 
 
 @pytest.mark.parametrize(
@@ -155,10 +155,10 @@ def test_preset_through_p_is_refused(notebooks, tmp_path):
     ],
 )
 def test_parse_assignments(items, expected):
-    assert workbook.parse_assignments(items) == expected
+    assert runner.parse_assignments(items) == expected
 
 
 @pytest.mark.parametrize("bad", ["novalue", "=3", "2x=1"])
 def test_parse_assignments_errors(bad):
-    with pytest.raises(workbook.WorkbookError):
-        workbook.parse_assignments([bad])
+    with pytest.raises(runner.WorkbookError):
+        runner.parse_assignments([bad])

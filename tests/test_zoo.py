@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_experts import cache, models, presets, train, viz, zoo
+from sparse_experts import models, train
+from sparse_experts.workbook import cache, presets, viz, zoo
 
 
 def test_zoo_names_match_the_preset_validator():

@@ -7,6 +7,7 @@ test splits (1,257 / 270 / 270) from a fixed seed.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.datasets import load_digits
 
 DIGITS_SEED = 0
 DIGITS_SIZES = {"train": 1257, "validation": 270, "test": 270}
@@ -19,7 +20,6 @@ def digits_splits(seed: int = DIGITS_SEED) -> dict[str, dict[str, np.ndarray]]:
     Per class, the examples are permuted with ``np.random.default_rng(seed)`` and dealt out so that each
     split gets its share of every digit (rounded, with the remainder going to train).
     """
-    from sklearn.datasets import load_digits
 
     data = load_digits()
     images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)[..., None]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 
 def image_grid(images: np.ndarray, *, cols: int = 8, scale: int = 2, pad: int = 2) -> np.ndarray:
@@ -57,7 +58,6 @@ def save_grid(
 
     ``palette`` stores 256 colours (a few times smaller files) instead of full RGB.
     """
-    from PIL import Image, ImageDraw
 
     grid = image_grid(images, cols=cols, scale=scale)
     img = Image.fromarray(grid)

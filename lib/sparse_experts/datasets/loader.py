@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from sparse_experts import paths
+from sparse_experts.datasets import builders, tasks
 from sparse_experts.datasets import splits as split_plans
-from sparse_experts.datasets import tasks
 from sparse_experts.datasets.digits import DIGITS_CLASS_NAMES, DIGITS_SIZES
 
 log = logging.getLogger(__name__)
@@ -161,7 +164,6 @@ def _data_dir(data_dir: str | Path | None) -> Path:
 
 
 def _embedded_builder(name: str, data_dir: Path):
-    from sparse_experts.datasets import builders
 
     if name == "digits":
         return builders.SewDigits(data_dir=str(data_dir), file_format="array_record")
@@ -169,7 +171,6 @@ def _embedded_builder(name: str, data_dir: Path):
 
 
 def _catalog_builder(name: str, data_dir: Path):
-    import tensorflow_datasets as tfds
 
     try:
         return tfds.builder(name, data_dir=str(data_dir))
@@ -280,8 +281,6 @@ def prepare(name: str, *, data_dir: str | Path | None = None) -> Path:
     Embedded datasets are rendered offline and written as array_record files. Catalog datasets need network
     and TensorFlow; without TensorFlow this raises :class:`DatasetNotPreparedError`.
     """
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core.utils import tqdm_utils
 
     name = _check_name(name)
     ddir = _data_dir(data_dir)
@@ -351,7 +350,6 @@ def _catalog_split(name: str, split: object, raw_sizes: dict[str, int]) -> str:
 
 def _resize(images: list[np.ndarray], size: int) -> np.ndarray:
     """Centre-crop each image to a square and resize it to [size, size] (bilinear, Pillow)."""
-    from PIL import Image
 
     out = []
     for im in images:

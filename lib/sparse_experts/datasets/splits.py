@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import tensorflow_datasets as tfds
+
 SPLITS = ("train", "validation", "test")
 
 FALLBACK_VALIDATION = 10
@@ -106,7 +108,6 @@ def _split_of(expression: str) -> str:
 
 def sizes(split_plan: Mapping[str, str], raw_sizes: Mapping[str, int]) -> dict[str, int]:
     """Examples in each planned split, from the raw split sizes (TFDS's own slice arithmetic)."""
-    import tensorflow_datasets as tfds
 
     infos = {
         k: tfds.core.SplitInfo(name=k, shard_lengths=[int(n)], num_bytes=0) for k, n in raw_sizes.items()

@@ -7,7 +7,7 @@ Every notebook's second cell does::
     ...
     run.save({"test_accuracy": 0.81, ...}, headline=["test_accuracy"])
 
-``start`` validates before any compute (see :mod:`sparse_experts.presets`). ``save`` writes
+``start`` validates before any compute (see :mod:`sparse_experts.workbook.presets`). ``save`` writes
 ``<output dir>/<notebook>.json`` atomically (temporary name, then rename), holding the figures and their
 provenance: package versions, git commit, device kind and count, preset, seed, parameters and wall time.
 The output directory is ``$SPARSE_EXPERTS_OUTPUT_DIR`` (set by the runner for each notebook), otherwise
@@ -17,7 +17,6 @@ The output directory is ``$SPARSE_EXPERTS_OUTPUT_DIR`` (set by the runner for ea
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -28,7 +27,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sparse_experts import paths, presets
+import jax
+
+from sparse_experts import paths
+from sparse_experts.atomic import write_json_atomic
+from sparse_experts.workbook import presets
 
 OUTPUT_DIR_ENV = "SPARSE_EXPERTS_OUTPUT_DIR"
 PACKAGES = (
@@ -152,7 +155,6 @@ def git_state() -> dict[str, Any]:
 
 def device_summary() -> dict[str, Any]:
     """Device kind and count as JAX sees them."""
-    import jax
 
     devices = jax.devices()
     return {
@@ -161,21 +163,6 @@ def device_summary() -> dict[str, Any]:
         "count": len(devices),
         "process_count": jax.process_count(),
     }
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON under a temporary name in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _jsonable(value: Any) -> Any:

@@ -39,8 +39,8 @@ under logical axis rules gives PartitionSpecs. Logical axis names: "embed" (D), 
 replicated (patch pixel axes, position rows, the [3] of the fused q/k/v bias).
 
 The MoE hook: :func:`make_mlp` chooses each layer's MLP. Layers listed by :func:`moe_layers` get
-``sparse_experts.routing.MoeMlp.from_vit_config(config, layer_index, rngs=rngs)`` (V-MoE; see that class for
-the routers and the record). Every MLP is called as ``mlp(x[B, N, D], train=..., **overrides)``
+``MoeMlp.from_vit_config(config, layer_index, rngs=rngs)`` (:mod:`sparse_experts.models.moe`; see that class
+for the routers and the record). Every MLP is called as ``mlp(x[B, N, D], train=..., **overrides)``
 and returns ``(y[B, N, D], record)``; a dense MLP's record is empty; non-empty records come back in the stats
 under "moe", from the same forward pass as the attention statistics.
 """
@@ -51,9 +51,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
-import importlib
 import json
-import math
 import numbers
 import re
 from collections.abc import Mapping
@@ -63,6 +61,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from sparse_experts.models.moe import MoeMlp
 
 DTYPES = ("float32", "bfloat16")
 NORMS = ("layernorm", "rmsnorm")
@@ -462,24 +462,13 @@ class Mlp(nnx.Module):
 
 def make_mlp(config: VitConfig, layer_index: int, *, rngs: nnx.Rngs) -> nnx.Module:
     """The one place where a layer's MLP is chosen: a dense :class:`Mlp`, or, at the layers of
-    :func:`moe_layers`, the routing issue's ``sparse_experts.routing.MoeMlp.from_vit_config(config,
+    :func:`moe_layers`, ``sparse_experts.models.moe.MoeMlp.from_vit_config(config,
     layer_index, rngs=rngs)``. Either is called as ``mlp(x[B, N, D], train=..., **overrides)`` and returns
     ``(y[B, N, D], record)``. (A dense MLP in a parallel block is fused into the block instead.)
     """
     if layer_index not in moe_layers(config):
         return Mlp(config, rngs=rngs)
-    try:
-        routing = importlib.import_module("sparse_experts.routing")
-    except ModuleNotFoundError as error:
-        if error.name != "sparse_experts.routing":
-            raise
-        routing = None
-    if not hasattr(routing, "MoeMlp"):
-        raise NotImplementedError(
-            f"MoE layers arrive with the routing issue: config.moe places an MoE MLP at layer {layer_index}, "
-            "but sparse_experts.routing.MoeMlp does not exist yet; use moe=None for a dense ViT"
-        )
-    return routing.MoeMlp.from_vit_config(config, layer_index, rngs=rngs)
+    return MoeMlp.from_vit_config(config, layer_index, rngs=rngs)
 
 
 class EncoderBlock(nnx.Module):
@@ -714,64 +703,3 @@ class ViT(nnx.Module):
             out = out + _get(self.head_bias, self.config.dtype)
         out = out.astype(jnp.float32)
         return (out, stats) if return_stats else out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sizing on paper.
-# ---------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def param_count(config: VitConfig, *, active: bool = False) -> int:
-    """Total parameters, by abstract initialisation (nnx.eval_shape: nothing is allocated; 22B/14 in ~0.1 s).
-
-    ``active=True``: the parameters used per token. For a dense ViT (and Soft MoE, where every token mixes
-    into every expert's slots) the total; for "top_k" and "expert_choice" each MoE layer counts its router
-    and k of its E experts (for expert choice, k stands for the mean number of experts per token).
-    """
-    if config.moe is None:  # identical layers: the scanned twin has the same parameters, traces 1 block not L
-        config = dataclasses.replace(config, scan_layers=True)
-    model = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
-    total = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    if not active or config.moe is None or config.moe.router == "soft":
-        return total
-    D, H, moe = config.width, config.mlp_dim, config.moe
-    per_expert = 2 * D * H + (H + D if config.mlp_bias else 0)
-    return total - len(moe_layers(config)) * (moe.num_experts - moe.k) * per_expert
-
-
-def flops_per_image(config: VitConfig, *, capacity_factor: float | None = None) -> float:
-    """Forward FLOPs per image, analytic, matmuls only (2 x multiply-adds; norms, softmax, gelu, biases and
-    the class-token/position additions are left out).
-
-    Per layer: q/k/v 3ND^2, scores and weighted values 2N^2D, output ND^2, MLP 2NDH; plus the patch
-    embedding PXD, the MAP head (2ND^2 for its keys and values, 2ND for one query's attention, 2D^2 + 2DH)
-    and the head DY. The parallel block's fused matmuls do the same work.
-
-    An MoE layer replaces the MLP's 2NDH by the router NDE plus the expert buffers: E x C slots per group of
-    ``group_size`` images, each slot 2DH, divided per image, with C from
-    :func:`sparse_experts.routing.layer_capacity` at ``capacity_factor`` (default: the eval capacity factor).
-    Dispatch and combine by indices are not matmuls and are not counted. Soft MoE (per image, M = E x C
-    slots): slot logits, dispatch and combine 3NDM, plus the slots 2DHM.
-    """
-    D, H, L, N, P = config.width, config.mlp_dim, config.depth, config.num_tokens, config.num_patches
-    if config.moe is None and capacity_factor is not None:
-        raise ValueError(f"capacity_factor={capacity_factor} given, but this config has no MoE layers")
-    macs = P * config.patch_size**2 * config.channels * D
-    macs += L * (4 * N * D * D + 2 * N * N * D + 2 * N * D * H)
-    if config.moe is not None:
-        from sparse_experts.routing import layer_capacity  # routing imports nothing from here; keep it lazy
-
-        moe = config.moe
-        E, G = moe.num_experts, moe.group_size
-        if moe.router == "soft":  # slots fixed at construction from the training capacity factor
-            M = E * layer_capacity("soft", N, E, 1, moe.capacity_factor)
-            moe_macs = 3 * N * D * M + 2 * D * H * M
-        else:
-            if capacity_factor is None:
-                capacity_factor = moe.eval_capacity_factor or moe.capacity_factor
-            C = layer_capacity(moe.router, G * N, E, moe.k, capacity_factor)
-            moe_macs = N * D * E + E * C * 2 * D * H / G
-        macs += len(moe_layers(config)) * (moe_macs - 2 * N * D * H)
-    if config.pool == "map":
-        macs += 2 * N * D * D + 2 * N * D + 2 * D * D + 2 * D * H
-    macs += D * config.num_classes
-    return 2.0 * macs

@@ -1,6 +1,6 @@
 """Real-browser check of an interactive notebook: do its widgets and plots render and react in JupyterLab?
 
-``python -m sparse_experts.browser_check [--notebook notebooks/03_routing_explorer.ipynb]
+``python -m tools.browser_check [--notebook notebooks/03_routing_explorer.ipynb]
 [--out outputs/browser-check] [--preset smoke]`` (``make browser-check``):
 
 1. copies the notebook into the out folder with ``preset`` injected after its papermill ``parameters`` cell
@@ -296,7 +296,7 @@ def run_check(
     if preset is not None:
         env["SPARSE_EXPERTS_PRESET"] = preset
         if preset == "smoke":
-            from sparse_experts import presets
+            from sparse_experts.workbook import presets
 
             flags = presets.PRESET_XLA_FLAGS["smoke"]
             env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()

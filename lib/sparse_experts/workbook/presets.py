@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+import tensorflow_datasets as tfds
+
+from sparse_experts import datasets, models
+
 PRESET_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "tpu")
 DEFAULT_PRESET = "cpu"
 
@@ -114,7 +118,6 @@ def boolean() -> Validator:
 
 def dataset_name(name: str, value: Any) -> str:
     """An embedded dataset name, or a TFDS catalog name (checked against the TFDS registry, offline)."""
-    from sparse_experts import datasets
 
     if not isinstance(value, str) or not value:
         _fail(
@@ -139,7 +142,6 @@ def dataset_list(name: str, value: Any) -> tuple[str, ...]:
 
 def vit_size(name: str, value: Any) -> str:
     """A ViT size string such as 'mu/4', 'Ti/16', 'B/16' (checked by decoding it)."""
-    from sparse_experts import models
 
     try:
         models.vit_config(value)
@@ -172,7 +174,6 @@ def names_from(allowed: Sequence[str]) -> Validator:
 
 
 def _is_catalog_name(value: str) -> bool:
-    import tensorflow_datasets as tfds
 
     base = value.split(":")[0].split("/")[0]
     return base in set(tfds.list_builders(with_community_datasets=False))
@@ -225,8 +226,8 @@ NOTEBOOK_KNOBS: dict[str, dict[str, Knob]] = {
     },
 }
 
-# Notebook 02's model names; sparse_experts.zoo defines each (zoo.MODEL_NAMES is this tuple, kept here so
-# presets imports nothing heavy).
+# Notebook 02's model names; sparse_experts.workbook.zoo defines each (zoo.MODEL_NAMES is this tuple, kept
+# here so presets imports nothing heavy).
 ZOO_MODELS = (
     "dense",
     "vmoe_every2_k2",
@@ -257,7 +258,7 @@ NOTEBOOK_KNOBS["02_train_vmoe"] = {
     "learning_rate": Knob("peak learning rate (AdamW)", real(0, 1, low_open=True)),
     "weight_decay": Knob("decoupled weight decay on matrices", real(0, 10)),
     "seeds": Knob("seeds for the dense model and the main V-MoE (the spread)", integer(1, 10)),
-    "models": Knob("which models to train (names from sparse_experts.zoo)", names_from(ZOO_MODELS)),
+    "models": Knob("which models to train (names from sparse_experts.workbook.zoo)", names_from(ZOO_MODELS)),
     "eval_batch_size": Knob("evaluation batch size (fixed: routing depends on the group)", integer(1, 65536)),
     "eval_every": Knob("validation every this many steps", integer(1, 10_000_000)),
     "checkpoint_every": Knob("orbax checkpoint every this many steps", integer(1, 10_000_000)),
@@ -384,7 +385,6 @@ PRESET_VALUES["02_train_vmoe"] = {
 
 
 def _zoo_constraints(values: dict[str, Any]) -> None:
-    from sparse_experts import models
 
     if values["image_size"] % values["patch_size"]:
         _fail("image_size", values["image_size"], f"a multiple of patch_size={values['patch_size']}")
@@ -408,7 +408,6 @@ def _zoo_constraints(values: dict[str, Any]) -> None:
 
 
 def _recipe_constraints(values: dict[str, Any]) -> None:
-    from sparse_experts import models
 
     if values["plan_devices"] % values["plan_model_axis"]:
         _fail(
@@ -487,7 +486,7 @@ def knob_names(notebook: str) -> tuple[str, ...]:
 def _knobs(notebook: str) -> dict[str, Knob]:
     if notebook not in NOTEBOOK_KNOBS:
         raise ParameterError(
-            f"notebook {notebook!r} has no knobs registered in sparse_experts.presets.NOTEBOOK_KNOBS; "
+            f"notebook {notebook!r} has no knobs registered in presets.NOTEBOOK_KNOBS; "
             f"known notebooks: {', '.join(sorted(NOTEBOOK_KNOBS))}"
         )
     return NOTEBOOK_KNOBS[notebook]
@@ -561,7 +560,6 @@ PRESET_VALUES["03_routing_explorer"] = {
 def _explorer_constraints(values: dict[str, Any]) -> None:
     """Against notebook 02's knobs under the same preset: the models exist, k and the ablated expert fit E,
     the image set splits into whole routing groups, the layer is an MoE layer of every explored model."""
-    from sparse_experts import models
 
     zoo = resolve("02_train_vmoe", values["preset"], values["seed"])
     trained = ", ".join(m for m in zoo["models"] if m in _EXPLORER_MODELS)

@@ -54,19 +54,14 @@ shards by a jitted init with ``out_shardings``; nothing is ever materialised who
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-
-from sparse_experts.models import ViT, VitConfig
 
 AXES = ("data", "expert", "model")  # mesh axis order: batch axes first, tensor parallelism innermost
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
@@ -271,21 +266,14 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules = TP_RULES) -
     return model
 
 
-def create_sharded(
-    config: VitConfig, mesh: Mesh, seed: int = 0, rules: LogicalRules = TP_RULES
-) -> nnx.Module:
-    """``ViT(config, rngs=nnx.Rngs(seed))`` created directly in its shards: the shapes come from
-    ``nnx.eval_shape`` and one jitted initialiser writes each shard on its device (``out_shardings``), so no
-    device ever holds the whole model. Same values as the eager constructor with the same seed.
+def create_sharded(make: Callable[[], nnx.Module], mesh: Mesh, rules: LogicalRules = TP_RULES) -> nnx.Module:
+    """The module ``make()`` builds (e.g. ``lambda: ViT(config, rngs=nnx.Rngs(seed))``) created directly
+    in its shards: the shapes come from ``nnx.eval_shape`` and one jitted initialiser writes each shard on its
+    device (``out_shardings``), so no device ever holds the whole model. Same values as calling ``make()``.
     """
-    abstract = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(seed)))
-    graphdef, abstract_state = nnx.split(abstract)
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make))
     shardings = param_shardings(abstract_state, mesh, rules)
-
-    def init() -> nnx.State:
-        return nnx.state(ViT(config, rngs=nnx.Rngs(seed)))
-
-    return nnx.merge(graphdef, jax.jit(init, out_shardings=shardings)())
+    return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()), out_shardings=shardings)())
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
@@ -319,232 +307,3 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         return jax.device_put(x, batch_sharding(mesh, x.ndim))
 
     return jax.tree_util.tree_map_with_path(place, batch)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Memory plans on paper.
-# ---------------------------------------------------------------------------------------------------------
-OPTIMIZER_MOMENTS = {"sgd": 0, "momentum": 1, "adam": 2}
-GiB = 2**30
-
-
-def _gib(num_bytes: float) -> str:
-    return f"{num_bytes / GiB:,.3f} GiB" if num_bytes < GiB else f"{num_bytes / GiB:,.2f} GiB"
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    """Bytes per device of one training step (see :func:`memory_plan` for the assumptions).
-
-    ``print(plan)`` gives a table; ``plan.to_dict()`` plain data for JSON.
-    """
-
-    config: str
-    mesh_shape: dict[str, int]
-    batch_size: int
-    optimizer: str
-    remat: bool
-    param_count: int
-    images_per_device: int
-    params: int
-    optimizer_state: int
-    gradients: int
-    activations: int
-    params_unsharded: int
-    activations_per_layer: int = 0
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def num_devices(self) -> int:
-        return math.prod(self.mesh_shape.values())
-
-    @property
-    def total(self) -> int:
-        return self.params + self.optimizer_state + self.gradients + self.activations
-
-    @property
-    def param_shard_factor(self) -> float:
-        """Whole-model parameter bytes over the bytes on one device: the effective parameter sharding."""
-        return self.params_unsharded / self.params
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.update(num_devices=self.num_devices, total=self.total, notes=list(self.notes))
-        out["param_shard_factor"] = self.param_shard_factor
-        return out
-
-    def rows(self) -> list[tuple[str, int]]:
-        return [
-            ("parameters", self.params),
-            ("optimizer state", self.optimizer_state),
-            ("gradients", self.gradients),
-            ("activations", self.activations),
-            ("total", self.total),
-        ]
-
-    def per_device_bytes(self) -> dict[str, int]:
-        """{"parameters": ..., "optimizer state": ..., "gradients": ..., "activations": ..., "total": ...}."""
-        return dict(self.rows())
-
-    def summary(self) -> str:
-        """One line: the total per device and where it goes."""
-        parts = ", ".join(f"{name} {_gib(b)}" for name, b in self.rows()[:-1])
-        return f"{self.config}: {_gib(self.total)} per device ({parts})"
-
-    def __str__(self) -> str:
-        mesh = " x ".join(f"{k}={v}" for k, v in self.mesh_shape.items() if v > 1) or "1 device"
-        head = (
-            f"memory plan: {self.config} ({self.param_count / 1e9:,.3f}B parameters) on {mesh} "
-            f"({self.num_devices} devices); batch {self.batch_size} ({self.images_per_device} per device), "
-            f"{self.optimizer}, remat {'on' if self.remat else 'off'}"
-        )
-        lines = [head, f"{'per device':<18}{'bytes':>18}{'':>4}{'GiB':>12}"]
-        for name, num_bytes in self.rows():
-            lines.append(f"{name:<18}{num_bytes:>18,}{'':>4}{num_bytes / GiB:>12,.3f}")
-        lines.append(f"parameters are split {self.param_shard_factor:,.1f} ways on average")
-        return "\n".join(lines + [f"note: {note}" for note in self.notes])
-
-
-def _abstract_state(config: VitConfig) -> nnx.State:
-    # Identical layers: the scanned twin has the same arrays (stacked on a replicated "layers" axis, so the
-    # same bytes per device) and traces one block instead of L.
-    if config.moe is None:
-        config = dataclasses.replace(config, scan_layers=True)
-    return nnx.state(nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0))), nnx.Param)
-
-
-def _shard_elements(shape: Sequence[int], spec: PartitionSpec, sizes: Mapping[str, int]) -> int:
-    count = 1
-    for i, dim in enumerate(shape):
-        entry = spec[i] if i < len(spec) else None
-        count *= dim // math.prod(sizes[a] for a in _as_axes(entry))
-    return count
-
-
-def activation_bytes(
-    config: VitConfig, images: int, model_shards: Mapping[str, int] | None = None, *, remat: bool = False
-) -> tuple[int, int]:
-    """Analytic activation bytes a training step keeps for the backward pass of ``images`` images, and the
-    bytes of one layer's share.
-
-    Per image and layer, with c the compute dtype's bytes and f = 4 (norm statistics and softmax run in
-    float32); elementwise chains that XLA fuses are counted once:
-
-    - residual stream, replicated over "model" (no sequence parallelism): the block input, and in a sequential
-      block the mid-block residual (ND each); per norm its normalised float32 value and its output, which is
-      the next matmul's input (ND (f + c); one norm in a parallel block, two in a sequential one);
-    - attention, split over the heads' mesh axes: q, k, v and the heads' output (4ND); with qk_norm the
-      normalised q and k and their norm outputs (2ND (f + c)); the attention weights [A, N, N] in float32
-      (plus their compute-dtype copy when c < 4);
-    - MLP, split over the "mlp" mesh axes: the hidden before gelu, gelu's tanh and its output (3NH);
-    - parallel block: the concatenated [heads | hidden] input of the fused output matmul (N (D + H)).
-
-    Outside the blocks: patches [P, X], the final norm (ND (f + 2c)), pooled features (D), float32 logits (Y).
-    Without remat every layer's share is kept (L x layer); with remat each block keeps only its input
-    (L x ND) and one block at a time is recomputed (+ 1 layer). Both add half a layer for the gradients in
-    flight during a layer's backward: an empirical term, fitted to XLA's buffer assignment
-    (``compiled.memory_analysis().temp_size_in_bytes`` of a jitted gradient) on CPU. There, for float32 ViTs,
-    the estimate is within about 10% of XLA for unscanned layers with or without remat and scanned layers
-    with remat; scanned layers *without* remat measured ~1.6x more (the scan stacks its residuals in extra
-    buffers), and bfloat16 measured no smaller than float32 (the CPU computes in float32); on GPU/TPU bfloat16
-    activations take c = 2 bytes. ``model_shards``: {"heads": ..., "mlp": ...} divisors for the attention and
-    MLP parts (default 1). Returns (total, per layer).
-    """
-    if config.moe is not None:
-        raise NotImplementedError("activation sizes of MoE layers arrive with the routing issue")
-    shards = {"heads": 1, "mlp": 1, **(model_shards or {})}
-    c, f = jnp.dtype(config.dtype).itemsize, 4
-    N, D, H, A, L = config.num_tokens, config.width, config.mlp_dim, config.num_heads, config.depth
-    norms = 1 if config.parallel_block else 2
-    stream = norms * N * D * c + norms * N * D * (f + c)
-    attention = 4 * N * D * c + 2 * config.qk_norm * N * D * (f + c) + A * N * N * (f + (c if c < f else 0))
-    mlp = 3 * N * H * c
-    if config.parallel_block:
-        attention, mlp = attention + N * D * c, mlp + N * H * c
-    per_layer = stream + attention // shards["heads"] + mlp // shards["mlp"]
-    patches = config.num_patches * config.patch_size**2 * config.channels
-    outside = (patches + N * D + D) * c + N * D * (f + c) + 4 * config.num_classes
-    working = per_layer // 2  # gradients in flight during one layer's backward (empirical, see above)
-    saved = (L * N * D * c + per_layer if remat else L * per_layer) + working
-    return images * (saved + outside), images * per_layer
-
-
-def memory_plan(
-    config: VitConfig,
-    mesh_shape: Mapping[str, int],
-    batch_size: int,
-    optimizer: str = "adam",
-    *,
-    rules: LogicalRules = TP_RULES,
-    remat: bool | None = None,
-    moment_dtype: str | None = None,
-) -> MemoryPlan:
-    """Bytes per device of a training step of ``config`` on a mesh of ``mesh_shape`` (no devices needed).
-
-    - Parameters: every array of ``nnx.eval_shape`` (nothing allocated) split as :func:`partition_specs`
-      splits it under ``rules`` on a mesh of that shape (indivisible axes replicated); bytes of one shard
-      (the largest, which is every shard: splits are exact), summed.
-    - Optimizer state: ``OPTIMIZER_MOMENTS[optimizer]`` copies of the parameters ("sgd" 0, "momentum" 1,
-      "adam" 2), sharded like them, in ``moment_dtype`` (default: the parameter dtype, as optax's defaults do;
-      pass "float32" for float32 moments of bfloat16 parameters). Step counters are ignored.
-    - Gradients: one copy of the parameters (same dtype and sharding).
-    - Activations: :func:`activation_bytes` for ``batch_size / num_data_shards`` images per device, with
-      attention and MLP activations split over the mesh axes their "heads"/"mlp" weights use (the Megatron
-      ideal; the residual stream is replicated over "model", no sequence parallelism); ``remat`` defaults to
-      ``config.remat``.
-
-    Not counted: XLA temporaries and fusion buffers, weights gathered for compute under FSDP (about one layer
-    at a time), the input pipeline, and collective buffers. A plan, not a measurement.
-    """
-    if optimizer not in OPTIMIZER_MOMENTS:
-        raise ValueError(
-            f"optimizer={optimizer!r} is unknown; expected one of {', '.join(OPTIMIZER_MOMENTS)}"
-        )
-    sizes = _mesh_sizes(mesh_shape, None)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
-    shards = num_data_shards(sizes)
-    if batch_size % shards:
-        raise ValueError(
-            f"batch_size={batch_size} is not divisible by the {shards} data shards of mesh {sizes} "
-            f"(axes {data_axes(sizes)}); use a multiple of {shards}"
-        )
-    remat = config.remat if remat is None else bool(remat)
-    state = _abstract_state(config)
-    specs = partition_specs(state, rules, sizes)
-    params = unsharded = count = optimizer_state = 0
-    for (_, variable), (_, spec) in zip(nnx.to_flat_state(state), nnx.to_flat_state(specs), strict=True):
-        itemsize = jnp.dtype(variable.dtype).itemsize
-        shard = _shard_elements(variable.shape, spec.get_value(), sizes)
-        params += shard * itemsize
-        moment_size = jnp.dtype(moment_dtype or variable.dtype).itemsize
-        optimizer_state += OPTIMIZER_MOMENTS[optimizer] * shard * moment_size
-        unsharded += math.prod(variable.shape) * itemsize
-        count += math.prod(variable.shape)
-
-    def divisor(logical: str, dim: int) -> int:  # how many ways this rule splits an axis of size dim
-        return dim // _shard_elements([dim], partition_spec_for([logical], [dim], rules, sizes), sizes)
-
-    model_shards = {"heads": divisor("heads", config.num_heads), "mlp": divisor("mlp", config.mlp_dim)}
-    images = batch_size // shards
-    activations, per_layer = activation_bytes(config, images, model_shards, remat=remat)
-    notes = (
-        f"activations for {images} images per device, attention split {model_shards['heads']} ways, "
-        f"MLP {model_shards['mlp']} ways; compute dtype {config.dtype}, parameters {config.param_dtype}",
-    )
-    return MemoryPlan(
-        config=config.name,
-        mesh_shape=sizes,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        remat=remat,
-        param_count=count,
-        images_per_device=images,
-        params=params,
-        optimizer_state=optimizer_state,
-        gradients=params,
-        activations=activations,
-        params_unsharded=unsharded,
-        activations_per_layer=per_layer,
-        notes=notes,
-    )

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sparse_experts import models
+from sparse_experts import models, routing
+from sparse_experts.routing import layer_capacity
 
 RECORD_KEYS = ("combine_weights", "gates", "load", "dropped_fraction", "tokens_per_image")
 _OVERRIDE_KEYS = ("k", "capacity_factor", "batch_priority")
@@ -112,7 +113,7 @@ def route(
     numpy arrays:
 
     - ``"combine_weights"`` ``[B, N, E]``, ``"gates"`` ``[B, N, E]``, ``"tokens_per_image"`` ``[B]``
-      (kept token-choices per image), as in ``routing.MoeMlp``;
+      (kept token-choices per image), as in ``models.MoeMlp``;
     - ``"load"`` ``[E]``: token-choices each expert processed, summed over all batches;
     - ``"dropped_fraction"``: the fraction of token-choices dropped over the whole set (the batches' values
       averaged; every full batch has the same number of choices, a short last batch is weighted by size);
@@ -166,7 +167,6 @@ def route(
 
 
 def _capacity(config: models.VitConfig, overrides: tuple, batch: int) -> int:
-    from sparse_experts.routing import layer_capacity
 
     moe, given = config.moe, dict(overrides)
     if moe.router == "soft":
@@ -230,14 +230,12 @@ def expert_class_affinity(
 
 
 def router_entropy(gates: np.ndarray, *, reduce: bool = True) -> np.ndarray | float:
-    """Entropy in nats of each token's router distribution ``gates[..., E]`` (between 0, all weight on one
-    expert, and log E, uniform). ``reduce=True``: the mean over all tokens (a float); else ``[...]``."""
+    """:func:`sparse_experts.routing.router_entropy` of ``gates[..., E]`` as numpy: ``reduce=True`` the mean
+    over all tokens (a float), else per token ``[...]``."""
     gates = np.asarray(gates, np.float64)
     if gates.ndim < 1 or gates.shape[-1] < 1:
         _fail("gates", f"<array of shape {gates.shape}>", "an array [..., E] with E >= 1")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(gates > 0, -gates * np.log(gates), 0.0)
-    entropy = terms.sum(axis=-1)
+    entropy = np.asarray(routing.router_entropy(gates), np.float64)
     return float(entropy.mean()) if reduce else entropy
 
 

@@ -3,8 +3,8 @@
 Shape letters: G routing groups, E experts, C capacity (slots per expert per group), D width, H expert hidden
 width; a leading ``g``/``e`` is the per-device part (G / data shards, E / expert shards).
 
-Layout (routing issue, :mod:`sparse_experts.sharding`): the batch, hence the dispatched buffers
-``[G, E, C, D]``, is split along G over :func:`sparse_experts.sharding.data_axes` (``("data", "expert")``),
+Layout (routing issue, :mod:`sparse_experts.parallel`): the batch, hence the dispatched buffers
+``[G, E, C, D]``, is split along G over :func:`sparse_experts.parallel.data_axes` (``("data", "expert")``),
 and every expert parameter (leading axis E) along E over ``"expert"``. :func:`expert_parallel_apply` runs,
 inside :func:`jax.shard_map`, on each device:
 
@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from sparse_experts.sharding import data_axes
+from sparse_experts.parallel.mesh import data_axes
 
 Array = jax.Array
 EXPERT_AXIS = "expert"
 
 
 def expert_mlp(buffers: Array, params: dict[str, Array]) -> Array:
-    """The E expert MLPs (gelu) of :class:`sparse_experts.routing.MoeMlp` on their buffers:
+    """The E expert MLPs (gelu) of :class:`sparse_experts.models.MoeMlp` on their buffers:
     ``[..., E, C, D]`` -> ``[..., E, C, D]``. ``params``: ``wi[E, D, H]``, ``wo[E, H, D]``, optional
     ``bi[E, H]``, ``bo[E, D]``."""
     h = jnp.einsum("...ECD,EDH->...ECH", buffers, params["wi"])
@@ -55,7 +55,7 @@ def expert_parallel_apply(
     """``expert_fn(buffers, params)`` with the experts sharded over the mesh's ``"expert"`` axis.
 
     ``buffers`` ``[G, E, C, D]``: dispatched tokens (:func:`sparse_experts.routing.dispatch`), G split over
-    :func:`~sparse_experts.sharding.data_axes` of ``mesh``. ``params``: a pytree of arrays whose leading axis
+    :func:`~sparse_experts.parallel.data_axes` of ``mesh``. ``params``: a pytree of arrays whose leading axis
     is E, split over ``"expert"``. ``expert_fn(local_buffers [G', E', C, D], local_params) -> [G', E', C,
     D_out]`` must treat experts independently (parameter e only touches buffer column e) and groups
     independently, e.g. :func:`expert_mlp`. Returns ``[G, E, C, D_out]`` laid out like ``buffers``.

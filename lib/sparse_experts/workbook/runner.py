@@ -30,8 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparse_experts import offline, paths, presets
-from sparse_experts.session import OUTPUT_DIR_ENV, write_json_atomic
+import nbformat
+import papermill
+from papermill.exceptions import PapermillExecutionError
+
+from sparse_experts import offline, paths
+from sparse_experts.atomic import write_json_atomic, write_text_atomic
+from sparse_experts.workbook import presets
+from sparse_experts.workbook.session import OUTPUT_DIR_ENV
 
 # The workbook's notebooks and the question each answers (the tour and the README show this map).
 NOTEBOOK_QUESTIONS: dict[str, str] = {
@@ -113,7 +119,6 @@ def parse_assignments(items: Sequence[str] | None) -> dict[str, Any]:
 
 def declared_parameters(notebook: Notebook) -> list[str]:
     """Names declared in the notebook's ``parameters`` cell (papermill's own parser)."""
-    import papermill
 
     try:
         declared = papermill.inspect_notebook(str(notebook.path))
@@ -139,9 +144,7 @@ def check_request(notebooks: list[Notebook], preset: str, params: dict[str, Any]
                 )
         expected = list(presets.knob_names(nb.name))
         if declared != expected:
-            raise WorkbookError(
-                f"{nb.name} declares parameters {declared}, but sparse_experts.presets registers {expected}"
-            )
+            raise WorkbookError(f"{nb.name} declares parameters {declared}, but presets registers {expected}")
         presets.resolve(nb.name, preset=preset, **params)
 
 
@@ -193,8 +196,6 @@ class NotebookFailed(WorkbookError):
 
 
 def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> dict[str, Any]:
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
 
     staging = out / ".staging" / f"{nb.name}-{os.getpid()}"
     if staging.exists():
@@ -264,7 +265,6 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
 
 def _source_cell_index(executed: Path, executed_index: int) -> int:
     """Map a cell index of the executed notebook back to the source (papermill inserts one cell)."""
-    import nbformat
 
     try:
         cells = nbformat.read(executed, as_version=4).cells
@@ -342,9 +342,7 @@ tr.ok td:nth-child(2){{color:#17702a}} tr.failed td:nth-child(2){{color:#b00020}
 </table></body></html>
 """
     path = out / "index.html"
-    tmp = path.with_name(f".index.html.tmp-{os.getpid()}")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    write_text_atomic(path, page)
     return path
 
 

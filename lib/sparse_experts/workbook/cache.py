@@ -45,8 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
 
-from sparse_experts import paths
+from sparse_experts import models, paths, train
+from sparse_experts.atomic import write_json_atomic
+from sparse_experts.datasets import loader
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ CODE_MODULES = (
     "sparse_experts.train",
     "sparse_experts.models",
     "sparse_experts.routing",
-    "sparse_experts.expert_parallel",
+    "sparse_experts.parallel.experts",
     "sparse_experts.datasets.splits",
 )
 """Modules whose code is part of every cache key."""
@@ -129,7 +133,6 @@ class TrainSpec:
     checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
-        from sparse_experts import models, train
 
         if not isinstance(self.model, models.VitConfig):
             raise TypeError(f"TrainSpec.model must be a VitConfig, got {type(self.model).__name__}")
@@ -199,9 +202,7 @@ def _files(root: Path) -> Iterator[Path]:
 
 def _write_manifest(root: Path) -> None:
     manifest = {str(p.relative_to(root)): _sha256_file(p) for p in _files(root)}
-    tmp = root / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, root / "manifest.json")
+    write_json_atomic(root / "manifest.json", manifest, sort_keys=True)
 
 
 def verify(entry: Path, spec: TrainSpec | None = None) -> None:
@@ -240,10 +241,6 @@ def _set_aside(entry: Path, root: Path, reason: str) -> Path:
 
 
 def _load_entry(entry: Path, spec: TrainSpec) -> Trained:
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from sparse_experts import models, train
 
     verify(entry, spec)
     model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
@@ -266,7 +263,6 @@ def load(spec: TrainSpec, *, root: str | Path | None = None) -> Trained | None:
 
 
 def _eval_batches(spec: TrainSpec, split: str):
-    from sparse_experts.datasets import loader
 
     return [
         {"image": b["image"], "label": b[spec.label]}
@@ -286,7 +282,6 @@ def check_eval_split(spec: TrainSpec, split: str, num_examples: int | None = Non
     """Raise ``ValueError`` unless evaluating ``spec`` on ``split`` (``num_examples`` images; read from the
     dataset when None) ends in a batch of whole routing groups. :func:`get_or_train` calls it before it
     writes anything."""
-    from sparse_experts.datasets import loader
 
     n = num_examples
     if n is None:
@@ -304,11 +299,6 @@ def _train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, descript
     """Train ``spec`` with checkpoints under ``work/checkpoints`` (resuming there), evaluate, and assemble
     the entry folder ``work/entry`` (with its manifest). Returns that folder. The caller has checked the
     evaluation splits (:func:`get_or_train`, before anything is written)."""
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from sparse_experts import models, session, train
-    from sparse_experts.datasets import loader
 
     model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
     trainer = train.Trainer(model, spec.train, seed=spec.seed)
@@ -350,9 +340,9 @@ def _train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, descript
     entry.mkdir(parents=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save((entry / "params").absolute(), trainer.state["params"])
-    session.write_json_atomic(entry / "spec.json", {"spec": spec.to_dict(), "code": code_hash()})
-    session.write_json_atomic(entry / "history.json", history.to_dict())
-    session.write_json_atomic(entry / "metrics.json", metrics)
+    write_json_atomic(entry / "spec.json", {"spec": spec.to_dict(), "code": code_hash()})
+    write_json_atomic(entry / "history.json", history.to_dict())
+    write_json_atomic(entry / "metrics.json", metrics)
     _write_manifest(entry)
     return entry
 

@@ -33,7 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax import nnx
+from tqdm.auto import tqdm
+
+from sparse_experts import parallel
+from sparse_experts.routing import router_entropy
 
 P = jax.sharding.PartitionSpec
 SCHEDULES = ("cosine", "rsqrt", "constant")
@@ -269,7 +274,6 @@ def train(
     naming the step and the quantity (the model keeps the update of that step; :class:`Trainer` checkpoints
     and keeps the last good state); ``"record"`` marks the history diverged and stops.
     """
-    from tqdm.auto import tqdm
 
     config = config or TrainConfig()
     if not (isinstance(num_steps, int) and num_steps >= 0):
@@ -357,7 +361,6 @@ def lr_sweep(
     ``return_stats=True`` and return per-layer "attn_max_logit" [L] and "attn_entropy" [L].
     A copy whose loss goes non-finite keeps running (its numbers stay NaN): the sweep records divergence.
     """
-    from tqdm.auto import tqdm
 
     config = config or TrainConfig()
     rates = np.asarray(learning_rates, dtype=np.float32)
@@ -427,11 +430,7 @@ def _moe_summary(records: dict) -> dict[str, jax.Array]:
         return {}
     out = {f"aux_{name}": sum(r["aux"][name] for r in layers) for name in AUX_WEIGHTS}
     out["dropped_fraction"] = sum(r["dropped_fraction"] for r in layers) / len(layers)
-    entropies = []
-    for r in layers:
-        gates = r["gates"].astype(jnp.float32)
-        entropies.append(jnp.mean(-jnp.sum(gates * jnp.log(jnp.maximum(gates, 1e-30)), axis=-1)))
-    out["router_entropy"] = sum(entropies) / len(layers)
+    out["router_entropy"] = sum(jnp.mean(router_entropy(r["gates"])) for r in layers) / len(layers)
     return out
 
 
@@ -500,7 +499,7 @@ class Trainer:
 
     The trainable state is a plain pytree ``{"params": nested dict of arrays, "opt_state": optax state,
     "step": int32 scalar}`` (orbax saves it as it is). The batch is split over the mesh's data axes
-    (``sharding.shard_batch``); parameters are placed by the logical-axis rules (experts over ``"expert"``,
+    (``parallel.shard_batch``); parameters are placed by the logical-axis rules (experts over ``"expert"``,
     and an MoE layer runs expert-parallel when that axis has more than one device).
 
     Determinism: the batch of step t is ``batch_fn(t)`` (a function of the seed and t, e.g.
@@ -516,20 +515,19 @@ class Trainer:
     """
 
     def __init__(self, model: nnx.Module, config: TrainConfig, *, seed: int = 0, mesh=None, rules=None):
-        from sparse_experts import sharding
 
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed={seed!r} must be a non-negative integer")
         self.model, self.config, self.seed = model, config, int(seed)
-        self.mesh = sharding.make_mesh() if mesh is None else mesh
-        rules = sharding.TP_RULES if rules is None else rules
+        self.mesh = parallel.make_mesh() if mesh is None else mesh
+        rules = parallel.TP_RULES if rules is None else rules
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         self._params_treedef = jax.tree.structure(params)
         self.has_moe = getattr(getattr(model, "config", None), "moe", None) is not None
         self.tx = make_tx(config)
-        shardings = nnx.to_pure_dict(sharding.param_shardings(params, self.mesh, rules))
+        shardings = nnx.to_pure_dict(parallel.param_shardings(params, self.mesh, rules))
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.rest = jax.device_put(self.rest, replicated)
         self._param_shardings = shardings
@@ -569,9 +567,8 @@ class Trainer:
     # -- public ---------------------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
         """One step on ``batch`` (placed on the mesh here); returns the step's metrics as floats."""
-        from sparse_experts import sharding
 
-        placed = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
+        placed = parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
         self.state, metrics = self._step(self.state, self.rest, placed, self._key)
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
@@ -579,12 +576,11 @@ class Trainer:
         """Means over every example of ``batches`` (fixed order and batch size: with capacity and BPR a
         token's routing depends on the other images of its group): {"loss", "accuracy", "count", and the MoE
         metrics}. With ``return_logits``: (metrics, logits [examples, Y])."""
-        from sparse_experts import sharding
 
         totals: dict[str, float] = {}
         count, all_logits = 0, []
         for batch in batches:
-            placed = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
+            placed = parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
             sums, logits = jax.device_get(self._eval(self.state["params"], self.rest, placed))
             for name, value in sums.items():
                 totals[name] = totals.get(name, 0.0) + float(value)
@@ -620,7 +616,6 @@ class Trainer:
         :class:`NonFiniteError` names the step and the quantity and nothing more is saved (the latest
         checkpoint is the last good state); with ``"record"`` the history is marked diverged and returned.
         """
-        from tqdm.auto import tqdm
 
         for name, value, minimum in [("num_steps", num_steps, 0), ("checkpoint_every", checkpoint_every, 1),
                                      ("eval_every", eval_every, 1)]:  # fmt: skip
@@ -694,7 +689,6 @@ class Checkpoints:
     """
 
     def __init__(self, directory, max_to_keep: int = 2):
-        import orbax.checkpoint as ocp
 
         self.directory = Path(directory).absolute()
         self._ocp = ocp

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from sparse_experts import analysis
 
 
 def tile(images: np.ndarray, columns: int, pad: int = 1, fill: int = 255) -> np.ndarray:
@@ -86,7 +89,6 @@ def sweep_logit_growth(results: dict, title: str = "Max attention logit during t
     """One panel per sweep (e.g. {"plain attention": r1, "QK-norm": r2}), one line per learning rate:
     the max attention logit over layers at each step (log scale). ``results`` values are ``SweepResult``.
     """
-    from plotly.subplots import make_subplots
 
     names = list(results)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
@@ -191,7 +193,6 @@ def patch_routing(
     patch (rows of patches top to bottom), coloured by :func:`expert_color`; dropped patches add a scatter
     trace named "dropped (choice j)".
     """
-    from plotly.subplots import make_subplots
 
     image = _check_array("image", image, "[H, W, C] uint8", 3)
     if image.shape[-1] == 1:
@@ -296,9 +297,7 @@ def _layer_entropy(stats) -> float | None:
     if "entropy" in stats:
         return float(stats["entropy"])
     if "gates" in stats:
-        gates = np.asarray(stats["gates"], np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.where(gates > 0, -gates * np.log(gates), 0.0).sum(-1).mean())
+        return analysis.router_entropy(stats["gates"])
     return None
 
 
@@ -310,7 +309,6 @@ def expert_load_bars(records, title: str = "Expert load per MoE layer") -> go.Fi
     ``records``: {layer index: record} as from ``analysis.route`` (or any mapping with ``"load"``,
     ``"dropped_fraction"`` and optionally ``"entropy"`` / ``"gates"``).
     """
-    from plotly.subplots import make_subplots
 
     if not records:
         raise ValueError("records is empty: no MoE layers to show")
@@ -499,7 +497,7 @@ def model_frontier(rows, title: str = "Test accuracy against inference compute")
     """One marker per model at (GFLOPs per image, mean test accuracy), coloured by family (dense/sparse),
     error bars = std over seeds, small markers = each seed, and each family's upper frontier as a line.
     ``rows``: dicts with "model", "family", "gflops_per_image", "test_accuracy", "test_accuracy_std" (or
-    None) and "test_accuracy_per_seed" (what ``sparse_experts.zoo.summarize`` returns)."""
+    None) and "test_accuracy_per_seed" (what ``sparse_experts.workbook.zoo.summarize`` returns)."""
     rows = list(rows)
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
@@ -540,7 +538,6 @@ def model_frontier(rows, title: str = "Test accuracy against inference compute")
 def learning_curves(histories, smooth: int = 20, title: str = "Learning curves") -> go.Figure:
     """Training loss (moving average over ``smooth`` steps) and validation accuracy per model, side by side.
     ``histories``: {model name: ``train.History``} (per-step "loss"; ``evals`` with "step", "accuracy")."""
-    from plotly.subplots import make_subplots
 
     if smooth < 1:
         raise ValueError(f"smooth={smooth} must be >= 1")

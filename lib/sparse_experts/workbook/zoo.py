@@ -2,7 +2,7 @@
 
 Every model shares one backbone (``width``, ``depth``, ``mlp_dim``, ``num_heads``, ``patch_size``, global
 average pooling) and one training recipe (AdamW, warmup + cosine, batch, steps) from the knobs of
-``02_train_vmoe`` (:mod:`sparse_experts.presets`):
+``02_train_vmoe`` (:mod:`sparse_experts.workbook.presets`):
 
 ==================  =============================================================================
 ``dense``           the dense ViT
@@ -20,10 +20,14 @@ average pooling) and one training recipe (AdamW, warmup + cosine, batch, steps) 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from sparse_experts import cache, models, presets, train
+import numpy as np
+
+from sparse_experts import datasets, models, train
+from sparse_experts.workbook import cache, presets
 
 MODEL_NAMES = presets.ZOO_MODELS
 MULTI_SEED = ("dense", "vmoe_every2_k2")
@@ -36,7 +40,6 @@ def params_for(preset: str, seed: int = 0, **knobs: Any):
 
 
 def _num_classes(dataset: str, label: str) -> int:
-    from sparse_experts import datasets
 
     info = datasets.info(dataset)
     return info.num_coarse_classes if label == "coarse_label" else info.num_classes
@@ -82,7 +85,6 @@ def model_config(name: str, params: Mapping[str, Any]) -> models.VitConfig:
 
 
 def _channels(dataset: str) -> int:
-    from sparse_experts import datasets
 
     return datasets.info(dataset).image_shape[2]
 
@@ -132,7 +134,6 @@ def summarize(results: Mapping[tuple[str, int], cache.Trained]) -> list[dict[str
     """One row per model name from ``{(name, seed): Trained}``: parameters (total, active), GFLOPs per
     image, validation and test accuracy (mean, sample std over seeds, and each seed's value) and training
     seconds (mean). Rows are ordered by GFLOPs per image."""
-    import numpy as np
 
     by_name: dict[str, list[cache.Trained]] = {}
     for (name, _), trained in sorted(results.items()):
@@ -168,7 +169,6 @@ def compare(
     has no spread of its own: it takes ``borrowed_std[its family]`` when given (the spread of that family's
     multi-seed model, see :func:`family_spread`), otherwise it contributes nothing. ``resolved`` says
     whether the gap exceeds twice its standard error (None when no spread is known at all)."""
-    import math
 
     diff = row_a["test_accuracy"] - row_b["test_accuracy"]
     variance, known, borrowed = 0.0, False, []

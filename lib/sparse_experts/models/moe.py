@@ -1,0 +1,308 @@
+"""The MoE layer: a sparse mixture of E expert MLPs that replaces a ViT's dense MLP (V-MoE, expert choice,
+Soft MoE), built on the pure routing functions of :mod:`sparse_experts.routing`.
+
+Shape letters (../../../shared/DESIGN.md): B batch, N tokens per image, D width, H expert hidden width,
+G routing groups, S tokens per group, E experts, K choices per token, C capacity (slots per expert).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sparse_experts.parallel.experts import expert_mlp, expert_parallel_apply
+from sparse_experts.routing import (
+    _EXACT,
+    MOE_ROUTERS,
+    _check_bool,
+    _check_positive_int,
+    _resolve_backend,
+    combine,
+    dispatch,
+    expert_choice_routing,
+    importance_loss,
+    layer_capacity,
+    load_loss,
+    noisy_router_logits,
+    router_z_loss,
+    switch_load_balancing_loss,
+    top_k_routing,
+)
+
+Array = jax.Array
+
+
+def _l2_normalize(x: Array, axis: int = -1) -> Array:
+    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True) + 1e-6)
+
+
+def _moe_param(
+    rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype
+) -> nnx.Param:
+    value = init(rngs.params(), shape, jnp.dtype(dtype))
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class MoeMlp(nnx.Module):
+    """A sparse mixture of E expert MLPs (gelu) that replaces a ViT's dense MLP: ``x[B, N, D]`` ->
+    ``(y[B, N, D], record)``.
+
+    Routers (``router``):
+
+    - ``"top_k"`` (V-MoE): the B images are cut into G = B / ``group_size`` groups of S = group_size x N
+      tokens; a dense router D -> E (no bias, float32) gives logits, plus training-time noise of std
+      ``noise_std / E``; gates = softmax; :func:`top_k_routing` with C = :func:`layer_capacity` (optionally
+      BPR; with ``renormalize=True`` each token's kept weights are divided by their sum); :func:`dispatch`
+      -> experts on ``[G, E, C, D]`` -> :func:`combine`.
+    - ``"expert_choice"`` (Zhou et al. 2022): same groups and gates, :func:`expert_choice_routing`.
+    - ``"soft"`` (Puigcerver et al. 2023): per image, E x C slots with learned parameters ``[E, C, D]``;
+      logits = (learned scale x L2-normalised tokens) . (L2-normalised slot parameters); dispatch weights are
+      a softmax over the N tokens (per slot), combine weights a softmax over all E x C slots (per token). C
+      is fixed at construction (``slots_per_expert``); no noise, no drops; k, BPR and capacity overrides do
+      not apply.
+
+    Expert weights are stacked: ``wi[E, D, H]``, ``bi[E, H]``, ``wo[E, H, D]``, ``bo[E, D]`` (biases iff
+    ``mlp_bias``), logical axes ("expert", "embed", "mlp"); the router kernel ``[D, E]`` is ("embed", None).
+
+    The record (the same keys for every router):
+
+    - ``"combine_weights"`` ``[B, N, E]``: total weight with which expert e's output enters token n (zero
+      where e did not process n; for Soft MoE summed over e's slots);
+    - ``"gates"`` ``[B, N, E]``: router probabilities (Soft MoE: the combine weights);
+    - ``"aux"``: scalars "importance", "load" (V-MoE), "switch" (Switch/GShard) and "z_loss";
+    - ``"load"`` ``[E]``: token-choices each expert processed (Soft MoE: slots x images);
+    - ``"dropped_fraction"``: fraction of token-choices dropped (expert choice: of tokens no expert took;
+      Soft MoE: 0);
+    - ``"tokens_per_image"`` ``[B]``: kept token-choices per image (Soft MoE: N);
+    - ``"capacity"``: C (a Python int).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        hidden: int,
+        num_experts: int,
+        *,
+        rngs: nnx.Rngs,
+        router: str = "top_k",
+        k: int = 2,
+        capacity_factor: float = 1.05,
+        eval_capacity_factor: float | None = None,
+        batch_priority: bool = False,
+        renormalize: bool = False,
+        group_size: int = 1,
+        noise_std: float = 1.0,
+        slots_per_expert: int = 1,
+        mlp_bias: bool = True,
+        dtype: str = "float32",
+        param_dtype: str = "float32",
+        backend: str | None = None,
+    ):
+        if router not in MOE_ROUTERS:
+            raise ValueError(f"router={router!r} is unknown; expected one of {MOE_ROUTERS}")
+        for name, value in [("width", width), ("hidden", hidden), ("num_experts", num_experts), ("k", k),
+                            ("group_size", group_size), ("slots_per_expert", slots_per_expert)]:  # fmt: skip
+            _check_positive_int(name, value)
+        if k > num_experts:
+            raise ValueError(f"k={k} exceeds num_experts={num_experts}; use k <= num_experts")
+        for name, value in [
+            ("capacity_factor", capacity_factor),
+            ("eval_capacity_factor", eval_capacity_factor),
+        ]:
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value} must be > 0 (1.0 gives each expert its fair share)")
+        if not noise_std >= 0:
+            raise ValueError(f"noise_std={noise_std} must be >= 0 (0 turns the noise off)")
+        _check_bool("renormalize", renormalize)
+        if backend is not None:
+            _resolve_backend(backend)
+        D, H, E = width, hidden, num_experts
+        self.router, self.num_experts, self.k = router, E, k
+        self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.batch_priority, self.group_size, self.noise_std = batch_priority, group_size, noise_std
+        self.slots_per_expert, self.dtype, self.backend = slots_per_expert, dtype, backend
+        self.renormalize = renormalize
+        xavier = nnx.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
+        zeros = nnx.initializers.zeros
+        self.wi = _moe_param(rngs, xavier, (E, D, H), ("expert", "embed", "mlp"), param_dtype)
+        self.bi = _moe_param(rngs, zeros, (E, H), ("expert", "mlp"), param_dtype) if mlp_bias else None
+        self.wo = _moe_param(rngs, xavier, (E, H, D), ("expert", "mlp", "embed"), param_dtype)
+        self.bo = _moe_param(rngs, zeros, (E, D), ("expert", "embed"), param_dtype) if mlp_bias else None
+        if router == "soft":
+            self.slots = _moe_param(
+                rngs, nnx.initializers.normal(D**-0.5), (E, slots_per_expert, D), ("expert", None, "embed"),
+                param_dtype,
+            )  # fmt: skip
+            self.scale = _moe_param(rngs, nnx.initializers.ones, (), (), param_dtype)
+            self.router_kernel = None
+            self.noise_rngs = None
+        else:
+            self.router_kernel = _moe_param(
+                rngs, nnx.initializers.normal(0.02), (D, E), ("embed", None), param_dtype
+            )
+            self.slots = self.scale = None
+            self.noise_rngs = nnx.Rngs(noise=rngs.params())
+
+    @classmethod
+    def from_vit_config(cls, config, layer_index: int, *, rngs: nnx.Rngs) -> MoeMlp:
+        """The MoE MLP of layer ``layer_index`` of a :class:`sparse_experts.models.VitConfig` with ``moe`` set
+        (width, mlp_dim, mlp_bias and dtypes from the ViT; routing from ``config.moe``)."""
+        moe = config.moe
+        if moe is None:
+            raise ValueError(f"config.moe is None; layer {layer_index} has no MoE settings")
+        slots = layer_capacity("soft", config.num_tokens, moe.num_experts, 1, moe.capacity_factor)
+        return cls(
+            config.width, config.mlp_dim, moe.num_experts, rngs=rngs, router=moe.router, k=moe.k,
+            capacity_factor=moe.capacity_factor, eval_capacity_factor=moe.eval_capacity_factor,
+            batch_priority=moe.batch_priority, group_size=moe.group_size, noise_std=moe.noise_std,
+            slots_per_expert=slots, mlp_bias=config.mlp_bias, dtype=config.dtype,
+            param_dtype=config.param_dtype,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------------------------------------------
+    def experts(self, buffers: Array) -> Array:
+        """The E expert MLPs on their buffers ``[..., E, C, D]`` -> ``[..., E, C, D]``."""
+        h = jnp.einsum("...ECD,EDH->...ECH", buffers, self.wi[...].astype(self.dtype))
+        if self.bi is not None:
+            h = h + self.bi[...].astype(self.dtype)[:, None, :]
+        y = jnp.einsum("...ECH,EHD->...ECD", jax.nn.gelu(h), self.wo[...].astype(self.dtype))
+        if self.bo is not None:
+            y = y + self.bo[...].astype(self.dtype)[:, None, :]
+        return y
+
+    def _run_experts(self, buffers: Array, mesh) -> Array:
+        """:meth:`experts` on ``[G, E, C, D]``, expert-parallel when ``mesh`` has an ``"expert"`` axis > 1."""
+        if mesh is None or dict(mesh.shape).get("expert", 1) == 1:
+            return self.experts(buffers)
+        params = {name: getattr(self, name) for name in ("wi", "bi", "wo", "bo")}
+        params = {name: p[...].astype(self.dtype) for name, p in params.items() if p is not None}
+        return expert_parallel_apply(expert_mlp, buffers, params, mesh)
+
+    def __call__(
+        self,
+        x: Array,
+        *,
+        train: bool = False,
+        k: int | None = None,
+        capacity_factor: float | None = None,
+        batch_priority: bool | None = None,
+        rng: Array | None = None,
+        mesh=None,
+    ) -> tuple[Array, dict]:
+        """x ``[B, N, D]`` -> (y ``[B, N, D]``, record). ``k``, ``capacity_factor`` and ``batch_priority``
+        override the constructor's values for this call (``capacity_factor`` otherwise is the train or eval
+        value by ``train``); ``rng`` replaces the module's own noise stream (training only). With a ``mesh``
+        whose ``"expert"`` axis has more than one device, the experts run expert-parallel: buffers travel to
+        their experts' devices with all_to_all (:mod:`sparse_experts.parallel.experts`); same result."""
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape [B, N, D], got shape {x.shape}")
+        x = x.astype(self.dtype)
+        if self.router == "soft":
+            if k is not None or batch_priority is not None or capacity_factor is not None:
+                raise ValueError(
+                    "router='soft' has a fixed number of slots and no k or batch priority; "
+                    f"got k={k}, capacity_factor={capacity_factor}, batch_priority={batch_priority}"
+                )
+            return self._soft(x, mesh)
+        B, N, D = x.shape
+        if B % self.group_size:
+            raise ValueError(
+                f"batch size B={B} is not divisible by group_size={self.group_size} (images per routing "
+                f"group); use a batch that is a multiple of {self.group_size} or a smaller group_size"
+            )
+        E = self.num_experts
+        k = self.k if k is None else k
+        _check_positive_int("k", k)
+        if k > E:
+            raise ValueError(f"k={k} exceeds num_experts={E}; use k <= num_experts")
+        if capacity_factor is None:
+            eval_factor = self.eval_capacity_factor
+            capacity_factor = self.capacity_factor if train or eval_factor is None else eval_factor
+        batch_priority = self.batch_priority if batch_priority is None else batch_priority
+        G, S = B // self.group_size, self.group_size * N
+        C = layer_capacity(self.router, S, E, k, capacity_factor)
+        tokens = x.reshape(G, S, D)
+        # The router runs in full float32 (as Switch Transformer advises): its logits decide which expert
+        # each token meets, so they should not depend on the platform's default matmul precision.
+        logits = jnp.einsum(
+            "GSD,DE->GSE",
+            tokens.astype(jnp.float32),
+            self.router_kernel[...].astype(jnp.float32),
+            precision=_EXACT,
+        )
+        if train and self.noise_std > 0:
+            rng = self.noise_rngs.noise() if rng is None else rng
+            noisy, std_added = noisy_router_logits(logits, rng, self.noise_std)
+        else:
+            noisy, std_added = logits, 0.0
+        gates = jax.nn.softmax(noisy, axis=-1)  # [G, S, E]
+        aux_k = min(k, E)
+        aux = {
+            "importance": importance_loss(gates),
+            "load": load_loss(logits, noisy, std_added, aux_k),
+            "switch": switch_load_balancing_loss(gates, jax.lax.top_k(gates, aux_k)[1]),
+            "z_loss": router_z_loss(logits),
+        }
+        if self.router == "top_k":
+            routing = top_k_routing(gates, k, C, batch_priority=batch_priority, renormalize=self.renormalize)
+            kept = (routing.slot < C).astype(jnp.float32)  # [G, S, K]
+            expert_one_hot = jax.nn.one_hot(routing.expert, E, dtype=jnp.float32)  # [G, S, K, E]
+            combine_weights = jnp.einsum("GSK,GSKE->GSE", routing.weight, expert_one_hot, precision=_EXACT)
+            kept_per_token = jnp.einsum(
+                "GSK,GSKE->GSE", kept, expert_one_hot, precision=_EXACT
+            )  # [G, S, E] 0 or 1
+            num_choices = G * S * k
+        else:
+            routing = expert_choice_routing(gates, C)
+            taken = jax.nn.one_hot(routing.token, S, dtype=jnp.float32)  # [G, E, C, S]
+            combine_weights = jnp.einsum("GECS,GEC->GSE", taken, routing.weight, precision=_EXACT)
+            kept_per_token = jnp.sum(taken, axis=2).swapaxes(-1, -2)  # [G, S, E]
+            num_choices = G * S
+        buffers = dispatch(tokens, routing, E, C, backend=self.backend)  # [G, E, C, D]
+        y = combine(
+            self._run_experts(buffers, mesh), routing, backend=self.backend, num_tokens=S
+        )  # [G, S, D]
+        if self.router == "top_k":
+            dropped = 1.0 - jnp.sum(kept_per_token) / num_choices
+        else:
+            dropped = jnp.mean((jnp.sum(kept_per_token, axis=-1) == 0).astype(jnp.float32))
+        record = {
+            "combine_weights": combine_weights.reshape(B, N, E),
+            "gates": gates.reshape(B, N, E),
+            "aux": aux,
+            "load": jnp.sum(kept_per_token, axis=(0, 1)),
+            "dropped_fraction": dropped,
+            "tokens_per_image": jnp.sum(kept_per_token.reshape(B, N * E), axis=-1),
+            "capacity": C,
+        }
+        return y.reshape(B, N, D).astype(x.dtype), record
+
+    def _soft(self, x: Array, mesh=None) -> tuple[Array, dict]:
+        B, N, D = x.shape
+        E, C = self.num_experts, self.slots_per_expert
+        slots = _l2_normalize(self.slots[...].astype(jnp.float32)).reshape(E * C, D)  # [M = E x C, D]
+        tokens = self.scale[...].astype(jnp.float32) * _l2_normalize(x.astype(jnp.float32))
+        logits = jnp.einsum("BND,MD->BNM", tokens, slots, precision=_EXACT)  # [B, N, M], full f32 router
+        dispatch_weights = jax.nn.softmax(logits, axis=1)  # over tokens, per slot
+        combine_slot_weights = jax.nn.softmax(logits, axis=2)  # over all slots, per token
+        buffers = jnp.einsum("BNM,BND->BMD", dispatch_weights.astype(x.dtype), x).reshape(B, E, C, D)
+        out = self._run_experts(buffers, mesh).reshape(B, E * C, D)
+        y = jnp.einsum("BNM,BMD->BND", combine_slot_weights.astype(x.dtype), out)
+        combine_weights = jnp.sum(combine_slot_weights.reshape(B, N, E, C), axis=-1)  # [B, N, E]
+        aux = {
+            "importance": importance_loss(combine_weights),
+            "load": jnp.zeros((), jnp.float32),
+            "switch": switch_load_balancing_loss(combine_weights, jnp.argmax(combine_weights, axis=-1)),
+            "z_loss": router_z_loss(logits),
+        }
+        record = {
+            "combine_weights": combine_weights,
+            "gates": combine_weights,
+            "aux": aux,
+            "load": jnp.full((E,), float(B * C), jnp.float32),
+            "dropped_fraction": jnp.zeros((), jnp.float32),
+            "tokens_per_image": jnp.full((B,), float(N), jnp.float32),
+            "capacity": C,
+        }
+        return y.astype(x.dtype), record
