@@ -1,0 +1,74 @@
+"""What a routing explorer selects: the test-time settings that fit a model's router, the layer shown, and
+one image's token choices in a routing record.
+
+Shape letters: B images, N tokens per image, E experts, K choices shown per token.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from sparse_experts import models
+from sparse_experts.analysis.routes import _fail, patch_choices
+
+
+def overrides_for(
+    moe: models.MoeConfig, k: int, capacity_factor: float, batch_priority: bool
+) -> dict[str, Any] | None:
+    """``moe_overrides`` for :func:`sparse_experts.analysis.route` that make sense for ``moe.router``:
+
+    - ``"top_k"``: ``k``, ``capacity_factor`` and ``batch_priority`` as given;
+    - ``"expert_choice"``: only ``capacity_factor = k x capacity_factor`` (its capacity factor is the mean
+      number of experts per token, so this gives the expert slots of top-k routing with these settings);
+    - ``"soft"``: ``None`` (its slots are parameters: no dial).
+    """
+    if not isinstance(moe, models.MoeConfig):
+        _fail("moe", type(moe).__name__, "a sparse_experts.models.MoeConfig")
+    if moe.router == "soft":
+        return None
+    if moe.router == "expert_choice":
+        return dict(capacity_factor=k * capacity_factor)
+    return dict(k=k, capacity_factor=capacity_factor, batch_priority=batch_priority)
+
+
+def resolve_layer(config: models.VitConfig, layer: int) -> int:
+    """``layer`` if it is one of ``config``'s MoE layers; ``layer < 0`` means the first MoE layer."""
+    layers = models.moe_layers(config)
+    if not layers:
+        _fail("config", config.name, "a model with MoE layers")
+    if (
+        isinstance(layer, bool)
+        or not isinstance(layer, numbers.Integral)
+        or (layer >= 0 and layer not in layers)
+    ):
+        _fail("layer", layer, f"-1 (the first MoE layer) or one of the MoE layers {layers}")
+    return layers[0] if layer < 0 else int(layer)
+
+
+def shown_choices(moe: models.MoeConfig, k: int) -> int:
+    """How many choices per token a patch view shows: ``k`` (at most E) for top-k, 2 for expert choice and
+    Soft MoE (their experts ranked by gate or combine weight)."""
+    if moe.router == "top_k":
+        return max(1, min(k, moe.num_experts))
+    return max(1, min(2, moe.num_experts))
+
+
+def token_choices(
+    moe: models.MoeConfig, record: Mapping[str, Any], index: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image ``index``'s token choices in one layer's ``record`` (``"gates"`` and ``"combine_weights"``
+    ``[B, N, E]``, as from ``analysis.route``): the first :func:`shown_choices` experts of each token by
+    gate ``[N, K]``, whether each choice was dropped ``[N, K]``, and their gate values ``[N, K]``."""
+    gates = np.asarray(record["gates"])
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(gates):
+        _fail("index", index, f"an image index in [0, {len(gates)})")
+    gates, weights = gates[index], np.asarray(record["combine_weights"])[index]
+    chosen, dropped = patch_choices(gates, weights, k=shown_choices(moe, k))
+    return chosen, dropped, np.take_along_axis(gates, chosen, axis=1)
+
+
+__all__ = ["overrides_for", "resolve_layer", "shown_choices", "token_choices"]
