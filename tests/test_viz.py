@@ -145,3 +145,33 @@ def test_compute_histogram_and_extremes():
     np.testing.assert_array_equal(image.z[1:5, 1:5], IMAGES[2])  # most compute first
     np.testing.assert_array_equal(image.z[6:10, 1:5], IMAGES[0])  # then least
     assert list(grid.layout.yaxis.ticktext) == ["most: 8", "least: 6"]
+
+
+def test_gate_values_prints_gate_expert_and_dropped_mark():
+    chosen, dropped = analysis.patch_choices(GATES[0], COMBINE[0], k=2)
+    gates = np.take_along_axis(GATES[0], chosen, axis=1)
+    fig = viz.gate_values(chosen, dropped, gates, word="combine weight")
+    first, second = traces(fig, "heatmap")
+    np.testing.assert_allclose(first.z, [[0.7, 0.6], [0.5, 0.5]])  # each patch's top gate, rows of 2
+    np.testing.assert_allclose(second.z, [[0.2, 0.3], [0.3, 0.4]])
+    assert first.text[0][0] == "0.70<br>e0" and first.text[1][1] == "0.50<br>e0 x"  # token 3: dropped
+    assert second.text[1][1] == "0.40<br>e2 x"
+    assert [a.text for a in fig.layout.annotations] == ["gate of choice 1", "gate of choice 2"]
+    assert fig.layout.title.text.startswith("Gate values (combine weight)")
+    with_cls = viz.gate_values(
+        *(np.concatenate([a[:1], a]) for a in (chosen, dropped, gates)), has_cls_token=True
+    )
+    np.testing.assert_allclose(traces(with_cls, "heatmap")[0].z, first.z)
+    with pytest.raises(ValueError, match="share one shape"):
+        viz.gate_values(chosen, dropped[:, :1], gates)
+    with pytest.raises(ValueError, match="square grid"):
+        viz.gate_values(chosen[:3], dropped[:3], gates[:3])
+
+
+def test_expert_ablation_bars():
+    fig = viz.expert_ablation_bars(np.array([-0.02, 0.0, 0.01]), title="t")
+    (bar,) = traces(fig, "bar")
+    assert list(bar.x) == ["expert 0", "expert 1", "expert 2"]
+    np.testing.assert_allclose(bar.y, [-2.0, 0.0, 1.0])
+    assert list(bar.marker.color) == [viz.expert_color(e) for e in range(3)]
+    assert fig.layout.yaxis.title.text == "change in accuracy (points)"

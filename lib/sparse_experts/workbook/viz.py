@@ -561,3 +561,64 @@ def learning_curves(histories, smooth: int = 20, title: str = "Learning curves")
     fig.update_xaxes(title_text="step")
     fig.update_layout(title=title, height=420, width=980)
     return fig
+
+
+def gate_values(
+    chosen: np.ndarray,
+    dropped: np.ndarray,
+    gates: np.ndarray,
+    *,
+    has_cls_token: bool = False,
+    word: str = "router probability",
+    panel_pixels: int = 300,
+) -> go.Figure:
+    """One grey heatmap per choice of the gate value of each patch's choice, printed with its expert
+    (``eN``) and an ``x`` where the choice was dropped. ``chosen`` (experts), ``dropped`` (bool) and
+    ``gates`` are ``[N, K]`` for one image (``analysis.token_choices``), rows of patches top to bottom;
+    ``has_cls_token``: token 0 is the class token (left out); ``word`` names the gate in the title."""
+    chosen = _check_array("chosen", chosen, "[N, K]", 2)
+    dropped = np.asarray(dropped, bool)
+    gates = np.asarray(gates, np.float64)
+    if dropped.shape != chosen.shape or gates.shape != chosen.shape:
+        raise ValueError(
+            f"chosen {chosen.shape}, dropped {dropped.shape} and gates {gates.shape} must share one shape "
+            "[N, K]"
+        )
+    start = 1 if has_cls_token else 0
+    side = int(round(np.sqrt(chosen.shape[0] - start)))
+    if side * side != chosen.shape[0] - start:
+        raise ValueError(f"{chosen.shape[0] - start} patch tokens do not form a square grid of patches")
+    K = chosen.shape[1]
+    fig = make_subplots(
+        rows=1, cols=K, subplot_titles=[f"gate of choice {j + 1}" for j in range(K)], horizontal_spacing=0.06
+    )
+    for j in range(K):
+        g, e, d = (a[start:, j].reshape(side, side) for a in (gates, chosen, dropped))
+        text = np.array(
+            [[f"{gv:.2f}<br>e{ev}{' x' if dv else ''}" for gv, ev, dv in zip(*row, strict=True)]
+             for row in zip(g, e, d, strict=True)],
+            dtype=object,
+        )  # fmt: skip
+        fig.add_trace(
+            go.Heatmap(z=g, text=text, texttemplate="%{text}", zmin=0, zmax=1, colorscale="Greys",
+                       showscale=j == 0, colorbar=dict(title="gate"),
+                       hovertemplate="gate %{z:.3f}<extra></extra>"),
+            row=1, col=j + 1,
+        )  # fmt: skip
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    fig.update_layout(title=f"Gate values ({word}) per patch; eN = expert, x = dropped",
+                      width=K * panel_pixels + 160, height=panel_pixels + 80, margin=dict(t=80))  # fmt: skip
+    return fig
+
+
+def expert_ablation_bars(
+    per_expert_change: np.ndarray, title: str = "Accuracy change when each expert is switched off"
+) -> go.Figure:
+    """Bars of the change in top-1 accuracy ``[E]`` (fractions, drawn in points) when each expert is
+    switched off in turn (``analysis.ablation_scan``), one bar per expert in its colour."""
+    change = _check_array("per_expert_change", per_expert_change, "[E]", 1).astype(np.float64)
+    fig = go.Figure(go.Bar(x=[f"expert {e}" for e in range(len(change))], y=100 * change,
+                           marker_color=[expert_color(e) for e in range(len(change))]))  # fmt: skip
+    fig.update_layout(title=title, yaxis_title="change in accuracy (points)", height=360, width=620)
+    return fig

@@ -1,0 +1,121 @@
+"""workbook.explorer without a browser: tiny real V-MoEs (top-k and Soft MoE; 2 layers, MoE at layer 1, E=4
+experts, 8x8 images of 2x2 patches of 4x4 pixels, Y=3 classes), 6 random uint8 images. A test moves the
+controls by setting ``value`` and checks what the figures show."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from flax import nnx
+
+from sparse_experts import analysis, models
+from sparse_experts.workbook import explorer
+
+E, Y, B = 4, 3, 6
+
+
+def tiny(router: str, seed: int) -> models.ViT:
+    config = models.vit_config(
+        "mu/4", image_size=8, num_classes=Y, depth=2, width=16, mlp_dim=32, num_heads=2, head_zero_init=False,
+        moe=models.MoeConfig(num_experts=E, k=2, placement=(1,), router=router, group_size=1),
+    )  # fmt: skip
+    return models.ViT(config, rngs=nnx.Rngs(seed))
+
+
+@pytest.fixture(scope="module")
+def routes():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(B, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    coarse = np.array([0, 1, 1, 0, 1, 1])
+    data = explorer.EvalSet(
+        images, labels, ["cat", "dog", "fox"],
+        {"class": (labels, ["cat", "dog", "fox"]), "coarse class": (coarse, ["pet", "wild"])}, batch_size=3,
+    )  # fmt: skip
+    return explorer.Routes({"topk": tiny("top_k", 0), "soft": tiny("soft", 1)}, data)
+
+
+def heatmaps(fig):
+    return [t for t in fig.data if t.type == "heatmap"]
+
+
+def test_moving_the_controls_redraws_the_figures(routes):
+    view = explorer.build(routes, model="topk", image_index=0, layer=-1, k=2, capacity_factor=2.0)
+    assert view.layer.value == 1 and view.layer.options == (1,)
+    assert isinstance(view.patches, go.FigureWidget) and len(view.widget.children) == 6
+    # the image slider: the patch view shows image 1, coloured by image 1's first choices
+    before = np.array(view.patches.data[0].z)
+    view.image.value = 1
+    _, records = routes("topk", 2, 2.0, False)
+    chosen, _, _ = analysis.token_choices(routes.config("topk").moe, records[1], 1, 2)
+    np.testing.assert_array_equal(heatmaps(view.patches)[0].z, chosen[1:, 0].reshape(2, 2))  # token 0: cls
+    np.testing.assert_array_equal(view.patches.data[0].z, routes.data.images[1])
+    assert not np.array_equal(view.patches.data[0].z, before)
+    assert "image 1 (dog)" in view.patches.layout.title.text and "image 1 is <i>dog</i>" in view.info.value
+    # k=1 and a small capacity factor: one gate panel, fewer token-choices, something dropped
+    load_before = np.array(view.load.data[0].y)
+    view.k.value = 1
+    assert len(heatmaps(view.gates)) == 1
+    view.capacity_factor.value = 0.25
+    _, small = routes("topk", 1, 0.25, False)
+    assert small[1]["dropped_fraction"] > 0
+    np.testing.assert_array_equal(view.load.data[0].y, small[1]["load"])
+    assert view.load.data[0].y.sum() < load_before.sum()
+    assert f"dropped {small[1]['dropped_fraction']:.1%}" in view.info.value
+    # BPR routes again with batch priority (a new cache entry)
+    view.batch_priority.value = True
+    assert ("topk", (("batch_priority", True), ("capacity_factor", 0.25), ("k", 1))) in routes._cache
+    # Soft MoE: no k, capacity or BPR dial; the gate panels show combine weights
+    view.model.value = "soft"
+    assert view.k.disabled and view.capacity_factor.disabled and view.batch_priority.disabled
+    assert view.patches.layout.title.text.startswith("soft, layer 1")
+    assert "combine weight" in view.gates.layout.title.text
+    view.model.value = "topk"
+    assert not view.k.disabled
+
+
+def test_study_numbers_and_saved_figures(routes):
+    settings = dict(k=2, capacity_factor=2.0, batch_priority=False)
+    studies = {name: explorer.study(routes, name, layer=-1, **settings) for name in ("topk", "soft")}
+    main = studies["topk"]
+    assert main.layer == 1 and len(main.affinity_figures()) == 2  # fine and coarse classes
+    weights = main.records[1]["combine_weights"]
+    coarse = analysis.class_specialisation(weights, routes.data.label_sets["coarse class"][0], 2)
+    assert (
+        main.affinity["tv_coarse_class"] == coarse.tv
+        and main.affinity["tv_coarse_class_shuffled"] == coarse.baseline
+    )
+    (row,) = main.layer_rows()
+    assert row["accuracy (these images)"] == analysis.accuracy(main.logits, routes.data.labels)
+    with pytest.raises(ValueError, match="ablate"):
+        explorer.summary_row(main)
+    for s in studies.values():
+        s.ablate(-1)  # the most specialised expert
+    assert main.ablation["expert"] == main.affinity["most_specialised_expert"]
+    assert main.ablate(2)["expert"] == 2  # the scan is reused
+    per_expert, per_class = main.ablation_figures()
+    np.testing.assert_allclose(per_expert.data[0].y, 100 * main.scan.per_expert_change)
+    figures = explorer.saved_figures(studies, "topk", image_index=4)
+    assert set(explorer.HEADLINE) <= set(figures)
+    assert figures["selection"] == dict(settings, image_index=4, layer=1)
+    assert figures["eval_images"] == B and figures["batch_size"] == 3
+    assert [r["model"] for r in figures["summary"]] == ["topk", "soft"]
+    assert figures["summary"][0]["ablated expert"] == 2
+    assert figures["main_ablation_change"] == main.scan.per_expert_change[2]
+    assert figures["main_dropped_fraction"] == main.records[1]["dropped_fraction"]
+    assert set(figures["per_layer"]["soft"]["1"]) == {"dropped_fraction", "entropy", "load"}
+    json.dumps(figures["summary"])  # plain numbers and strings
+
+
+def test_inputs_are_checked(routes):
+    with pytest.raises(ValueError, match="images"):
+        explorer.EvalSet(np.zeros((2, 8, 8, 3), np.float32), np.array([0, 1]), ["a", "b"], batch_size=1)
+    with pytest.raises(ValueError, match="labels"):
+        explorer.EvalSet(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 2]), ["a", "b"], batch_size=1)
+    with pytest.raises(ValueError, match="model name='nope'"):
+        routes.config("nope")
+    with pytest.raises(ValueError, match="layer=0"):
+        explorer.study(routes, "topk", layer=0, k=2, capacity_factor=1.0, batch_priority=False)
