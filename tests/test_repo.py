@@ -58,6 +58,16 @@ def test_notebook_parameters_cell(path):
     assert all(namespace[k] is None for k in declared[2:]), "other knobs default to None (the preset's value)"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_declares_its_knobs_once(path):
+    """The parameters cell declares the knobs; session.start reads them from the namespace, repeating none."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    calls = [c.source for c in code if "session.start(" in c.source]
+    assert len(calls) == 1, f"{path.name}: expected one session.start call, found {len(calls)}"
+    assert f'run = session.start("{path.stem}", globals())' in calls[0], calls[0]
+
+
 def test_readme_starts_with_the_two_commands():
     text = (paths.repo_root() / "README.md").read_text()
     head = text[:1500]

@@ -13,7 +13,8 @@ from sparse_experts.workbook import session
 
 def test_save_writes_figures_with_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv(session.OUTPUT_DIR_ENV, str(tmp_path))
-    run = session.start("00_tour", preset="smoke", seed=7, images_per_class=3)
+    namespace = {"preset": "smoke", "seed": 7, "images_per_class": 3, "classes_shown": None, "other": 1}
+    run = session.start("00_tour", namespace)  # as a notebook does: start("00_tour", globals())
     path = run.save(
         {"accuracy": np.float32(0.5), "counts": np.arange(3), "curve": [1.0, float("nan")], "name": "x"},
         headline=["accuracy"],
@@ -34,16 +35,27 @@ def test_save_writes_figures_with_provenance(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*tmp*")), "temporary files must not be left behind"
 
 
+def test_start_reads_the_config_names_from_the_namespace_and_validates_them():
+    run = session.start("00_tour", {"preset": "smoke", "seed": 3, "upstream": None, "downstream": ["dtd"]})
+    assert run.params.seed == 3 and run.params.downstream == ("dtd",)
+    assert run.given["downstream"] == ["dtd"] and run.given["images_per_class"] is None
+    assert session.start("00_tour", {"preset": "smoke"}, images_per_class=5).params.images_per_class == 5
+    with pytest.raises(session.presets.ParameterError, match="images_per_class=99 is not allowed"):
+        session.start("00_tour", {"preset": "smoke", "images_per_class": 99})
+    with pytest.raises(session.presets.ParameterError, match="00_tour has no parameter 'lr'"):
+        session.start("00_tour", {"preset": "smoke"}, lr=0.1)
+
+
 def test_default_headline_is_top_level_scalars(tmp_path, monkeypatch):
     monkeypatch.setenv(session.OUTPUT_DIR_ENV, str(tmp_path))
-    run = session.start("00_tour", preset="smoke")
+    run = session.start("00_tour", {"preset": "smoke"})
     saved = json.loads(run.save({"a": 1, "table": [1, 2], "b": "text"}).read_text())
     assert saved["headline"] == ["a", "b"]
 
 
 def test_unknown_headline_and_unserialisable_values(tmp_path, monkeypatch):
     monkeypatch.setenv(session.OUTPUT_DIR_ENV, str(tmp_path))
-    run = session.start("00_tour", preset="smoke")
+    run = session.start("00_tour", {"preset": "smoke"})
     with pytest.raises(KeyError, match="headline figure 'nope'"):
         run.save({"a": 1}, headline=["nope"])
     with pytest.raises(TypeError, match="cannot save a value of type object"):
@@ -53,7 +65,7 @@ def test_unknown_headline_and_unserialisable_values(tmp_path, monkeypatch):
 
 def test_interactive_runs_do_not_write_into_runner_outputs(monkeypatch):
     monkeypatch.delenv(session.OUTPUT_DIR_ENV, raising=False)
-    run = session.start("00_tour", preset="cpu")
+    run = session.start("00_tour", {"preset": "cpu"})
     assert run.output_dir.parts[-2:] == ("interactive", "cpu")
 
 

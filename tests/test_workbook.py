@@ -3,22 +3,49 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import nbformat
 import pytest
 
 from sparse_experts.workbook import presets, runner
+from sparse_experts.workbook.configs.base import NotebookConfig, boolean, knob
 
 _SAVE = """
-from sparse_experts.workbook.presets import Params
-from sparse_experts.workbook.session import Run
-values = dict(preset=preset, seed=seed, fail=fail)
-params = Params("{name}", values, values)
-run = Run(params)
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sparse_experts.workbook import session
+from sparse_experts.workbook.configs.base import NotebookConfig, boolean, knob
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(NotebookConfig):
+    notebook: ClassVar[str] = "{name}"
+    fail: bool = knob("fail on purpose", boolean)
+
+
+run = session.Run(Config(preset=preset, seed=seed, fail=fail))
 if fail:
     raise RuntimeError("planned failure for the test")
 run.save({{"answer": 42 + seed, "label": "ok"}}, headline=["answer"])
 """
+
+
+@dataclass(frozen=True, kw_only=True)
+class _FailConfig(NotebookConfig):
+    fail: bool = knob("fail on purpose", boolean)
+
+
+def _fake_config_module(name, expected_seconds=None):
+    """What presets.NOTEBOOKS holds for a notebook: its Config, PRESETS and EXPECTED_SECONDS."""
+    config = type(f"Config{name}", (_FailConfig,), {"notebook": name})
+    return SimpleNamespace(
+        Config=config,
+        PRESETS={p: {"fail": False} for p in presets.PRESET_NAMES},
+        EXPECTED_SECONDS={p: expected_seconds for p in presets.PRESET_NAMES},
+    )
 
 
 def _make_notebook(folder, name):
@@ -40,9 +67,7 @@ def notebooks(tmp_path, monkeypatch):
     folder.mkdir()
     for name in ("91_first", "92_second"):
         _make_notebook(folder, name)
-        knobs = {"fail": presets.Knob("fail on purpose", presets.boolean())}
-        monkeypatch.setitem(presets.NOTEBOOK_KNOBS, name, knobs)
-        monkeypatch.setitem(presets.PRESET_VALUES, name, {p: {"fail": False} for p in presets.PRESET_NAMES})
+        monkeypatch.setitem(presets.NOTEBOOKS, name, _fake_config_module(name))
     return folder
 
 
@@ -70,6 +95,33 @@ def test_runs_in_order_and_writes_outputs(notebooks, tmp_path):
     page = (out / "index.html").read_text()
     assert "91_first" in page and "answer: <b>45</b>" in page
     assert not (out / ".staging").exists() or not any((out / ".staging").iterdir())
+
+
+def test_a_run_over_its_expected_time_is_flagged_not_failed(notebooks, tmp_path, monkeypatch):
+    monkeypatch.setitem(presets.NOTEBOOKS, "91_first", _fake_config_module("91_first", expected_seconds=0.01))
+    out = tmp_path / "out"
+    lines = []
+    records = runner.run("smoke", out=out, notebooks_dir=notebooks, log=lines.append)
+    first, second = records
+    assert first["status"] == "ok" and first["over_time"] and first["expected_s"] == 0.01
+    assert second["status"] == "ok" and not second["over_time"] and second["expected_s"] is None
+    done = [line for line in lines if " ok in " in line]
+    assert "OVER TIME, expected about 0.01 s under smoke" in done[0] and "OVER TIME" not in done[1]
+    status = json.loads((out / "status.json").read_text())
+    assert status["91_first"]["over_time"] is True and status["92_second"]["over_time"] is False
+    page = (out / "index.html").read_text()
+    assert page.count("over time: expected about") == 1 and "over time: expected about 0.01 s" in page
+
+
+def test_over_time_needs_a_success_beyond_the_margin():
+    def record(status, seconds):
+        return {"status": status, "wall_time_s": seconds}
+
+    limit = runner.OVER_TIME_FACTOR * 40
+    assert runner.over_time(record("ok", limit + 0.1), 40) == {"expected_s": 40, "over_time": True}
+    assert runner.over_time(record("ok", limit), 40)["over_time"] is False
+    assert runner.over_time(record("failed", 10 * limit), 40)["over_time"] is False
+    assert runner.over_time(record("ok", 1e6), None) == {"expected_s": None, "over_time": False}
 
 
 def test_only_selects_by_number_and_name(notebooks):

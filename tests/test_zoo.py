@@ -11,7 +11,8 @@ from sparse_experts.workbook import cache, presets, viz, zoo
 
 
 def test_zoo_names_match_the_preset_validator():
-    assert presets.NOTEBOOK_KNOBS["02_train_vmoe"]["models"].check.allowed == zoo.MODEL_NAMES
+    models_field = presets.NOTEBOOKS["02_train_vmoe"].Config.__dataclass_fields__["models"]
+    assert models_field.metadata["check"].allowed == zoo.MODEL_NAMES
 
 
 @pytest.mark.parametrize("preset", presets.PRESET_NAMES)

@@ -3,9 +3,11 @@
     python -m sparse_experts.workbook run [--preset cpu] [--only 02 ...] [--out DIR] [-p name=value ...]
     python -m sparse_experts.workbook list
 
-For each notebook it prints one progress line with the elapsed time. Everything is checked before the first
-notebook starts: the preset, the ``--only`` selection, and every ``-p`` parameter, which must be declared in
-the notebook's ``parameters`` cell (papermill itself only warns) and hold an allowed value.
+For each notebook it prints one progress line with the elapsed time; a notebook that ran more than
+:data:`OVER_TIME_FACTOR` times the expected time its config states for the preset is flagged there and on
+the index page (a flag, not a failure). Everything is checked before the first notebook starts: the
+preset, the ``--only`` selection, and every ``-p`` parameter, which must be declared in the notebook's
+``parameters`` cell (papermill itself only warns) and hold a value its config allows.
 
 Outputs go to ``outputs/<preset>/`` (or ``--out``): the executed notebook ``<name>.ipynb``, its figures
 ``<name>.json``, ``status.json`` and ``index.html``. A notebook executes into a staging folder; only when it
@@ -55,6 +57,12 @@ NOTEBOOK_QUESTIONS: dict[str, str] = {
     "07_scale_out": "Does the same code run expert-parallel across devices and processes, and how do "
     "costs grow with scale?",
 }
+
+
+# A run is flagged as over time beyond this multiple of its expected time. The expected cpu times are single
+# measurements on a 2-core machine (README); the margin keeps ordinary machine-to-machine variation from
+# flagging every run, while a notebook that clearly outgrew its budget is marked.
+OVER_TIME_FACTOR = 1.5
 
 
 class WorkbookError(Exception):
@@ -144,7 +152,9 @@ def check_request(notebooks: list[Notebook], preset: str, params: dict[str, Any]
                 )
         expected = list(presets.knob_names(nb.name))
         if declared != expected:
-            raise WorkbookError(f"{nb.name} declares parameters {declared}, but presets registers {expected}")
+            raise WorkbookError(
+                f"{nb.name} declares parameters {declared}, but its config declares {expected}"
+            )
         presets.resolve(nb.name, preset=preset, **params)
 
 
@@ -176,6 +186,7 @@ def run(
     for i, nb in enumerate(notebooks, 1):
         log(f"[{i}/{total}] {nb.name} ...")
         record = _run_one(nb, preset, params, out)
+        record.update(over_time(record, presets.expected_seconds(nb.name, preset)))
         status[nb.name] = record
         write_json_atomic(status_path, status)
         write_index(out, preset, status)
@@ -184,9 +195,25 @@ def run(
         if record["status"] != "ok":
             log(line + f"\n{record['error']}")
             raise NotebookFailed(record)
+        if record["over_time"]:
+            line += (
+                f": OVER TIME, expected about {record['expected_s']:g} s under {preset} "
+                f"({record['wall_time_s'] / record['expected_s']:.1f}x)"
+            )
         log(line)
     log(f"workbook: done; index at {out / 'index.html'}")
     return records
+
+
+def over_time(record: dict[str, Any], expected: float | None) -> dict[str, Any]:
+    """``expected_s`` (None: not measured) and ``over_time``: whether a successful run took more than
+    :data:`OVER_TIME_FACTOR` times the expected time."""
+    late = (
+        expected is not None
+        and record["status"] == "ok"
+        and record["wall_time_s"] > OVER_TIME_FACTOR * expected
+    )
+    return {"expected_s": expected, "over_time": late}
 
 
 class NotebookFailed(WorkbookError):
@@ -311,6 +338,8 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
         else:
             state = rec["status"]
             seconds = f"{rec['wall_time_s']:.1f}"
+            if rec.get("over_time"):
+                seconds += f"<div class=over>over time: expected about {rec['expected_s']:g} s</div>"
             error = html.escape(rec.get("error", "")) if state != "ok" else ""
         links = []
         if (out / f"{name}.ipynb").exists():
@@ -332,7 +361,7 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
 td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top;text-align:left}}
 tr.ok td:nth-child(2){{color:#17702a}} tr.failed td:nth-child(2){{color:#b00020}}
 .err{{font-family:monospace;font-size:.85em;white-space:pre-wrap;max-width:40em}}
-.q{{color:#555;font-size:.85em;max-width:22em}}</style></head>
+.q{{color:#555;font-size:.85em;max-width:22em}} .over{{color:#a05a00;font-size:.85em}}</style></head>
 <body><h1>Sparse Experts Workbook: preset <code>{html.escape(preset)}</code></h1>
 <p>{html.escape(presets.PRESET_DESCRIPTIONS.get(preset, ""))}. Updated
 {_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}.</p>
@@ -366,7 +395,11 @@ def list_notebooks(log=print) -> None:
             declared = ", ".join(declared_parameters(nb))
         except WorkbookError as err:
             declared = str(err)
-        log(f"{nb.name}: {declared}")
+        try:
+            cpu = presets.expected_seconds(nb.name, "cpu")
+        except presets.ParameterError:
+            cpu = None
+        log(f"{nb.name}: {declared}" + (f" (cpu: about {cpu:g} s)" if cpu else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,12 +2,14 @@
 
 Every notebook's second cell does::
 
-    run = session.start("02_train_vmoe", preset=preset, seed=seed, lr=lr, ...)
-    run.params.lr          # the value after the preset filled in None
+    run = session.start("02_train_vmoe", globals())
+    run.params.width       # the value after the preset filled in None
     ...
     run.save({"test_accuracy": 0.81, ...}, headline=["test_accuracy"])
 
-``start`` validates before any compute (see :mod:`sparse_experts.workbook.presets`). ``save`` writes
+The knobs are declared once, in the notebook's ``parameters`` cell (papermill overrides them there);
+``start`` reads the names its config declares (:mod:`sparse_experts.workbook.configs`) from the notebook's
+namespace and validates them before any compute. ``save`` writes
 ``<output dir>/<notebook>.json`` atomically (temporary name, then rename), holding the figures and their
 provenance: package versions, git commit, device kind and count, preset, seed, parameters and wall time.
 The output directory is ``$SPARSE_EXPERTS_OUTPUT_DIR`` (set by the runner for each notebook), otherwise
@@ -49,11 +51,16 @@ PACKAGES = (
 
 
 class Run:
-    """One execution of one notebook. Create with :func:`start`."""
+    """One execution of one notebook. Create with :func:`start`.
 
-    def __init__(self, params: presets.Params):
+    ``params`` is the notebook's validated config; ``given`` the knobs as passed (``None`` where the preset's
+    value was used), kept in the provenance of the saved figures.
+    """
+
+    def __init__(self, params: presets.NotebookConfig, given: Mapping[str, Any] | None = None):
         self.params = params
         self.notebook = params.notebook
+        self.given = dict(given if given is not None else params.to_dict())
         self.started = time.perf_counter()
         self.started_at = _dt.datetime.now(_dt.UTC)
 
@@ -97,9 +104,19 @@ class Run:
         return out
 
 
-def start(notebook: str, preset: str = presets.DEFAULT_PRESET, seed: int = 0, **knobs: Any) -> Run:
-    """Validate a notebook's parameters (before any compute) and start its clock."""
-    return Run(presets.resolve(notebook, preset=preset, seed=seed, **knobs))
+def start(notebook: str, namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Run:
+    """Validate a notebook's parameters (before any compute) and start its clock.
+
+    The parameters are the names of the notebook's config (``preset``, ``seed`` and its knobs) found in
+    ``namespace`` (the notebook passes ``globals()``: its parameters cell set them), then ``knobs`` (for
+    scripts and tests; an unknown name is an error). ``None`` means the preset's value.
+    """
+    names = presets.knob_names(notebook)
+    given = {name: namespace[name] for name in names if namespace is not None and name in namespace}
+    given.update(knobs)
+    params = presets.resolve(notebook, **given)
+    as_given = {name: given.get(name) for name in names} | {"preset": params.preset, "seed": params.seed}
+    return Run(params, given=as_given)
 
 
 def provenance(run: Run | None = None) -> dict[str, Any]:
@@ -117,8 +134,8 @@ def provenance(run: Run | None = None) -> dict[str, Any]:
             notebook=run.notebook,
             preset=run.preset,
             seed=run.seed,
-            parameters=_jsonable(dict(run.params)),
-            parameters_given=_jsonable(run.params.given),
+            parameters=_jsonable(run.params.to_dict()),
+            parameters_given=_jsonable(run.given),
             started=run.started_at.isoformat(timespec="seconds"),
             wall_time_s=round(run.elapsed(), 3),
         )

@@ -1,0 +1,70 @@
+"""04_adaptive_compute: how much accuracy does each unit of compute buy when capacity is cut at test time,
+with and without BPR?
+
+    python -m sparse_experts.workbook run --only 04 --preset cpu
+
+Reads notebook 02's models from the artifact cache (trains them when missing). Expected run time (README,
+2-core machine): cpu about 91 s with 02's models in the cache; smoke seconds (not measured per notebook);
+gpu/tpu not yet measured.
+
+Headline figures on cpu: ``claim_verdict``, ``vanilla_accuracy_at_low``, ``bpr_accuracy_at_low``: not yet
+measured (issue 12 notes 02's models are near chance today; the next issue re-measures them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sparse_experts.workbook.configs import train_vmoe
+from sparse_experts.workbook.configs.base import NotebookConfig, fail, integer, knob, positive_list, real
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(NotebookConfig):
+    notebook: ClassVar[str] = "04_adaptive_compute"
+
+    capacity_factors: tuple[float, ...] = knob(
+        "test-time capacity factors of the sweep (top-k V-MoE)", positive_list(2, 16.0)
+    )
+    low_capacity_factor: float = knob(
+        "capacity factor at which compute per image is shown", real(0, 16, low_open=True)
+    )
+    claim_threshold: float = knob(
+        "capacity factors at or below this count as 'well below 1' in the claim check", real(0, 1)
+    )
+    eval_images: int = knob(
+        "test images evaluated (the first ones, stored order; a multiple of notebook 02's group_size)",
+        integer(1, 1_000_000),
+    )
+    eval_batch_size: int = knob(
+        "images per evaluation batch (fixed; a multiple of notebook 02's group_size)", integer(1, 65536)
+    )
+    extremes_shown: int = knob("images shown with the most and with the least compute", integer(1, 32))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        group = train_vmoe.PRESETS[self.preset]["group_size"]
+        for name in ("eval_batch_size", "eval_images"):
+            if getattr(self, name) % group:
+                fail(
+                    name,
+                    getattr(self, name),
+                    f"a multiple of notebook 02's group_size={group} under this preset",
+                )
+
+
+# Every factor compiles the forward pass once per sweep (3 sweeps): under cpu about 9 s per factor and sweep
+# on the full 5000-image test split (measured on 2 busy cores), so 6 factors keep the notebook near 3 min.
+_FACTORS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
+_COMMON = dict(capacity_factors=_FACTORS, low_capacity_factor=0.25, claim_threshold=0.5, extremes_shown=8)
+PRESETS = {
+    "smoke": dict(_COMMON, capacity_factors=(0.5, 1.0), low_capacity_factor=0.5, eval_images=250,
+                  eval_batch_size=250, extremes_shown=6),
+    "cpu": dict(_COMMON, eval_images=5000, eval_batch_size=1000),
+    "gpu": dict(_COMMON, eval_images=10_000, eval_batch_size=1000),
+    "tpu": dict(_COMMON, eval_images=50_000, eval_batch_size=1024),
+}  # fmt: skip
+
+# Seconds a run is expected to take under each preset (None: not measured); the runner flags a run well over.
+EXPECTED_SECONDS = {"smoke": None, "cpu": 91, "gpu": None, "tpu": None}

@@ -1,0 +1,91 @@
+"""03_routing_explorer: which patches go to which expert, what gets dropped, and do experts specialise?
+
+    python -m sparse_experts.workbook run --only 03 --preset cpu
+
+Reads notebook 02's models from the artifact cache (trains them when missing). Expected run time (README,
+2-core machine): cpu about 71 s with 02's models in the cache; smoke seconds (not measured per notebook);
+gpu/tpu not yet measured.
+
+Headline figures on cpu: ``main_dropped_fraction``, ``main_specialisation``, ``main_ablation_change``: not
+yet measured (issue 12 notes 02's models are near chance today; the next issue re-measures them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sparse_experts.models import placement_layers
+from sparse_experts.workbook.configs import train_vmoe
+from sparse_experts.workbook.configs.base import (
+    NotebookConfig,
+    boolean,
+    fail,
+    integer,
+    knob,
+    names_from,
+    real,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(NotebookConfig):
+    notebook: ClassVar[str] = "03_routing_explorer"
+
+    eval_images: int = knob(
+        "test images analysed (the first ones in stored order; a multiple of notebook 02's group_size)",
+        integer(1, 1_000_000),
+    )
+    image_index: int = knob("which of those images the patch view shows first (0-based)", integer(0, 999_999))
+    layer: int = knob(
+        "MoE layer shown first: a layer index, or -1 for each model's first MoE layer", integer(-1, 127)
+    )
+    k: int = knob(
+        "top-k choices per token at test time (at most notebook 02's num_experts)", integer(1, 1024)
+    )
+    capacity_factor: float = knob("test-time capacity factor", real(0, 16, low_open=True))
+    batch_priority: bool = knob("Batch Prioritized Routing at test time (training used none)", boolean)
+    ablate_expert: int = knob(
+        "expert switched off in the ablation: an index, or -1 for the most specialised one", integer(-1, 1023)
+    )
+    models: tuple[str, ...] = knob(
+        "MoE models of notebook 02 to explore (each among notebook 02's models for the preset)",
+        names_from(train_vmoe.MOE_MODELS),
+    )
+
+    def __post_init__(self) -> None:
+        """Against notebook 02's preset values: the models exist, k and the ablated expert fit E, the image
+        set splits into whole routing groups, the layer is an MoE layer of every explored model."""
+        super().__post_init__()
+        zoo = train_vmoe.PRESETS[self.preset]
+        if any(m not in zoo["models"] for m in self.models):
+            trained = ", ".join(m for m in zoo["models"] if m in train_vmoe.MOE_MODELS)
+            fail("models", self.models, f"models notebook 02 trains under {self.preset!r}: {trained}")
+        group, experts = zoo["group_size"], zoo["num_experts"]
+        if self.eval_images % group:
+            fail("eval_images", self.eval_images, f"a multiple of notebook 02's group_size={group}")
+        if self.image_index >= self.eval_images:
+            fail("image_index", self.image_index, f"an integer in [0, eval_images={self.eval_images})")
+        if self.k > experts:
+            fail("k", self.k, f"an integer in [1, num_experts={experts}] (notebook 02's num_experts)")
+        if self.ablate_expert >= experts:
+            fail("ablate_expert", self.ablate_expert, f"-1 or an expert index in [0, {experts})")
+        if self.layer >= 0:
+            for name in self.models:
+                layers = placement_layers("last-2" if name == "vmoe_last2_k2" else "every-2", zoo["depth"])
+                if self.layer not in layers:
+                    fail(
+                        "layer", self.layer, f"-1 or an MoE layer of every explored model ({name}: {layers})"
+                    )
+
+
+_COMMON = dict(image_index=0, layer=-1, k=2, capacity_factor=1.05, batch_priority=False, ablate_expert=-1)
+PRESETS = {
+    "smoke": dict(_COMMON, eval_images=250, models=("vmoe_every2_k2", "expert_choice", "soft_moe")),
+    "cpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
+    "gpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
+    "tpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
+}
+
+# Seconds a run is expected to take under each preset (None: not measured); the runner flags a run well over.
+EXPECTED_SECONDS = {"smoke": None, "cpu": 71, "gpu": None, "tpu": None}

@@ -1,0 +1,139 @@
+"""02_train_vmoe: does a sparse V-MoE reach dense accuracy at lower inference compute?
+
+    python -m sparse_experts.workbook run --only 02 --preset cpu
+
+Expected run time (README, 2-core machine): cpu about 17 min, training 11 models (dense and the main V-MoE
+with 3 seeds each) into the artifact cache; a rerun reads them back in about 35 s. At 400 steps the 11
+models took about 22 minutes (dense 80-95 s, V-MoE k=2 126 s), hence 320. smoke seconds (not measured per
+notebook); gpu/tpu not yet measured.
+
+Headline figures on cpu: ``main_vmoe_test_accuracy``, ``dense_test_accuracy``, ``claim_verdict``: not yet
+measured (issue 12 notes they are near chance today; the next issue re-measures them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sparse_experts.models import placement_layers
+from sparse_experts.workbook.configs.base import (
+    NotebookConfig,
+    dataset_name,
+    fail,
+    integer,
+    knob,
+    names_from,
+    one_of,
+    real,
+)
+
+# The models of notebook 02; sparse_experts.workbook.zoo defines each.
+MODEL_NAMES = (
+    "dense",
+    "vmoe_every2_k2",
+    "vmoe_last2_k2",
+    "vmoe_every2_k1",
+    "expert_choice",
+    "soft_moe",
+    "dense_large",
+)
+MOE_MODELS = ("vmoe_every2_k2", "vmoe_last2_k2", "vmoe_every2_k1", "expert_choice", "soft_moe")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(NotebookConfig):
+    notebook: ClassVar[str] = "02_train_vmoe"
+
+    dataset: str = knob("upstream dataset the models are trained on", dataset_name)
+    label: str = knob(
+        "which labels to learn: 'label' (fine) or 'coarse_label'", one_of("label", "coarse_label")
+    )
+    image_size: int = knob(
+        "image side in pixels fed to the models (a multiple of patch_size)", integer(4, 512)
+    )
+    patch_size: int = knob("patch side in pixels", integer(1, 64))
+    width: int = knob("backbone width D (a multiple of num_heads)", integer(8, 8192))
+    depth: int = knob("backbone depth L (>= 6 so that every-2 and last-2 placements differ)", integer(1, 128))
+    mlp_dim: int = knob("MLP hidden width H of the backbone (and of each expert)", integer(8, 65536))
+    num_heads: int = knob("attention heads", integer(1, 128))
+    large_width: int = knob("width of the larger dense model (its MLP is 4x wider)", integer(8, 8192))
+    large_depth: int = knob("depth of the larger dense model", integer(1, 128))
+    num_experts: int = knob("experts E per MoE layer", integer(2, 1024))
+    capacity_factor: float = knob("top-k capacity factor during training", real(0, 16, low_open=True))
+    eval_capacity_factor: float = knob("top-k capacity factor at evaluation", real(0, 16, low_open=True))
+    group_size: int = knob(
+        "images per routing group (divides batch_size and eval_batch_size)", integer(1, 4096)
+    )
+    batch_size: int = knob("training batch size", integer(1, 65536))
+    steps: int = knob("training steps per model", integer(1, 10_000_000))
+    warmup_steps: int = knob("linear warmup steps, at most steps (then cosine decay)", integer(0, 1_000_000))
+    learning_rate: float = knob("peak learning rate (AdamW)", real(0, 1, low_open=True))
+    weight_decay: float = knob("decoupled weight decay on matrices", real(0, 10))
+    seeds: int = knob("seeds for the dense model and the main V-MoE (the spread)", integer(1, 10))
+    models: tuple[str, ...] = knob("which models to train (zoo.MODEL_NAMES)", names_from(MODEL_NAMES))
+    eval_batch_size: int = knob(
+        "evaluation batch size (fixed: routing depends on the group)", integer(1, 65536)
+    )
+    eval_every: int = knob("validation every this many steps", integer(1, 10_000_000))
+    checkpoint_every: int = knob("orbax checkpoint every this many steps", integer(1, 10_000_000))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size % self.patch_size:
+            fail("image_size", self.image_size, f"a multiple of patch_size={self.patch_size}")
+        for name in ("width", "large_width"):
+            if getattr(self, name) % self.num_heads:
+                fail(name, getattr(self, name), f"a multiple of num_heads={self.num_heads}")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) % self.group_size:
+                fail(name, getattr(self, name), f"a multiple of group_size={self.group_size}")
+        if self.warmup_steps > self.steps:
+            fail("warmup_steps", self.warmup_steps, f"at most steps={self.steps}")
+        if set(self.models) & set(MOE_MODELS) and self.depth < 2:
+            fail("depth", self.depth, "at least 2 (MoE layers go in odd layers 1, 3, ...)")
+        if {"vmoe_every2_k2", "vmoe_last2_k2"} <= set(self.models):
+            every = placement_layers("every-2", self.depth)
+            if every == placement_layers("last-2", self.depth):
+                fail("depth", self.depth, f"at least 6: every-2 and last-2 both give layers {every}")
+
+
+_COMMON = dict(
+    label="label",
+    warmup_steps=50,
+    weight_decay=1e-4,
+    eval_batch_size=500,
+    capacity_factor=1.05,
+    eval_capacity_factor=1.05,
+    models=MODEL_NAMES,
+)
+PRESETS = {
+    # A reduced set of tiny models: proves the pipeline (train, cache, evaluate, plot) runs.
+    "smoke": dict(
+        _COMMON, dataset="shapes_upstream_small", image_size=16, patch_size=4, width=32, depth=2, mlp_dim=64,
+        num_heads=2, large_width=48, large_depth=2, num_experts=4, group_size=2, batch_size=32, steps=12,
+        warmup_steps=2, learning_rate=3e-3, seeds=1, eval_batch_size=250, eval_every=12, checkpoint_every=6,
+        models=("dense", "vmoe_every2_k2", "expert_choice", "soft_moe"),
+    ),
+    "cpu": dict(
+        _COMMON, dataset="shapes_upstream", image_size=16, patch_size=4, width=64, depth=6, mlp_dim=256,
+        num_heads=4, large_width=96, large_depth=6, num_experts=8, group_size=8, batch_size=128, steps=320,
+        learning_rate=3e-3, seeds=3, eval_batch_size=1000, eval_every=80, checkpoint_every=160,
+    ),
+    "gpu": dict(
+        _COMMON, dataset="cifar100", image_size=32, patch_size=4, width=384, depth=12, mlp_dim=1536,
+        num_heads=6, large_width=768, large_depth=12, num_experts=8, group_size=4, batch_size=256,
+        steps=20_000, warmup_steps=1000, learning_rate=1e-3, weight_decay=0.05, seeds=3, eval_every=2000,
+        checkpoint_every=2000,
+    ),
+    "tpu": dict(
+        _COMMON, dataset="imagenet2012", image_size=224, patch_size=16, width=768, depth=12, mlp_dim=3072,
+        num_heads=12, large_width=1536, large_depth=24, num_experts=32, group_size=1, batch_size=1024,
+        steps=90_000, warmup_steps=10_000, learning_rate=1e-3, weight_decay=0.1, seeds=3, eval_every=5000,
+        checkpoint_every=5000,
+    ),
+}  # fmt: skip
+
+# Seconds a run is expected to take under each preset (None: not measured); the runner flags a run well over.
+# cpu: the first run, which trains every model (a rerun from the cache takes about 35 s).
+EXPECTED_SECONDS = {"smoke": None, "cpu": 1020, "gpu": None, "tpu": None}
