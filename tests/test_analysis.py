@@ -109,20 +109,20 @@ def test_small_statistics():
 
 def test_ablate_expert_leaves_original_and_removes_exactly_that_experts_output(model):
     mlp = model.encoder.blocks[1].mlp
-    wo_before = np.asarray(mlp.wo[...]).copy()
+    wo_before = np.asarray(mlp.experts.wo[...]).copy()
     ablated = analysis.ablate_expert(model, 1, 2)
-    np.testing.assert_array_equal(np.asarray(mlp.wo[...]), wo_before)  # the original is untouched
+    np.testing.assert_array_equal(np.asarray(mlp.experts.wo[...]), wo_before)  # the original is untouched
     off = ablated.encoder.blocks[1].mlp
-    assert not np.asarray(off.wo[...][2]).any() and not np.asarray(off.bo[...][2]).any()
-    np.testing.assert_array_equal(np.asarray(off.wo[...][1]), wo_before[1])
+    assert not np.asarray(off.experts.wo[...][2]).any() and not np.asarray(off.experts.bo[...][2]).any()
+    np.testing.assert_array_equal(np.asarray(off.experts.wo[...][1]), wo_before[1])
     # at the layer: the ablated output is the original minus expert 2's weighted output, nothing else
     x = jax.random.normal(jax.random.key(1), (2, model.config.num_tokens, 16))
     layer = nnx.jit(lambda module, x: module(x, capacity_factor=1.0))  # one compile for both (same graph)
     y, record = layer(mlp, x)
     y_off, record_off = layer(off, x)
     np.testing.assert_allclose(record_off["combine_weights"], record["combine_weights"])  # routing unchanged
-    h = jax.nn.gelu(jnp.einsum("BND,DH->BNH", x, mlp.wi[...][2]) + mlp.bi[...][2])
-    expert_out = jnp.einsum("BNH,HD->BND", h, mlp.wo[...][2]) + mlp.bo[...][2]
+    h = jax.nn.gelu(jnp.einsum("BND,DH->BNH", x, mlp.experts.wi[...][2]) + mlp.experts.bi[...][2])
+    expert_out = jnp.einsum("BNH,HD->BND", h, mlp.experts.wo[...][2]) + mlp.experts.bo[...][2]
     contribution = record["combine_weights"][..., 2:3] * expert_out
     assert np.abs(np.asarray(contribution)).max() > 1e-3  # expert 2 did process tokens
     np.testing.assert_allclose(y_off, y - contribution, atol=1e-5)
@@ -176,16 +176,22 @@ def test_bpr_claim_check_verdicts():
     check = analysis.bpr_claim_check(
         factors, [0.40, 0.60, 0.80, 0.80], [0.75, 0.78, 0.80, 0.81], num_images=5000
     )
-    assert check["verdict"] == "reproduced" and check["reference_capacity_factor"] == 1.0
-    assert [r["capacity_factor"] for r in check["rows"]] == [0.25, 0.5]
-    first = check["rows"][0]
+    assert isinstance(check, analysis.Claim)
+    assert check.verdict == "reproduced" and check.numbers["reference_capacity_factor"] == 1.0
+    assert [r["capacity_factor"] for r in check.numbers["rows"]] == [0.25, 0.5]
+    first = check.numbers["rows"][0]
     assert np.isclose(first["vanilla_drop"], 0.40) and np.isclose(first["bpr_drop"], 0.05)
-    assert "C=0.25: vanilla -40.0, BPR -5.0" in check["sentence"]
+    assert "C=0.25: vanilla -40.0, BPR -5.0" in check.sentence
+    assert check.to_dict()["numbers"]["mean_gap"] == pytest.approx((0.35 + 0.18) / 2)
+    # Both flat: BPR's advantage 0 is within the noise (2 x sqrt(0.25 / 100) = 0.1).
     flat = analysis.bpr_claim_check(factors, [0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5], num_images=100)
-    assert flat["verdict"] == "not reproduced at this scale"
+    assert flat.verdict == "within noise" and flat.numbers["noise"] == pytest.approx(0.1)
+    # BPR gains on average by more than the noise, but falls below vanilla at C=0.5: not reproduced.
+    mixed = analysis.bpr_claim_check(factors, [0.40, 0.75, 0.8, 0.8], [0.75, 0.70, 0.8, 0.8], num_images=5000)
+    assert mixed.verdict == "not reproduced" and "falls below vanilla" in mixed.sentence
     worse = analysis.bpr_claim_check(factors, [0.7, 0.75, 0.8, 0.8], [0.3, 0.5, 0.8, 0.8], num_images=5000)
-    assert worse["verdict"] == "contradicted"
+    assert worse.verdict == "contradicted"
     untested = analysis.bpr_claim_check([0.75, 1.5], [0.7, 0.8], [0.7, 0.8], num_images=100)
-    assert untested["verdict"] == "not tested" and untested["reference_capacity_factor"] == 1.5
+    assert untested.verdict == "not tested" and untested.numbers["reference_capacity_factor"] == 1.5
     with pytest.raises(ValueError, match="accuracies"):
         analysis.bpr_claim_check(factors, [0.5], [0.5], num_images=10)

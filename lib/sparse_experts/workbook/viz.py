@@ -622,3 +622,64 @@ def expert_ablation_bars(
                            marker_color=[expert_color(e) for e in range(len(change))]))  # fmt: skip
     fig.update_layout(title=title, yaxis_title="change in accuracy (points)", height=360, width=620)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 00: example images of a dataset, its label hierarchy.
+# ---------------------------------------------------------------------------------------------------------
+def classes_across_groups(
+    labels: np.ndarray, fine_to_coarse: np.ndarray | None, shown: int, seed: int = 0
+) -> list[int]:
+    """``shown`` classes present in ``labels`` (at most as many as there are), sorted. With a hierarchy
+    (``fine_to_coarse [Y]``) they are taken round-robin over the coarse groups, so that every group appears
+    before any appears twice; within a group, and without a hierarchy, the choice is random by ``seed``."""
+    if isinstance(shown, bool) or not isinstance(shown, int) or shown < 1:
+        raise ValueError(f"shown={shown!r} is not valid; expected a positive integer")
+    rng = np.random.default_rng(seed)
+    present = np.unique(np.asarray(labels))
+    shown = min(shown, len(present))
+    if fine_to_coarse is None:
+        return sorted(rng.choice(present, shown, replace=False).tolist())
+    fine_to_coarse = np.asarray(fine_to_coarse)
+    order = np.lexsort((rng.random(len(present)), fine_to_coarse[present]))
+    by_group: dict[int, list[int]] = {}
+    for c in present[order]:
+        by_group.setdefault(int(fine_to_coarse[c]), []).append(int(c))
+    longest = max(map(len, by_group.values()))
+    rounds = [g[i] for i in range(longest) for g in by_group.values() if i < len(g)]
+    return sorted(rounds[:shown])
+
+
+def dataset_grid(split, info, *, classes_shown: int, images_per_class: int, seed: int = 0, title: str = ""):
+    """:func:`image_grid` of a dataset split (``split.images``, ``split.labels``; ``info`` from
+    ``datasets.info``): one row per class of :func:`classes_across_groups`, labelled "coarse / fine" when
+    the dataset has a hierarchy, with ``images_per_class`` images each (fewer if a class has fewer)."""
+    classes = classes_across_groups(split.labels, info.fine_to_coarse, classes_shown, seed)
+    per_class = min(images_per_class, int(np.bincount(split.labels)[classes].min()))
+    index = sample_per_class(split.labels, classes, per_class, seed=seed)
+    if info.fine_to_coarse is None:
+        names = [info.class_names[c] for c in classes]
+    else:
+        names = [
+            f"{info.coarse_class_names[info.fine_to_coarse[c]]} / {info.class_names[c]}" for c in classes
+        ]
+    return image_grid(split.images[index], names, title=title, cell_pixels=48)
+
+
+def label_treemap(rows, root: str, title: str = "") -> go.Figure:
+    """Treemap of a label hierarchy: ``rows`` of {"coarse", "fine", "train images"} (as from
+    ``sparse_experts.workbook.tour.label_hierarchy``) under one ``root`` box; areas count images."""
+    if not rows:
+        raise ValueError("rows is empty: no label hierarchy to show")
+    coarse_totals: dict[str, int] = {}
+    for row in rows:
+        coarse_totals[row["coarse"]] = coarse_totals.get(row["coarse"], 0) + int(row["train images"])
+    ids = (
+        [root] + [f"{root}/{c}" for c in coarse_totals] + [f"{root}/{r['coarse']}/{r['fine']}" for r in rows]
+    )
+    labels = [root, *coarse_totals, *(r["fine"] for r in rows)]
+    parents = [""] + [root] * len(coarse_totals) + [f"{root}/{r['coarse']}" for r in rows]
+    values = [sum(coarse_totals.values()), *coarse_totals.values(), *(int(r["train images"]) for r in rows)]
+    fig = go.Figure(go.Treemap(ids=ids, labels=labels, parents=parents, values=values, branchvalues="total"))
+    fig.update_layout(title=title, margin=dict(t=30, l=10, r=10, b=10), height=520)
+    return fig

@@ -20,23 +20,21 @@ average pooling) and one training recipe (AdamW, warmup + cosine, batch, steps) 
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sparse_experts import datasets, models, train
+from sparse_experts import analysis, datasets, models, train
 from sparse_experts.workbook import cache, presets
 
 MODEL_NAMES = presets.ZOO_MODELS
 MULTI_SEED = ("dense", "vmoe_every2_k2")
 NOTEBOOK = "02_train_vmoe"
-
-
-def params_for(preset: str, seed: int = 0, **knobs: Any):
-    """The resolved knobs of notebook 02 under ``preset``: how notebooks 03 and 04 find its models."""
-    return presets.resolve(NOTEBOOK, preset, seed, **knobs)
 
 
 def _num_classes(dataset: str, label: str) -> int:
@@ -121,6 +119,157 @@ def spec(name: str, params: Mapping[str, Any], seed: int | None = None) -> cache
 def get(name: str, params: Mapping[str, Any], seed: int | None = None, **kwargs: Any) -> cache.Trained:
     """Model ``name`` from the cache, trained now if it is not there (see :func:`cache.get_or_train`)."""
     return cache.get_or_train(spec(name, params, seed), description=f"{name} seed {seed}", **kwargs)
+
+
+def params_for(preset: str, seed: int = 0, **knobs: Any) -> presets.Params:
+    """Notebook 02's knobs under ``preset`` with ``knobs`` changed (validated): what 02 would train."""
+    return presets.resolve(NOTEBOOK, preset, seed, **knobs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a run of notebook 02 trained, and how notebooks 03 and 04 find exactly those models.
+# ---------------------------------------------------------------------------------------------------------
+RECORD_FIGURE = "trained_models"
+"""The figure of ``<out>/02_train_vmoe.json`` that records what notebook 02 trained (:func:`run_record`)."""
+
+
+def run_record(params: Mapping[str, Any], results: Mapping[tuple[str, int], cache.Trained]) -> dict[str, Any]:
+    """What notebook 02 trained, for its figures JSON: preset, seed, every knob as resolved, the knobs that
+    differ from the preset's values, and the cache key of each ``(model, seed)`` in ``results``."""
+    defaults = params_for(params["preset"], params["seed"])
+    return {
+        "preset": params["preset"],
+        "seed": params["seed"],
+        "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
+        "changed_knobs": {k: v for k, v in params.items() if defaults[k] != v},
+        "models": [
+            {"model": name, "seed": seed, "cache_key": trained.path.name}
+            for (name, seed), trained in sorted(results.items())
+        ],
+    }
+
+
+DATA_KNOBS = ("dataset", "label", "image_size", "group_size", "eval_batch_size")
+"""Notebook 02's knobs that fix the evaluation data: split, labels, image size and routing batches."""
+
+
+@dataclass(frozen=True)
+class ZooRun:
+    """The models of one run of notebook 02 (or, when 02 has not run in a folder, the preset's models).
+
+    ``params``: 02's knobs as that run resolved them; ``keys``: the cache key of each ``(model, seed)``;
+    ``record``: the figures JSON read (None when 02 has not run there); ``source``: a sentence saying which
+    run this is (path, time, changed knobs) or why the preset's models are used instead.
+    """
+
+    params: presets.Params
+    keys: Mapping[tuple[str, int], str]
+    record: Path | None
+    source: str
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The model names this run trained, in 02's order."""
+        return tuple(name for name in self.params["models"] if any(n == name for n, _ in self.keys))
+
+    def get(self, name: str, seed: int | None = None, **kwargs: Any) -> cache.Trained:
+        """Model ``name`` trained with ``seed`` (default: the run's seed) by this run: its cache entry,
+        trained again from the very same spec if the entry has gone from the cache (``trained_now``)."""
+        seed = self.params["seed"] if seed is None else seed
+        if (name, seed) not in self.keys:
+            have = ", ".join(f"{n} seed {s}" for n, s in sorted(self.keys))
+            raise ValueError(
+                f"model name={name!r} with seed={seed} is not among the models of {self._what()}: {have}. "
+                f"Ask for one of those, or rerun notebook 02 with models including {name!r}."
+            )
+        return get(name, self.params, seed, **kwargs)
+
+    def get_all(self, names: Sequence[str], **kwargs: Any) -> dict[str, cache.Trained]:
+        """``{name: Trained}`` at the run's seed for those of ``names`` this run trained, in that order."""
+        return {name: self.get(name, **kwargs) for name in names if name in self.models}
+
+    def check_data(self, loaded: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` unless ``loaded`` (the knobs a notebook loaded its images with) agrees with
+        this run's knobs on :data:`DATA_KNOBS`: the images, labels and routing batches the models were
+        evaluated on."""
+        differ = {k: (loaded[k], self.params[k]) for k in DATA_KNOBS if loaded[k] != self.params[k]}
+        if differ:
+            said = ", ".join(f"{k}={a!r} (the run: {b!r})" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"the images were loaded with {said}, not as {self._what()} evaluated its models; load them "
+                f"with this run's knobs (ZooRun.params)"
+            )
+
+    def _what(self) -> str:
+        return f"notebook 02's run in {self.record}" if self.record else "notebook 02's preset models"
+
+    def __str__(self) -> str:
+        return self.source
+
+
+STAGING = ".staging"
+"""The runner executes each notebook in ``<out>/.staging/<notebook>-<pid>/`` (its output dir) and moves the
+outputs to ``<out>`` once it succeeded (:mod:`sparse_experts.workbook.runner`)."""
+
+
+def _record_path(out_dir: Path) -> Path:
+    """``<out_dir>/02_train_vmoe.json``; from a runner's staging folder, the one in the run's folder."""
+    path = out_dir / f"{NOTEBOOK}.json"
+    if not path.is_file() and out_dir.parent.name == STAGING:
+        return out_dir.parent.parent / path.name
+    return path
+
+
+def models_of_run(out_dir: str | Path, preset: str, seed: int = 0) -> ZooRun:
+    """The models notebook 02 trained in the output folder ``out_dir`` (the :data:`RECORD_FIGURE` of
+    ``<out_dir>/02_train_vmoe.json``; for a notebook the runner executes in ``<out>/.staging/...``, the
+    one in ``<out>``), when that run used ``preset`` and ``seed``; otherwise the models
+    notebook 02 trains under ``preset`` and ``seed`` with the preset's knobs (``source`` says why).
+
+    Every recorded cache key is checked against the spec the recorded knobs give under the current code;
+    a mismatch (the training code or a split plan changed since that run) raises ``ValueError`` saying how
+    to fix it, rather than silently using other models.
+    """
+    path = _record_path(Path(out_dir))
+    reason = None
+    if not path.is_file():
+        reason = f"notebook 02 has not run in {path.parent} (no {path.name})"
+    else:
+        saved = json.loads(path.read_text())
+        record = saved.get("figures", {}).get(RECORD_FIGURE)
+        if record is None:
+            reason = f"{path} holds no {RECORD_FIGURE!r} record (saved by an older notebook 02)"
+        elif (record["preset"], record["seed"]) != (preset, seed):
+            reason = f"notebook 02's run in {path} used preset {record['preset']!r} and seed {record['seed']}"
+    if reason is not None:
+        params = params_for(preset, seed)
+        keys = {(n, s): spec(n, params, s).key() for n in params["models"] for s in seeds_of(n, params)}
+        source = (
+            f"{reason}: using the models notebook 02 trains under preset {preset!r}, seed {seed}, with the "
+            f"preset's knobs (from the cache, trained now where missing)."
+        )
+        return ZooRun(params, keys, None, source)
+    knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in record["knobs"].items()}
+    params = params_for(**knobs)
+    keys = {(m["model"], m["seed"]): m["cache_key"] for m in record["models"]}
+    for (name, model_seed), key in keys.items():
+        expected = spec(name, params, model_seed).key()
+        if expected != key:
+            raise ValueError(
+                f"{path} records cache entry {key[:12]}... for {name} seed {model_seed}, but its knobs give "
+                f"{expected[:12]}... under the current code: the training code or a split plan changed "
+                f"since that run. Rerun notebook 02 in {path.parent}, or move {path.name} away to use the "
+                f"preset's models."
+            )
+    created = saved.get("provenance", {}).get("created", "an unknown time")
+    changed = ", ".join(f"{k}={v!r}" for k, v in record["changed_knobs"].items()) or "none"
+    source = (
+        f"Notebook 02's run recorded in {path} (saved {created}; preset {preset!r}, seed {seed}; knobs "
+        f"changed from the preset: {changed}): {len(keys)} models, "
+        + ", ".join(f"{n} seed {s}" for n, s in sorted(keys))
+        + "."
+    )
+    return ZooRun(params, keys, path, source)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,39 +362,52 @@ def dominated_by(rows: list[Mapping[str, Any]], row: Mapping[str, Any]) -> list[
     ]
 
 
-def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> dict[str, Any]:
+CLAIM_02 = "V-MoE reaches the accuracy of dense ViTs at lower inference compute (Riquelme et al. 2021)."
+
+
+def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> analysis.Claim:
     """V-MoE's claim, "V-MoE reaches dense accuracy at lower inference compute", checked on ``rows``.
 
-    Supported when the main V-MoE is at least as accurate as some dense model that needs more GFLOPs per
-    image (it reaches that model's accuracy for less compute); "within noise" when it falls short of every
-    such model by less than twice the standard error (one-seed models borrow their family's seed spread,
-    :func:`family_spread`); otherwise not supported. Without a dense model that
-    costs more than the main V-MoE the claim cannot be tested here. Returns the verdict, a sentence, and
-    the comparisons behind it.
+    The main V-MoE is compared with the most accurate dense model that needs more GFLOPs per image (one-seed
+    models borrow their family's seed spread, :func:`family_spread`). Verdict (:data:`analysis.VERDICTS`):
+
+    - "reproduced": the main V-MoE is at least as accurate as that costlier dense model;
+    - "within noise": it falls short by less than twice the standard error of the gap;
+    - "contradicted": a dense model that costs no more GFLOPs than the main V-MoE is more accurate by more
+      than twice the standard error (dense sits on the better frontier);
+    - "not reproduced": otherwise (short of the costlier dense model, by more than the noise or with no
+      spread known);
+    - "not tested": the main V-MoE was not trained, or no dense model costs more than it.
+
+    ``numbers`` holds ``main``, ``comparisons`` (:func:`compare` of the main V-MoE with the same-backbone
+    dense model and every costlier dense model) and, when tested, ``best_costlier_dense`` and its ``gap``.
     """
     by_name = {r["model"]: r for r in rows}
     if main not in by_name:
-        return {"verdict": "untested", "sentence": f"{main} was not trained, so the claim is not tested."}
+        sentence = f"{main} was not trained, so the claim is not tested."
+        return analysis.Claim(CLAIM_02, "not tested", sentence, {"main": main, "comparisons": []})
     vmoe = by_name[main]
-    costlier = [
-        r for r in rows if r["family"] == "dense" and r["gflops_per_image"] > vmoe["gflops_per_image"]
-    ]
+    dense = [r for r in rows if r["family"] == "dense"]
+    costlier = [r for r in dense if r["gflops_per_image"] > vmoe["gflops_per_image"]]
     same_backbone = by_name.get("dense")
     spread = family_spread(rows)
     comparisons = [compare(vmoe, r, spread) for r in ([same_backbone] if same_backbone else []) + costlier]
+    numbers: dict[str, Any] = {"main": main, "comparisons": comparisons}
     if not costlier:
-        return {
-            "verdict": "untested",
-            "sentence": f"No dense model here costs more GFLOPs per image than {main}: claim not tested.",
-            "comparisons": comparisons,
-        }
+        sentence = f"No dense model here costs more GFLOPs per image than {main}: claim not tested."
+        return analysis.Claim(CLAIM_02, "not tested", sentence, numbers)
     best = max(costlier, key=lambda r: r["test_accuracy"])
     gap = compare(vmoe, best, spread)
+    numbers.update(best_costlier_dense=best["model"], gap=gap)
     pct = 100 * gap["gflops_ratio"]
+    cheaper = [r for r in dense if r["gflops_per_image"] <= vmoe["gflops_per_image"]]
+    cheaper_better = [
+        c for c in (compare(vmoe, r, spread) for r in cheaper) if c["resolved"] and c["accuracy_gap"] < 0
+    ]
     if gap["accuracy_gap"] >= 0:
-        verdict = "supported"
+        verdict = "reproduced"
         sentence = (
-            f"Supported at this scale: {main} reaches {100 * vmoe['test_accuracy']:.1f}% test "
+            f"Reproduced at this scale: {main} reaches {100 * vmoe['test_accuracy']:.1f}% test "
             f"accuracy, {100 * gap['accuracy_gap']:+.1f} points against {best['model']} "
             f"({100 * best['test_accuracy']:.1f}%), at {pct:.0f}% of its GFLOPs per image."
         )
@@ -257,11 +419,127 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
             f"{pct:.0f}% of its GFLOPs per image; neither reached nor clearly missed."
         )
     else:
-        verdict = "not supported"
+        verdict = "contradicted" if cheaper_better else "not reproduced"
+        cheaper = cheaper_better[0] if cheaper_better else None
         sentence = (
-            f"Not supported at this scale: {main} ({100 * vmoe['test_accuracy']:.1f}%) stays "
+            f"{verdict.capitalize()} at this scale: {main} ({100 * vmoe['test_accuracy']:.1f}%) stays "
             f"{100 * -gap['accuracy_gap']:.1f} points below {best['model']} "
             f"({100 * best['test_accuracy']:.1f}%), which costs {100 / gap['gflops_ratio']:.0f}% of "
-            f"{main}'s GFLOPs per image."
+            f"{main}'s GFLOPs per image"
         )
-    return {"verdict": verdict, "sentence": sentence, "comparisons": comparisons}
+        if cheaper is not None:
+            sentence += (
+                f"; and {cheaper['b']}, which costs no more, is {100 * -cheaper['accuracy_gap']:.1f} points "
+                f"more accurate (more than 2 standard errors = {200 * cheaper['standard_error']:.1f} points)"
+            )
+        sentence += "."
+    return analysis.Claim(CLAIM_02, verdict, sentence, numbers)
+
+
+def plan(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Notebook 02's models on paper, one row per model of ``params["models"]``: seeds, width x depth, MoE
+    layers, router, total and active parameters, GFLOPs per image (analytic, at the evaluation capacity)."""
+    rows = []
+    for name in params["models"]:
+        config = model_config(name, params)
+        moe = config.moe
+        rows.append({
+            "model": name,
+            "seeds": len(seeds_of(name, params)),
+            "width x depth": f"{config.width} x {config.depth}",
+            "MoE layers": "" if moe is None else str(models.moe_layers(config)),
+            "router": "" if moe is None else f"{moe.router} (E={moe.num_experts}, k={moe.k})",
+            "params (total)": models.param_count(config),
+            "params (active)": models.param_count(config, active=True),
+            "GFLOPs / image": models.flops_per_image(config) / 1e9,
+        })  # fmt: skip
+    return rows
+
+
+def train_all(params: Mapping[str, Any], log=print, **kwargs: Any) -> dict[tuple[str, int], cache.Trained]:
+    """Every model of ``params["models"]`` with each of its seeds (:func:`seeds_of`), from the cache or
+    trained now (:func:`get`); ``log`` gets one line per model and seed."""
+    results = {}
+    for name in params["models"]:
+        for seed in seeds_of(name, params):
+            trained = results[(name, seed)] = get(name, params, seed=seed, **kwargs)
+            how = "trained now" if trained.trained_now else "from the cache"
+            log(f"{name:16s} seed {seed}: test accuracy {trained.metrics['test']['accuracy']:.3f} "
+                f"({how}, {trained.metrics['train_seconds']:.0f} s of training)")  # fmt: skip
+    return results
+
+
+def test_accuracy_of(rows: list[Mapping[str, Any]], name: str) -> float | None:
+    """Mean test accuracy of model ``name`` in :func:`summarize`'s rows (None when it was not trained)."""
+    return next((r["test_accuracy"] for r in rows if r["model"] == name), None)
+
+
+def backbone_notes(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> list[str]:
+    """Sentences on the same-backbone comparison (the main V-MoE against ``dense``: gap, seed noise, GFLOPs
+    ratio) and on every model that a model of the other family dominates (:func:`dominated_by`)."""
+    by_name = {r["model"]: r for r in rows}
+    notes = []
+    if main in by_name and "dense" in by_name:
+        gap = compare(by_name[main], by_name["dense"])
+        if gap["standard_error"] is None:
+            noise = "one seed each: no spread to compare the gap with (raise `seeds`)"
+        else:
+            size = "larger than" if gap["resolved"] else "within"
+            noise = (
+                f"standard error {100 * gap['standard_error']:.1f}; the gap is {size} twice the seed noise"
+            )
+        notes.append(
+            f"Same backbone: the main V-MoE is {100 * gap['accuracy_gap']:+.1f} points against the dense ViT "
+            f"({noise}). It costs {gap['gflops_ratio']:.2f}x the dense GFLOPs per image."
+        )
+    for row in rows:
+        beaten = dominated_by(rows, row)
+        if beaten:
+            notes.append(
+                f"{row['model']} is dominated by {', '.join(beaten)} (as accurate or more, for no more "
+                "compute)"
+            )
+    return notes
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The first whole routing groups of a dataset's test split, as notebook 02's models see them:
+    ``raw [B, H, W, C]`` uint8 (for showing), ``images`` float in [-1, 1], ``labels [B]`` (the labels the
+    models learned: fine or coarse), ``total`` images in the split."""
+
+    dataset: str
+    raw: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+    total: int
+    group_size: int
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
+
+    def describe(self, batch_size: int) -> str:
+        return (
+            f"{self.dataset} test split: the first {self.count} of {self.total} images, in batches of "
+            f"{batch_size} ({batch_size // self.group_size} routing groups of {self.group_size} images each)"
+        )
+
+
+def eval_set(params: Mapping[str, Any], max_images: int) -> EvalSet:
+    """The first ``max_images`` test images of notebook 02's dataset (``params``: 02's knobs, e.g.
+    :attr:`ZooRun.params`), cut down to whole routing groups of ``params["group_size"]``."""
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images={max_images!r} is not valid; expected a positive integer")
+    group = params["group_size"]
+    split = datasets.load_split(params["dataset"], "test", image_size=params["image_size"])
+    count = min(max_images, len(split.images)) // group * group
+    if count == 0:
+        raise ValueError(
+            f"max_images={max_images} leaves no whole routing group of group_size={group} images; "
+            f"expected at least {group}"
+        )
+    labels = split.coarse_labels if params["label"] == "coarse_label" else split.labels
+    raw = np.asarray(split.images[:count])
+    return EvalSet(params["dataset"], raw, datasets.to_float(raw), np.asarray(labels)[:count],
+                      len(split.images), group)  # fmt: skip
