@@ -60,7 +60,7 @@ class Run:
     def __init__(self, params: presets.NotebookConfig, given: Mapping[str, Any] | None = None):
         self.params = params
         self.notebook = params.notebook
-        self.given = dict(given if given is not None else params.to_dict())
+        self.given = dict(given if given is not None else params)
         self.started = time.perf_counter()
         self.started_at = _dt.datetime.now(_dt.UTC)
 
@@ -134,7 +134,7 @@ def provenance(run: Run | None = None) -> dict[str, Any]:
             notebook=run.notebook,
             preset=run.preset,
             seed=run.seed,
-            parameters=_jsonable(run.params.to_dict()),
+            parameters=_jsonable(dict(run.params)),
             parameters_given=_jsonable(run.given),
             started=run.started_at.isoformat(timespec="seconds"),
             wall_time_s=round(run.elapsed(), 3),

@@ -169,10 +169,6 @@ class NotebookConfig(Mapping[str, Any]):
         """Every knob in order: ``preset``, ``seed``, then the notebook's."""
         return tuple(f.name for f in fields(cls))
 
-    @classmethod
-    def knob_docs(cls) -> dict[str, str]:
-        return {f.name: f.metadata["doc"] for f in fields(cls)}
-
     def __getitem__(self, name: str) -> Any:
         if name not in self.knob_names():
             raise KeyError(f"{self.notebook} has no parameter {name!r}")
@@ -183,9 +179,6 @@ class NotebookConfig(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.knob_names())
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self)
 
 
 C = TypeVar("C", bound=NotebookConfig)

@@ -28,15 +28,8 @@ class Config(NotebookConfig):
     classes_shown: int = knob("classes shown per example grid", integer(1, 40))
 
 
-EMBEDDED_DOWNSTREAM = (
-    "shapes_novel",
-    "shapes_finegrained",
-    "shapes_texture",
-    "shapes_count",
-    "shapes_position",
-    "shapes_orientation",
-    "shapes_shift",
-)
+EMBEDDED_DOWNSTREAM = ("shapes_novel", "shapes_finegrained", "shapes_texture", "shapes_count",
+                       "shapes_position", "shapes_orientation", "shapes_shift")  # fmt: skip
 CATALOG_DOWNSTREAM = ("cifar10", "oxford_flowers102", "dtd", "oxford_iiit_pet", "svhn_cropped", "eurosat")
 
 PRESETS = {

@@ -29,15 +29,8 @@ from sparse_experts.workbook.configs.base import (
 )
 
 # The models of notebook 02; sparse_experts.workbook.zoo defines each.
-MODEL_NAMES = (
-    "dense",
-    "vmoe_every2_k2",
-    "vmoe_last2_k2",
-    "vmoe_every2_k1",
-    "expert_choice",
-    "soft_moe",
-    "dense_large",
-)
+MODEL_NAMES = ("dense", "vmoe_every2_k2", "vmoe_last2_k2", "vmoe_every2_k1", "expert_choice", "soft_moe",
+               "dense_large")  # fmt: skip
 MOE_MODELS = ("vmoe_every2_k2", "vmoe_last2_k2", "vmoe_every2_k1", "expert_choice", "soft_moe")
 
 
