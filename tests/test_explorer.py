@@ -5,6 +5,7 @@ controls by setting ``value`` and checks what the figures show."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import plotly.graph_objects as go
@@ -119,3 +120,24 @@ def test_inputs_are_checked(routes):
         routes.config("nope")
     with pytest.raises(ValueError, match="layer=0"):
         explorer.study(routes, "topk", layer=0, k=2, capacity_factor=1.0, batch_priority=False)
+
+
+def test_eval_set_from_a_split_with_coarse_labels():
+    split = SimpleNamespace(
+        images=np.arange(5 * 8 * 8 * 3, dtype=np.uint8).reshape(5, 8, 8, 3),
+        labels=np.array([0, 1, 2, 3, 0]), coarse_labels=np.array([0, 0, 1, 1, 0]),
+    )  # fmt: skip
+    info = SimpleNamespace(class_names=["a", "b", "c", "d"], coarse_class_names=["ab", "cd"])
+    data = explorer.eval_set(split, info, label="coarse_label", eval_images=4, eval_batch_size=8, name="toy")
+    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1])  # the models predict coarse classes
+    assert data.class_names == ["ab", "cd"] and data.batch_size == 4
+    np.testing.assert_array_equal(data.label_sets["class"][0], [0, 1, 2, 3])
+    assert list(data.label_sets) == ["class", "coarse class"]
+    assert data.x.dtype == np.float32 and data.x.min() == -1.0  # pixel 0 -> -1
+    assert str(data) == "toy: 4 of 5 test images, 4 classes, 2 coarse classes; routing batches of 4 images"
+    fine = explorer.eval_set(split, info, label="label", eval_images=5, eval_batch_size=2, name="toy")
+    assert fine.class_names == ["a", "b", "c", "d"] and fine.batch_size == 2
+    with pytest.raises(ValueError, match="eval_images=6 .* 5 images of toy"):
+        explorer.eval_set(split, info, label="label", eval_images=6, eval_batch_size=2, name="toy")
+    with pytest.raises(ValueError, match="label='fine'"):
+        explorer.eval_set(split, info, label="fine", eval_images=2, eval_batch_size=2)

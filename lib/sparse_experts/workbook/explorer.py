@@ -3,8 +3,8 @@ specialise, and what does switching one off cost. Models and images come in as a
 
 Shape letters: B images, S image side, C channels, N tokens per image, E experts, K choices shown, Y classes.
 
-- :class:`EvalSet`: the evaluated images (uint8, in the stored order), their labels and class names, the
-  labellings used for affinity, and the routing batch size.
+- :class:`EvalSet` (:func:`load_eval_set`): the evaluated images (uint8, in the stored order), their
+  labels and class names, the labellings used for affinity, and the routing batch size.
 - :class:`Routes`: each model's routing over an :class:`EvalSet`, cached per test-time setting.
 - :func:`study` -> :class:`Study`: one model at the default selection: its figures, per-layer table,
   specialisation (against shuffled labels) and expert-ablation summary; :func:`summary_row` and
@@ -24,7 +24,7 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 
-from sparse_experts import analysis, models
+from sparse_experts import analysis, datasets, models
 from sparse_experts.datasets import loader
 from sparse_experts.workbook import viz
 
@@ -50,6 +50,7 @@ class EvalSet:
         label_sets: Mapping[str, tuple[np.ndarray, Sequence[str]]] | None = None,
         *,
         batch_size: int,
+        description: str = "",
     ):
         self.images = np.asarray(images)
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or not len(self.images):
@@ -74,11 +75,56 @@ class EvalSet:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not valid; expected a positive integer")
         self.batch_size = batch_size
+        self.description = description or f"{len(self.labels)} images, {len(self.class_names)} classes"
+
+    def __str__(self) -> str:
+        return f"{self.description}; routing batches of {self.batch_size} images"
 
     @functools.cached_property
     def x(self) -> np.ndarray:
         """The images as the models take them: float32 ``[B, S, S, C]`` in [-1, 1]."""
         return loader.to_float(self.images)
+
+
+def eval_set(
+    split: Any, info: Any, *, label: str, eval_images: int, eval_batch_size: int, name: str = ""
+) -> EvalSet:
+    """The first ``eval_images`` images of a loaded ``split`` (``images``, ``labels``, ``coarse_labels``, as
+    ``datasets.load_split`` returns) with class names from ``info`` (``datasets.info``): the models predict
+    ``label`` ("label" or "coarse_label"); the affinity views use the fine and, if any, the coarse classes.
+    Routing batches hold ``min(eval_batch_size, eval_images)`` images (notebook 02's evaluation batches)."""
+    if label not in ("label", "coarse_label"):
+        raise ValueError(f"label={label!r} is not valid; expected 'label' or 'coarse_label'")
+    total = len(split.labels)
+    if isinstance(eval_images, bool) or not isinstance(eval_images, int) or not 0 < eval_images <= total:
+        raise ValueError(
+            f"eval_images={eval_images!r} is not valid; expected 1 to the {total} images of {name}"
+        )
+    fine = np.asarray(split.labels[:eval_images])
+    coarse = None if split.coarse_labels is None else np.asarray(split.coarse_labels[:eval_images])
+    if label == "coarse_label" and coarse is None:
+        raise ValueError(f"label='coarse_label' is not valid for {name}: it has no coarse labels")
+    label_sets = {"class": (fine, list(info.class_names))}
+    if coarse is not None:
+        label_sets["coarse class"] = (coarse, list(info.coarse_class_names))
+    word = "coarse class" if label == "coarse_label" else "class"
+    labels, class_names = label_sets[word]
+    description = f"{name}: {eval_images} of {total} test images, {len(info.class_names)} classes" + (
+        "" if coarse is None else f", {len(info.coarse_class_names)} coarse classes"
+    )
+    return EvalSet(
+        np.asarray(split.images[:eval_images]), labels, class_names, label_sets,
+        batch_size=min(eval_batch_size, eval_images), description=description,
+    )  # fmt: skip
+
+
+def load_eval_set(
+    dataset: str, *, label: str, image_size: int, eval_images: int, eval_batch_size: int
+) -> EvalSet:
+    """:func:`eval_set` of the test split of ``dataset`` at ``image_size`` (generated on first use)."""
+    split = loader.load_split(dataset, "test", image_size=image_size)
+    return eval_set(split, datasets.info(dataset), label=label, eval_images=eval_images,
+                    eval_batch_size=eval_batch_size, name=dataset)  # fmt: skip
 
 
 class Routes:
@@ -375,6 +421,6 @@ def build(routes: Routes, *, model: str, image_index: int = 0, layer: int = -1, 
 
 
 __all__ = [
-    "HEADLINE", "EvalSet", "Explorer", "Routes", "Study", "build", "gate_figure", "info_html", "load_figure",
-    "patch_figure", "saved_figures", "study", "summary_row",
+    "HEADLINE", "EvalSet", "Explorer", "Routes", "Study", "build", "eval_set", "gate_figure", "info_html",
+    "load_eval_set", "load_figure", "patch_figure", "saved_figures", "study", "summary_row",
 ]  # fmt: skip
