@@ -23,7 +23,7 @@ checkpoints = train.Checkpoints(root / "from1")
 t.state, history = checkpoints.restore(t, 3)
 saved = np.load(root / "from1.npz")
 equal = all(np.array_equal(leaf, saved[f"arr_{i}"]) for i, leaf in enumerate(leaves(t.state)))
-wi = t.state["params"]["encoder"]["blocks"][1]["mlp"]["wi"]
+wi = t.state["params"]["encoder"]["blocks"][1]["mlp"]["experts"]["wi"]
 expert_sharded = "expert" in str(wi.sharding.spec) and len(wi.addressable_shards) == 8
 history = t.fit(batch_fn, 5, history=history, progress=False)
 out = train.Checkpoints(root / "from8")

@@ -1,4 +1,5 @@
-"""Expert-parallel vs single-device expert MLPs on 8 fake CPU devices; run by tests/test_expert_parallel.py.
+"""Expert-parallel vs single-device expert MLPs (the one MLP, stacked over E) on 8 fake CPU devices; run by
+tests/test_expert_parallel.py.
 
 Needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (set before jax is imported). Prints one JSON object
 {case: measurements}; the test asserts on it. Shapes: G groups, E experts, C capacity, D width, H hidden.
@@ -12,9 +13,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from sparse_experts import parallel
-from sparse_experts.parallel.experts import expert_mlp, expert_parallel_apply
+from sparse_experts.models import MoeMlp, apply_stacked, stacked_experts
+from sparse_experts.parallel.experts import expert_parallel_apply
 
 G, E, C, D, H = 8, 8, 3, 16, 32
 MESHES = {"data2_expert4": {"data": 2, "expert": 4}, "expert8": {"expert": 8}}
@@ -33,6 +36,21 @@ def inputs(seed: int = 0):
     return buffers, params, cotangent
 
 
+def one_mlp(params: dict):
+    """The expert function and parameter pytree that MoeMlp passes to expert_parallel_apply: the one MLP,
+    stacked over E, split into a graph and its parameters (each with a leading E axis), here set to
+    ``params``."""
+    experts = stacked_experts(E, D, H, rngs=nnx.Rngs(0))
+    for name, value in params.items():
+        getattr(experts, name)[...] = jnp.asarray(value)
+    graphdef, state = nnx.split(experts)
+
+    def expert_fn(buffers, state):
+        return apply_stacked(nnx.merge(graphdef, state), buffers)
+
+    return expert_fn, state
+
+
 def max_diff(a, b) -> float:
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b, strict=True))
 
@@ -41,12 +59,13 @@ def main() -> None:
     if jax.device_count() != 8:
         sys.exit(f"expected 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8), got "
                  f"{jax.device_count()}")  # fmt: skip
-    buffers, params, cotangent = inputs()
+    buffers, arrays, cotangent = inputs()
+    expert_fn, params = one_mlp(arrays)
 
     def reference_loss(buffers, params):
-        return jnp.sum(expert_mlp(buffers, params) * cotangent)
+        return jnp.sum(expert_fn(buffers, params) * cotangent)
 
-    ref_out = jax.jit(expert_mlp)(buffers, params)
+    ref_out = jax.jit(expert_fn)(buffers, params)
     ref_grads = jax.jit(jax.grad(reference_loss, argnums=(0, 1)))(buffers, params)
     results = {}
     for name, shape in MESHES.items():
@@ -57,7 +76,7 @@ def main() -> None:
         )
 
         def apply(buffers, params, mesh=mesh):
-            return expert_parallel_apply(expert_mlp, buffers, params, mesh)
+            return expert_parallel_apply(expert_fn, buffers, params, mesh)
 
         def loss(buffers, params, apply=apply):
             return jnp.sum(apply(buffers, params) * cotangent)
@@ -70,14 +89,14 @@ def main() -> None:
             "grad_buffers": max_diff([grads[0]], [ref_grads[0]]),
             "grad_params": max_diff(jax.tree.leaves(grads[1]), jax.tree.leaves(ref_grads[1])),
             "max_abs_output": float(np.max(np.abs(ref_out))),
-            "max_abs_grad_wi": float(np.max(np.abs(ref_grads[1]["wi"]))),
+            "max_abs_grad_wi": float(np.max(np.abs(ref_grads[1]["wi"][...]))),
             "all_to_all_ops": text.count("all_to_all"),
             "output_spec": str(out.sharding.spec),
-            "wi_grad_shard_shape": list(grads[1]["wi"].addressable_shards[0].data.shape),
+            "wi_grad_shard_shape": list(grads[1]["wi"][...].addressable_shards[0].data.shape),
         }
     results.update(moe_layer_cases())
     try:
-        expert_parallel_apply(expert_mlp, buffers[:, :6], params, parallel.make_mesh({"expert": 8}))
+        expert_parallel_apply(expert_fn, buffers[:, :6], params, parallel.make_mesh({"expert": 8}))
         error = None
     except ValueError as caught:
         error = str(caught)
@@ -87,10 +106,6 @@ def main() -> None:
 
 def moe_layer_cases() -> dict:
     """The whole MoeMlp layer (route -> dispatch -> experts -> combine), with and without a mesh."""
-    from flax import nnx
-
-    from sparse_experts.models import MoeMlp
-
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 5, D)).astype(np.float32)  # B=8 images of N=5 tokens
     cotangent = rng.normal(size=x.shape).astype(np.float32)

@@ -16,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import run_on_fake_devices
+from flax import nnx
 
 from sparse_experts import parallel
-from sparse_experts.parallel.experts import expert_mlp, expert_parallel_apply
+from sparse_experts.models import apply_stacked, stacked_experts
+from sparse_experts.parallel.experts import expert_parallel_apply
 
 HERE = pathlib.Path(__file__).parent
 CASES = ["data2_expert4", "expert8"]
@@ -60,25 +62,32 @@ def test_indivisible_experts_are_refused(eight_devices):
     assert "E=6 experts are not divisible by the expert axis size 8" in eight_devices["indivisible_error"]
 
 
+def one_mlp(wi, wo):
+    """(expert_fn, params) as MoeMlp passes them: the one MLP stacked over E (no biases), set to wi, wo."""
+    experts = stacked_experts(wi.shape[0], wi.shape[1], wi.shape[2], rngs=nnx.Rngs(0), bias=False)
+    experts.wi[...], experts.wo[...] = jnp.asarray(wi), jnp.asarray(wo)
+    graphdef, params = nnx.split(experts)
+    return (lambda buffers, params: apply_stacked(nnx.merge(graphdef, params), buffers)), params
+
+
 def test_single_device_mesh_is_the_plain_computation():
     rng = np.random.default_rng(0)
     buffers = rng.normal(size=(2, 3, 2, 4)).astype(np.float32)  # [G, E, C, D]
-    params = {
-        "wi": rng.normal(size=(3, 4, 5)).astype(np.float32),
-        "wo": rng.normal(size=(3, 5, 4)).astype(np.float32),
-    }
-    out = expert_parallel_apply(expert_mlp, buffers, params, parallel.make_mesh({"data": 1}))
-    h = jnp.einsum("GECD,EDH->GECH", buffers, params["wi"])
-    expected = jnp.einsum("GECH,EHD->GECD", jax.nn.gelu(h), params["wo"])
-    np.testing.assert_allclose(out, expected, atol=1e-5)
+    wi, wo = rng.normal(size=(3, 4, 5)).astype(np.float32), rng.normal(size=(3, 5, 4)).astype(np.float32)
+    expert_fn, params = one_mlp(wi, wo)
+    out = expert_parallel_apply(expert_fn, buffers, params, parallel.make_mesh({"data": 1}))
+    with jax.default_matmul_precision("highest"):
+        h = jnp.einsum("GECD,EDH->GECH", buffers, wi)
+        expected = jnp.einsum("GECH,EHD->GECD", jax.nn.gelu(h), wo)
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_bad_shapes_are_refused():
     mesh = parallel.make_mesh({"data": 1})
-    params = {"wi": np.zeros((3, 4, 5), np.float32), "wo": np.zeros((3, 5, 4), np.float32)}
+    expert_fn, params = one_mlp(np.zeros((3, 4, 5), np.float32), np.zeros((3, 5, 4), np.float32))
     with pytest.raises(ValueError, match=r"\[G, E, C, D\]"):
-        expert_parallel_apply(expert_mlp, np.zeros((2, 3, 4), np.float32), params, mesh)
+        expert_parallel_apply(expert_fn, np.zeros((2, 3, 4), np.float32), params, mesh)
     with pytest.raises(ValueError, match="leading E=3 axis"):
         expert_parallel_apply(
-            expert_mlp, np.zeros((2, 3, 2, 4), np.float32), {"wi": np.zeros((4, 4, 5))}, mesh
+            expert_fn, np.zeros((2, 3, 2, 4), np.float32), {"wi": np.zeros((4, 4, 5))}, mesh
         )

@@ -438,7 +438,6 @@ def test_moe_placements():
             "dtype='float64' is not allowed; expected one of 'float32', 'bfloat16'",
         ),
         ("B/16", dict(posemb="rope"), "posemb='rope'"),
-        ("B/16", dict(qk_norm="yes"), "qk_norm='yes' is not allowed; expected True or False"),
         ("B/16", dict(depth=0), "depth=0 is not allowed; expected an integer >= 1"),
         ("B/16", dict(widht=64), "unknown VitConfig field 'widht' \\(did you mean 'width'\\?\\)"),
         ("B/16", dict(patch_size=8), "come from the size string 'B/16'"),
@@ -447,6 +446,19 @@ def test_moe_placements():
 def test_bad_configs_give_clear_errors(size, overrides, message):
     with pytest.raises(ValueError, match=message):
         vit_config(size, **overrides)
+
+
+def test_wrong_types_in_configs_are_type_errors():
+    with pytest.raises(TypeError, match="VitConfig.qk_norm='yes' is not allowed; expected True or False"):
+        vit_config("B/16", qk_norm="yes")
+    with pytest.raises(TypeError, match="VitConfig.depth=2.0 is not allowed; expected an integer >= 1"):
+        vit_config("B/16", depth=2.0)
+    with pytest.raises(
+        TypeError, match="MoeConfig.capacity_factor='1' is not allowed; expected a number > 0"
+    ):
+        MoeConfig(capacity_factor="1")
+    with pytest.raises(ValueError, match="MoeConfig.noise_std=-1 is not allowed; expected a number >= 0"):
+        MoeConfig(noise_std=-1)
 
 
 def test_configs_are_frozen_and_comparable():

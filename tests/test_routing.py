@@ -553,3 +553,29 @@ def test_aux_loss_gradients_finite_at_balanced_routing():
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises((ValueError, TypeError), match=name):
         call()
+
+
+def test_one_helper_per_check_names_parameter_value_and_what_is_valid():
+    assert routing.check_choices(np.int64(2), 3) == 2 and routing.check_int("num_classes", 0, minimum=0) == 0
+    with pytest.raises(ValueError, match=r"^k=3 exceeds num_experts=2; use k <= num_experts$"):
+        routing.check_choices(3, 2)
+    with pytest.raises(ValueError, match=r"^MoeConfig.k=3 exceeds num_experts=2"):
+        routing.check_choices(3, 2, name="MoeConfig.k")
+    with pytest.raises(TypeError, match=r"^k=True is not allowed; expected an integer >= 1$"):
+        routing.check_choices(True, 2)
+    with pytest.raises(ValueError, match=r"^group_size=0 is not allowed; expected an integer >= 1$"):
+        routing.check_int("group_size", 0)
+    assert routing.check_capacity_factor(np.float32(1.5)) == 1.5 and routing.check_noise_std(0) == 0.0
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(
+            ValueError, match=r"capacity_factor=.* is not allowed; expected a number > 0 \(1.0"
+        ):
+            routing.check_capacity_factor(bad)
+    with pytest.raises(TypeError, match="noise_std='1' is not allowed; expected a number >= 0"):
+        routing.check_noise_std("1")
+    with pytest.raises(ValueError, match="noise_std=-0.5 is not allowed; expected a number >= 0"):
+        routing.check_noise_std(-0.5)
+    with pytest.raises(TypeError, match="renormalize=1 is not allowed; expected True or False"):
+        routing.check_bool("renormalize", 1)
+    with pytest.raises(ValueError, match="router='dense' is not allowed; expected one of 'top_k', 'soft'"):
+        routing.check_one_of("router", "dense", ("top_k", "soft"))

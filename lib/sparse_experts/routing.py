@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -88,22 +89,73 @@ class ExpertChoice(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------- validation
+# One helper per check, called at the boundaries: the public functions of this module, the MoE layer's
+# constructor and per-call overrides, and the configs of sparse_experts.models. Every message names the
+# parameter, its value and what is valid; a wrong type raises TypeError, a wrong value ValueError.
 
 
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{name}={value} must be at least 1")
+def fail(name: str, value, expected: str, error: type[Exception] = ValueError) -> NoReturn:
+    """Raise ``error("<name>=<value!r> is not allowed; expected <expected>")``."""
+    raise error(f"{name}={value!r} is not allowed; expected {expected}")
 
 
-def _check_bool(name: str, value) -> None:
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int, if it is an integer (Python or NumPy, not a bool) >= ``minimum``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        fail(name, value, f"an integer >= {minimum}", TypeError)
+    if value < minimum:
+        fail(name, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool, if it is one (Python or NumPy)."""
     if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} ({value!r})")
+        fail(name, value, "True or False", TypeError)
+    return bool(value)
+
+
+def check_number(name: str, value, *, allow_zero: bool = False, hint: str = "") -> float:
+    """``value`` as a float, if it is a real number (or a concrete 0-d array) > 0, or >= 0 with
+    ``allow_zero``; never NaN. ``hint`` (how to choose a value) ends the message."""
+    expected = f"a number {'>=' if allow_zero else '>'} 0" + (f" {hint}" if hint else "")
+    if isinstance(value, bool | np.bool_ | str) or not (
+        isinstance(value, numbers.Real) or (_is_concrete(value) and np.ndim(value) == 0)
+    ):
+        fail(name, value, expected, TypeError)
+    number = float(value)
+    if not (number >= 0 if allow_zero else number > 0):
+        fail(name, value, expected)
+    return number
+
+
+def check_one_of(name: str, value, allowed: tuple) -> object:
+    """``value``, if it is one of ``allowed``."""
+    if value not in allowed:
+        fail(name, value, "one of " + ", ".join(repr(a) for a in allowed))
+    return value
+
+
+def check_choices(k, num_experts: int, name: str = "k") -> int:
+    """``k`` as an int, if 1 <= k <= num_experts: a token's K choices are distinct experts."""
+    k = check_int(name, k)
+    if k > num_experts:
+        raise ValueError(f"{name}={k} exceeds num_experts={num_experts}; use k <= num_experts")
+    return k
+
+
+def check_capacity_factor(value, name: str = "capacity_factor") -> float:
+    """A capacity factor (the ratio; C is :func:`capacity`) as a float, if it is > 0."""
+    return check_number(name, value, hint="(1.0 gives each expert its fair share)")
+
+
+def check_noise_std(value, name: str = "noise_std") -> float:
+    """Router noise (V-MoE's std before the division by E) as a float, if it is >= 0 (0 turns it off)."""
+    return check_number(name, value, allow_zero=True, hint="(0 turns the noise off)")
 
 
 def _check_gates(gates, name: str = "gates") -> None:
@@ -119,19 +171,13 @@ def _check_gates(gates, name: str = "gates") -> None:
 def _resolve_bpr_method(method: str | None) -> str:
     if method is None:
         return BPR_METHOD.get(jax.default_backend(), "sort")
-    if method not in BPR_METHODS:
-        raise ValueError(
-            f"bpr_method={method!r} is unknown; expected one of {BPR_METHODS} or None (the default)"
-        )
-    return method
+    return check_one_of("bpr_method", method, (*BPR_METHODS, None))
 
 
 def _resolve_backend(backend: str | None) -> str:
     if backend is None:
         return DEFAULT_BACKEND.get(jax.default_backend(), "indices")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is unknown; expected one of {BACKENDS} or None (the default)")
-    return backend
+    return check_one_of("backend", backend, (*BACKENDS, None))
 
 
 # ----------------------------------------------------------------------------------------------- capacity
@@ -147,14 +193,11 @@ def capacity(
     >>> capacity(num_tokens=1024, num_experts=8, k=2, capacity_factor=1.25)
     320
     """
-    _check_positive_int("num_experts", num_experts)
-    _check_positive_int("k", k)
-    if not capacity_factor > 0:
-        raise ValueError(
-            f"capacity_factor={capacity_factor} must be > 0 (1.0 gives each expert its fair share)"
-        )
+    check_int("num_experts", num_experts)
+    check_int("k", k)
+    check_capacity_factor(capacity_factor)
     if multiple_of is not None:
-        _check_positive_int("multiple_of", multiple_of)
+        check_int("multiple_of", multiple_of)
     # Round away float noise first: 100 tokens x 1.1 / 10 experts is 11.000000000000002 in floats: 11 slots.
     slots = math.ceil(round(num_tokens * k * capacity_factor / num_experts, 9))
     if multiple_of is not None:
@@ -230,13 +273,11 @@ def top_k_routing(
     depend on ``renormalize``.
     """
     _check_gates(gates)
-    num_experts = gates.shape[-1]
-    _check_positive_int("k", k)
-    _check_positive_int("capacity", capacity)
-    _check_bool("renormalize", renormalize)
+    num_experts = gates.shape[-1]  # E: the last dim of gates
+    check_choices(k, num_experts)
+    check_int("capacity", capacity)
+    check_bool("renormalize", renormalize)
     bpr_method = _resolve_bpr_method(bpr_method)
-    if k > num_experts:
-        raise ValueError(f"k={k} exceeds num_experts={num_experts} (the last dim of gates); use k <= E")
 
     # Equal values keep the lower index first. The gates of the chosen experts are picked with a one-hot
     # product rather than taken from top_k: exact (one nonzero term), and its gradient is elementwise, where
@@ -284,7 +325,7 @@ def expert_choice_routing(gates: Array, capacity: int) -> ExpertChoice:
       :class:`ExpertChoice` with ``token`` and ``weight`` each ``[..., E, C]``.
     """
     _check_gates(gates)
-    _check_positive_int("capacity", capacity)
+    check_int("capacity", capacity)
     num_tokens = gates.shape[-2]
     if capacity > num_tokens:
         raise ValueError(
@@ -306,8 +347,8 @@ def _over_groups(fn: Callable, num_group_dims: int) -> Callable:
 
 
 def _check_routing(routing, num_experts: int, capacity: int) -> None:
-    _check_positive_int("num_experts", num_experts)
-    _check_positive_int("capacity", capacity)
+    check_int("num_experts", num_experts)
+    check_int("capacity", capacity)
     if isinstance(routing, ExpertChoice):
         if routing.token.shape[-2:] != (num_experts, capacity):
             raise ValueError(
@@ -427,7 +468,7 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
             raise ValueError(
                 "num_tokens is required to combine an ExpertChoice routing (S, tokens per group)"
             )
-        _check_positive_int("num_tokens", num_tokens)
+        check_int("num_tokens", num_tokens)
         weighted = routing.weight[..., None].astype(y.dtype) * y  # [..., E, C, D]
         if backend == "einsum":
             token_one_hot = jax.nn.one_hot(routing.token, num_tokens, dtype=y.dtype)  # [..., E, C, S]
@@ -484,10 +525,8 @@ def dropless_routing(gates: Array, k: int) -> DroplessRouting:
     large enough that nothing is dropped.
     """
     _check_gates(gates)
-    num_experts = gates.shape[-1]
-    _check_positive_int("k", k)
-    if k > num_experts:
-        raise ValueError(f"k={k} exceeds num_experts={num_experts} (the last dim of gates); use k <= E")
+    num_experts = gates.shape[-1]  # E: the last dim of gates
+    check_choices(k, num_experts)
     weight, expert = jax.lax.top_k(gates, k)  # [..., S, K]
     expert = expert.astype(jnp.int32)
     flat_expert = expert.reshape(-1)  # [R]
@@ -554,11 +593,9 @@ def load_loss(clean_logits: Array, noisy_logits: Array, noise_std, k: int) -> Ar
     _check_gates(noisy_logits, "noisy_logits")
     if clean_logits.shape != noisy_logits.shape:
         raise ValueError(f"clean_logits {clean_logits.shape} and noisy_logits {noisy_logits.shape} differ")
-    _check_positive_int("k", k)
-    if k > clean_logits.shape[-1]:
-        raise ValueError(f"k={k} exceeds num_experts={clean_logits.shape[-1]} (the last dim of the logits)")
-    if _is_concrete(noise_std) and not np.all(np.asarray(noise_std) >= 0):
-        raise ValueError(f"noise_std={noise_std} must be >= 0")
+    check_choices(k, clean_logits.shape[-1])  # E: the last dim of the logits
+    if _is_concrete(noise_std) and not np.all(np.asarray(noise_std) >= 0):  # may be traced, or an array
+        fail("noise_std", noise_std, "numbers >= 0 (0: no noise was added)")
     threshold = jax.lax.top_k(noisy_logits, k)[0][..., -1:]  # [..., S, 1] k-th largest noisy logit
     margin = clean_logits - threshold  # [..., S, E]
     has_noise = noise_std > 0
@@ -620,8 +657,7 @@ def noisy_router_logits(
     ``std_added`` is 0; ``rng`` may then be None. V-MoE's default is ``noise_std=1``.
     """
     _check_gates(logits, "logits")
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std={noise_std} must be >= 0 (0 turns the noise off)")
+    check_noise_std(noise_std)
     if deterministic or noise_std == 0:
         return logits, 0.0
     if rng is None:
@@ -642,7 +678,6 @@ def layer_capacity(router: str, num_tokens: int, num_experts: int, k: int, capac
     token's choices are distinct experts). Expert choice: :func:`capacity` with k=1 (the factor is Zhou et
     al.'s c, the mean number of experts per token), at most S. Soft: :func:`capacity` with k=1 (about
     ``capacity_factor`` x N slots in all)."""
-    if router not in MOE_ROUTERS:
-        raise ValueError(f"router={router!r} is unknown; expected one of {MOE_ROUTERS}")
+    check_one_of("router", router, MOE_ROUTERS)
     slots = capacity(num_tokens, num_experts, k if router == "top_k" else 1, capacity_factor)
     return slots if router == "soft" else min(slots, num_tokens)

@@ -1,10 +1,12 @@
-"""Models: the ViT with the ViT-22B recipe flags (:mod:`.vit`), the MoE layer that plugs into it
-(:mod:`.moe`), and sizing on paper: parameters, FLOPs, memory per device (:mod:`.sizing`).
+"""Models: the one MLP (:mod:`.mlp`: a ViT's dense MLP and, stacked over E, every expert), the ViT with the
+ViT-22B recipe flags (:mod:`.vit`), the MoE layer that plugs into it (:mod:`.moe`), and sizing on paper:
+parameters, FLOPs, memory per device (:mod:`.sizing`).
 
 Layer: imports :mod:`sparse_experts.routing` and :mod:`sparse_experts.parallel`, nothing above.
 """
 
-from sparse_experts.models.moe import MoeMlp
+from sparse_experts.models.mlp import Mlp
+from sparse_experts.models.moe import MoeMlp, apply_stacked, stacked_experts
 from sparse_experts.models.sizing import (
     OPTIMIZER_MOMENTS,
     GiB,
@@ -25,7 +27,6 @@ from sparse_experts.models.vit import (
     Encoder,
     EncoderBlock,
     MapHead,
-    Mlp,
     MoeConfig,
     Norm,
     ParallelBlock,

@@ -11,13 +11,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparse_experts.parallel.experts import expert_mlp, expert_parallel_apply
+from sparse_experts.models.mlp import Mlp, param
+from sparse_experts.parallel.experts import EXPERT_AXIS, expert_parallel_apply
 from sparse_experts.routing import (
     _EXACT,
     MOE_ROUTERS,
-    _check_bool,
-    _check_positive_int,
     _resolve_backend,
+    check_bool,
+    check_choices,
+    check_int,
+    check_noise_std,
+    check_one_of,
     combine,
     dispatch,
     expert_choice_routing,
@@ -37,11 +41,29 @@ def _l2_normalize(x: Array, axis: int = -1) -> Array:
     return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True) + 1e-6)
 
 
-def _moe_param(
-    rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype
-) -> nnx.Param:
-    value = init(rngs.params(), shape, jnp.dtype(dtype))
-    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+def stacked_experts(num_experts: int, width: int, hidden: int, *, rngs: nnx.Rngs, **mlp_options) -> Mlp:
+    """E copies of :class:`~sparse_experts.models.mlp.Mlp` (one rng key each), made with ``nnx.vmap``: every
+    weight gains a leading E axis named "expert" (``wi[E, D, H]``, ``bi[E, H]``, ``wo[E, H, D]``,
+    ``bo[E, D]``), as the scanned layers of :class:`sparse_experts.models.Encoder` gain "layers"."""
+
+    @nnx.split_rngs(splits=num_experts)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: EXPERT_AXIS})
+    def create(rngs: nnx.Rngs) -> Mlp:
+        return Mlp(width, hidden, rngs=rngs, **mlp_options)
+
+    return create(rngs)
+
+
+def apply_stacked(experts: Mlp, buffers: Array) -> Array:
+    """Stacked expert MLPs (:func:`stacked_experts`, E' of them) on their buffers ``[..., E', C, D]`` ->
+    ``[..., E', C, D]``: expert e runs on buffer column e only."""
+    axis = buffers.ndim - 3
+
+    @nnx.vmap(in_axes=(0, axis), out_axes=axis, transform_metadata={nnx.PARTITION_NAME: EXPERT_AXIS})
+    def run(mlp: Mlp, x: Array) -> Array:
+        return mlp(x)[0]
+
+    return run(experts, buffers)
 
 
 class MoeMlp(nnx.Module):
@@ -62,7 +84,8 @@ class MoeMlp(nnx.Module):
       is fixed at construction (``slots_per_expert``); no noise, no drops; k, BPR and capacity overrides do
       not apply.
 
-    Expert weights are stacked: ``wi[E, D, H]``, ``bi[E, H]``, ``wo[E, H, D]``, ``bo[E, D]`` (biases iff
+    The experts are the one :class:`~sparse_experts.models.mlp.Mlp`, stacked over E (:func:`stacked_experts`):
+    ``experts.wi[E, D, H]``, ``experts.bi[E, H]``, ``experts.wo[E, H, D]``, ``experts.bo[E, D]`` (biases iff
     ``mlp_bias``), logical axes ("expert", "embed", "mlp"); the router kernel ``[D, E]`` is ("embed", None).
 
     The record (the same keys for every router):
@@ -99,46 +122,34 @@ class MoeMlp(nnx.Module):
         param_dtype: str = "float32",
         backend: str | None = None,
     ):
-        if router not in MOE_ROUTERS:
-            raise ValueError(f"router={router!r} is unknown; expected one of {MOE_ROUTERS}")
-        for name, value in [("width", width), ("hidden", hidden), ("num_experts", num_experts), ("k", k),
+        # k and the capacity factors are checked where they are used, each call (routing.top_k_routing and
+        # load_loss, routing.capacity), and by MoeConfig on the config path (from_vit_config).
+        check_one_of("router", router, MOE_ROUTERS)
+        for name, value in [("width", width), ("hidden", hidden), ("num_experts", num_experts),
                             ("group_size", group_size), ("slots_per_expert", slots_per_expert)]:  # fmt: skip
-            _check_positive_int(name, value)
-        if k > num_experts:
-            raise ValueError(f"k={k} exceeds num_experts={num_experts}; use k <= num_experts")
-        for name, value in [
-            ("capacity_factor", capacity_factor),
-            ("eval_capacity_factor", eval_capacity_factor),
-        ]:
-            if value is not None and not value > 0:
-                raise ValueError(f"{name}={value} must be > 0 (1.0 gives each expert its fair share)")
-        if not noise_std >= 0:
-            raise ValueError(f"noise_std={noise_std} must be >= 0 (0 turns the noise off)")
-        _check_bool("renormalize", renormalize)
-        if backend is not None:
-            _resolve_backend(backend)
+            check_int(name, value)
+        check_noise_std(noise_std)
+        check_bool("renormalize", renormalize)
+        _resolve_backend(backend)
         D, H, E = width, hidden, num_experts
         self.router, self.num_experts, self.k = router, E, k
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.batch_priority, self.group_size, self.noise_std = batch_priority, group_size, noise_std
         self.slots_per_expert, self.dtype, self.backend = slots_per_expert, dtype, backend
         self.renormalize = renormalize
-        xavier = nnx.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
-        zeros = nnx.initializers.zeros
-        self.wi = _moe_param(rngs, xavier, (E, D, H), ("expert", "embed", "mlp"), param_dtype)
-        self.bi = _moe_param(rngs, zeros, (E, H), ("expert", "mlp"), param_dtype) if mlp_bias else None
-        self.wo = _moe_param(rngs, xavier, (E, H, D), ("expert", "mlp", "embed"), param_dtype)
-        self.bo = _moe_param(rngs, zeros, (E, D), ("expert", "embed"), param_dtype) if mlp_bias else None
+        self.experts = stacked_experts(
+            E, D, H, rngs=rngs, bias=mlp_bias, dtype=dtype, param_dtype=param_dtype
+        )
         if router == "soft":
-            self.slots = _moe_param(
+            self.slots = param(
                 rngs, nnx.initializers.normal(D**-0.5), (E, slots_per_expert, D), ("expert", None, "embed"),
                 param_dtype,
             )  # fmt: skip
-            self.scale = _moe_param(rngs, nnx.initializers.ones, (), (), param_dtype)
+            self.scale = param(rngs, nnx.initializers.ones, (), (), param_dtype)
             self.router_kernel = None
             self.noise_rngs = None
         else:
-            self.router_kernel = _moe_param(
+            self.router_kernel = param(
                 rngs, nnx.initializers.normal(0.02), (D, E), ("embed", None), param_dtype
             )
             self.slots = self.scale = None
@@ -161,23 +172,18 @@ class MoeMlp(nnx.Module):
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------------
-    def experts(self, buffers: Array) -> Array:
-        """The E expert MLPs on their buffers ``[..., E, C, D]`` -> ``[..., E, C, D]``."""
-        h = jnp.einsum("...ECD,EDH->...ECH", buffers, self.wi[...].astype(self.dtype))
-        if self.bi is not None:
-            h = h + self.bi[...].astype(self.dtype)[:, None, :]
-        y = jnp.einsum("...ECH,EHD->...ECD", jax.nn.gelu(h), self.wo[...].astype(self.dtype))
-        if self.bo is not None:
-            y = y + self.bo[...].astype(self.dtype)[:, None, :]
-        return y
+    def apply_experts(self, buffers: Array, mesh=None) -> Array:
+        """The E expert MLPs on their buffers ``[..., E, C, D]`` -> ``[..., E, C, D]``; with buffers ``[G, E,
+        C, D]`` and a ``mesh`` whose ``"expert"`` axis is > 1, expert-parallel (the same MLP on each device's
+        shard of the experts, :func:`sparse_experts.parallel.expert_parallel_apply`)."""
+        if mesh is None or dict(mesh.shape).get(EXPERT_AXIS, 1) == 1:
+            return apply_stacked(self.experts, buffers)
+        graphdef, params = nnx.split(self.experts)  # params: arrays with a leading E axis
 
-    def _run_experts(self, buffers: Array, mesh) -> Array:
-        """:meth:`experts` on ``[G, E, C, D]``, expert-parallel when ``mesh`` has an ``"expert"`` axis > 1."""
-        if mesh is None or dict(mesh.shape).get("expert", 1) == 1:
-            return self.experts(buffers)
-        params = {name: getattr(self, name) for name in ("wi", "bi", "wo", "bo")}
-        params = {name: p[...].astype(self.dtype) for name, p in params.items() if p is not None}
-        return expert_parallel_apply(expert_mlp, buffers, params, mesh)
+        def local(buffers: Array, params) -> Array:
+            return apply_stacked(nnx.merge(graphdef, params), buffers)
+
+        return expert_parallel_apply(local, buffers, params, mesh)
 
     def __call__(
         self,
@@ -212,10 +218,7 @@ class MoeMlp(nnx.Module):
                 f"group); use a batch that is a multiple of {self.group_size} or a smaller group_size"
             )
         E = self.num_experts
-        k = self.k if k is None else k
-        _check_positive_int("k", k)
-        if k > E:
-            raise ValueError(f"k={k} exceeds num_experts={E}; use k <= num_experts")
+        k = self.k if k is None else check_choices(k, E)
         if capacity_factor is None:
             eval_factor = self.eval_capacity_factor
             capacity_factor = self.capacity_factor if train or eval_factor is None else eval_factor
@@ -237,11 +240,10 @@ class MoeMlp(nnx.Module):
         else:
             noisy, std_added = logits, 0.0
         gates = jax.nn.softmax(noisy, axis=-1)  # [G, S, E]
-        aux_k = min(k, E)
         aux = {
             "importance": importance_loss(gates),
-            "load": load_loss(logits, noisy, std_added, aux_k),
-            "switch": switch_load_balancing_loss(gates, jax.lax.top_k(gates, aux_k)[1]),
+            "load": load_loss(logits, noisy, std_added, k),
+            "switch": switch_load_balancing_loss(gates, jax.lax.top_k(gates, k)[1]),
             "z_loss": router_z_loss(logits),
         }
         if self.router == "top_k":
@@ -261,7 +263,7 @@ class MoeMlp(nnx.Module):
             num_choices = G * S
         buffers = dispatch(tokens, routing, E, C, backend=self.backend)  # [G, E, C, D]
         y = combine(
-            self._run_experts(buffers, mesh), routing, backend=self.backend, num_tokens=S
+            self.apply_experts(buffers, mesh), routing, backend=self.backend, num_tokens=S
         )  # [G, S, D]
         if self.router == "top_k":
             dropped = 1.0 - jnp.sum(kept_per_token) / num_choices
@@ -287,7 +289,7 @@ class MoeMlp(nnx.Module):
         dispatch_weights = jax.nn.softmax(logits, axis=1)  # over tokens, per slot
         combine_slot_weights = jax.nn.softmax(logits, axis=2)  # over all slots, per token
         buffers = jnp.einsum("BNM,BND->BMD", dispatch_weights.astype(x.dtype), x).reshape(B, E, C, D)
-        out = self._run_experts(buffers, mesh).reshape(B, E * C, D)
+        out = self.apply_experts(buffers, mesh).reshape(B, E * C, D)
         y = jnp.einsum("BNM,BMD->BND", combine_slot_weights.astype(x.dtype), out)
         combine_weights = jnp.sum(combine_slot_weights.reshape(B, N, E, C), axis=-1)  # [B, N, E]
         aux = {

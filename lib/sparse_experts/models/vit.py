@@ -62,13 +62,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sparse_experts.models.mlp import Mlp, param
 from sparse_experts.models.moe import MoeMlp
+from sparse_experts.routing import (
+    MOE_ROUTERS,
+    check_bool,
+    check_capacity_factor,
+    check_choices,
+    check_int,
+    check_noise_std,
+    check_one_of,
+    fail,
+)
 
 DTYPES = ("float32", "bfloat16")
 NORMS = ("layernorm", "rmsnorm")
 POOLS = ("cls", "gap", "map")
 POSEMBS = ("learn", "sincos2d")
-ROUTERS = ("top_k", "expert_choice", "soft")
+ROUTERS = MOE_ROUTERS
 
 # Size name -> architecture (big_vision's table; "mu" is this workbook's CPU-sized micro model).
 SIZES: Mapping[str, Mapping[str, Any]] = {
@@ -92,34 +103,6 @@ SIZES: Mapping[str, Mapping[str, Any]] = {
 # ---------------------------------------------------------------------------------------------------------
 # Configs: plain frozen data, validated on construction.
 # ---------------------------------------------------------------------------------------------------------
-def _fail(owner: str, field: str, value: Any, expected: str) -> None:
-    raise ValueError(f"{owner}.{field}={value!r} is not allowed; expected {expected}")
-
-
-def _check_int(owner: str, field: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        _fail(owner, field, value, f"an integer >= {minimum}")
-    return int(value)
-
-
-def _check_bool(owner: str, field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        _fail(owner, field, value, "True or False")
-    return value
-
-
-def _check_choice(owner: str, field: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        _fail(owner, field, value, "one of " + ", ".join(repr(a) for a in allowed))
-    return value
-
-
-def _check_positive_float(owner: str, field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        _fail(owner, field, value, "a number > 0")
-    return float(value)
-
-
 def placement_layers(placement: str | tuple[int, ...], depth: int) -> tuple[int, ...]:
     """0-based indices of the layers whose MLP is an MoE, as V-MoE defines the placements.
 
@@ -129,7 +112,7 @@ def placement_layers(placement: str | tuple[int, ...], depth: int) -> tuple[int,
     if isinstance(placement, str):
         match = re.fullmatch(r"(every|last)-([1-9]\d*)", placement)
         if not match:
-            _fail("MoeConfig", "placement", placement, "'every-n', 'last-n' or a tuple of layer indices")
+            fail("MoeConfig.placement", placement, "'every-n', 'last-n' or a tuple of layer indices")
         n = int(match.group(2))
         if match.group(1) == "every":
             layers = tuple(range(n - 1, depth, n))
@@ -173,26 +156,17 @@ class MoeConfig:
     noise_std: float = 1.0
 
     def __post_init__(self) -> None:
-        own = "MoeConfig"
         set_ = functools.partial(object.__setattr__, self)
-        set_("num_experts", _check_int(own, "num_experts", self.num_experts, 1))
-        set_("k", _check_int(own, "k", self.k, 1))
-        if self.k > self.num_experts:
-            raise ValueError(f"MoeConfig.k={self.k} exceeds num_experts={self.num_experts}")
-        set_("capacity_factor", _check_positive_float(own, "capacity_factor", self.capacity_factor))
+        set_("num_experts", check_int("MoeConfig.num_experts", self.num_experts))
+        set_("k", check_choices(self.k, self.num_experts, name="MoeConfig.k"))
+        set_("capacity_factor", check_capacity_factor(self.capacity_factor, "MoeConfig.capacity_factor"))
         if self.eval_capacity_factor is not None:
-            value = _check_positive_float(own, "eval_capacity_factor", self.eval_capacity_factor)
+            value = check_capacity_factor(self.eval_capacity_factor, "MoeConfig.eval_capacity_factor")
             set_("eval_capacity_factor", value)
-        _check_bool(own, "batch_priority", self.batch_priority)
-        set_("group_size", _check_int(own, "group_size", self.group_size, 1))
-        _check_choice(own, "router", self.router, ROUTERS)
-        if (
-            isinstance(self.noise_std, bool)
-            or not isinstance(self.noise_std, numbers.Real)
-            or self.noise_std < 0
-        ):
-            _fail(own, "noise_std", self.noise_std, "a number >= 0")
-        set_("noise_std", float(self.noise_std))
+        set_("batch_priority", check_bool("MoeConfig.batch_priority", self.batch_priority))
+        set_("group_size", check_int("MoeConfig.group_size", self.group_size))
+        check_one_of("MoeConfig.router", self.router, ROUTERS)
+        set_("noise_std", check_noise_std(self.noise_std, "MoeConfig.noise_std"))
         if not isinstance(self.placement, str):  # canonical: a sorted tuple; VitConfig checks the depth
             layers = tuple(self.placement)
             set_("placement", tuple(sorted(layers)) if all(isinstance(i, int) for i in layers) else layers)
@@ -232,16 +206,16 @@ class VitConfig:
     def __post_init__(self) -> None:
         own, set_ = "VitConfig", functools.partial(object.__setattr__, self)
         if not isinstance(self.name, str):
-            _fail(own, "name", self.name, "a size string such as 'B/16'")
+            fail(f"{own}.name", self.name, "a size string such as 'B/16'")
         for field in ["patch_size", "width", "depth", "mlp_dim", "num_heads", "image_size", "channels"]:
-            set_(field, _check_int(own, field, getattr(self, field), 1))
-        set_("num_classes", _check_int(own, "num_classes", self.num_classes, 0))
+            set_(field, check_int(f"{own}.{field}", getattr(self, field)))
+        set_("num_classes", check_int(f"{own}.num_classes", self.num_classes, minimum=0))
         for field in ["parallel_block", "qk_norm", "qkv_bias", "norm_bias", "mlp_bias", "head_zero_init",
                       "remat", "scan_layers"]:  # fmt: skip
-            _check_bool(own, field, getattr(self, field))
-        _check_choice(own, "norm", self.norm, NORMS)
-        _check_choice(own, "pool", self.pool, POOLS)
-        _check_choice(own, "posemb", self.posemb, POSEMBS)
+            set_(field, check_bool(f"{own}.{field}", getattr(self, field)))
+        check_one_of(f"{own}.norm", self.norm, NORMS)
+        check_one_of(f"{own}.pool", self.pool, POOLS)
+        check_one_of(f"{own}.posemb", self.posemb, POSEMBS)
         for field in ["param_dtype", "dtype"]:
             value = getattr(self, field)
             if not isinstance(value, str):  # accept jnp.bfloat16 and friends, store the name
@@ -249,7 +223,7 @@ class VitConfig:
                     value = jnp.dtype(value).name
                 except TypeError:
                     pass
-            set_(field, _check_choice(own, field, value, DTYPES))
+            set_(field, check_one_of(f"{own}.{field}", value, DTYPES))
         if self.width % self.num_heads:
             raise ValueError(
                 f"VitConfig.width={self.width} is not divisible by num_heads={self.num_heads}; "
@@ -268,7 +242,7 @@ class VitConfig:
             set_("moe", MoeConfig(**self.moe))
         if self.moe is not None:
             if not isinstance(self.moe, MoeConfig):
-                _fail(own, "moe", self.moe, "None, a MoeConfig or a dict of MoeConfig fields")
+                fail(f"{own}.moe", self.moe, "None, a MoeConfig or a dict of MoeConfig fields")
             placement_layers(self.moe.placement, self.depth)
             if self.scan_layers:
                 raise ValueError(
@@ -357,8 +331,7 @@ _zeros, _ones = nnx.initializers.zeros, nnx.initializers.ones
 
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...], config: VitConfig):
-    value = init(rngs.params(), shape, jnp.dtype(config.param_dtype))
-    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+    return param(rngs, init, shape, axes, config.param_dtype)
 
 
 def _xavier(in_axis, out_axis):
@@ -441,25 +414,6 @@ class Attention(nnx.Module):
         return y + _get(self.out_bias, self.dtype), stats
 
 
-class Mlp(nnx.Module):
-    """Dense MLP: "BND,DH->BNH", gelu, "BNH,HD->BND". Returns (y [B, N, D], {}) like every layer MLP."""
-
-    def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
-        D, H = config.width, config.mlp_dim
-        self.dtype = config.dtype
-        self.wi = _param(rngs, _xavier(0, 1), (D, H), ("embed", "mlp"), config)
-        self.bi = _param(rngs, _zeros, (H,), ("mlp",), config) if config.mlp_bias else None
-        self.wo = _param(rngs, _xavier(0, 1), (H, D), ("mlp", "embed"), config)
-        self.bo = _param(rngs, _zeros, (D,), ("embed",), config) if config.mlp_bias else None
-
-    def __call__(self, x: jax.Array, *, train: bool = False, **moe_overrides: Any) -> tuple[jax.Array, dict]:
-        """``moe_overrides`` (routing knobs meant for the MoE layers of the same model) are ignored."""
-        h = jnp.einsum("BND,DH->BNH", x, _get(self.wi, self.dtype))
-        h = jax.nn.gelu(h if self.bi is None else h + _get(self.bi, self.dtype))
-        y = jnp.einsum("BNH,HD->BND", h, _get(self.wo, self.dtype))
-        return (y if self.bo is None else y + _get(self.bo, self.dtype)), {}
-
-
 def make_mlp(config: VitConfig, layer_index: int, *, rngs: nnx.Rngs) -> nnx.Module:
     """The one place where a layer's MLP is chosen: a dense :class:`Mlp`, or, at the layers of
     :func:`moe_layers`, ``sparse_experts.models.moe.MoeMlp.from_vit_config(config,
@@ -467,7 +421,7 @@ def make_mlp(config: VitConfig, layer_index: int, *, rngs: nnx.Rngs) -> nnx.Modu
     ``(y[B, N, D], record)``. (A dense MLP in a parallel block is fused into the block instead.)
     """
     if layer_index not in moe_layers(config):
-        return Mlp(config, rngs=rngs)
+        return Mlp.from_vit_config(config, rngs=rngs)
     return MoeMlp.from_vit_config(config, layer_index, rngs=rngs)
 
 
@@ -615,7 +569,7 @@ class MapHead(nnx.Module):
         )
         self.attn = Attention(config, qk_norm=False, rngs=rngs)
         self.norm = Norm(config.width, "embed", config, rngs=rngs)
-        self.mlp = Mlp(config, rngs=rngs)
+        self.mlp = Mlp.from_vit_config(config, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         probe = jnp.broadcast_to(self.probe[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))

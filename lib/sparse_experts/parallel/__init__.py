@@ -4,7 +4,7 @@ expert parallelism with all_to_all over the ``expert`` axis (:mod:`.experts`).
 Layer: imports nothing of the package (it sits under :mod:`sparse_experts.models`).
 """
 
-from sparse_experts.parallel.experts import EXPERT_AXIS, expert_mlp, expert_parallel_apply
+from sparse_experts.parallel.experts import EXPERT_AXIS, expert_parallel_apply
 from sparse_experts.parallel.mesh import (
     AXES,
     FSDP_RULES,

@@ -24,26 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from sparse_experts.parallel.mesh import data_axes
 
 Array = jax.Array
 EXPERT_AXIS = "expert"
-
-
-def expert_mlp(buffers: Array, params: dict[str, Array]) -> Array:
-    """The E expert MLPs (gelu) of :class:`sparse_experts.models.MoeMlp` on their buffers:
-    ``[..., E, C, D]`` -> ``[..., E, C, D]``. ``params``: ``wi[E, D, H]``, ``wo[E, H, D]``, optional
-    ``bi[E, H]``, ``bo[E, D]``."""
-    h = jnp.einsum("...ECD,EDH->...ECH", buffers, params["wi"])
-    if params.get("bi") is not None:
-        h = h + params["bi"][:, None, :]
-    y = jnp.einsum("...ECH,EHD->...ECD", jax.nn.gelu(h), params["wo"])
-    if params.get("bo") is not None:
-        y = y + params["bo"][:, None, :]
-    return y
 
 
 def expert_parallel_apply(
@@ -58,7 +44,9 @@ def expert_parallel_apply(
     :func:`~sparse_experts.parallel.data_axes` of ``mesh``. ``params``: a pytree of arrays whose leading axis
     is E, split over ``"expert"``. ``expert_fn(local_buffers [G', E', C, D], local_params) -> [G', E', C,
     D_out]`` must treat experts independently (parameter e only touches buffer column e) and groups
-    independently, e.g. :func:`expert_mlp`. Returns ``[G, E, C, D_out]`` laid out like ``buffers``.
+    independently: the MoE layer passes its one expert MLP, stacked over E
+    (:meth:`sparse_experts.models.MoeMlp.apply_experts`). Returns ``[G, E, C, D_out]`` laid out like
+    ``buffers``.
 
     Requires G divisible by the number of data shards and E divisible by the expert axis size (ValueError
     otherwise). Works under ``jax.jit`` and ``jax.grad``.
