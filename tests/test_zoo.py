@@ -240,9 +240,15 @@ def test_check_data_and_eval_set_follow_the_run(run_02):
         test.raw.dtype == np.uint8 and test.images.shape == (6, 8, 8, 1) and test.images.dtype == np.float32
     )
     assert -1 <= test.images.min() and test.images.max() <= 1 and test.labels.shape == (6,)
-    assert "the first 6 of 270 images, in batches of 4 (2 routing groups of 2 images each)" in test.describe(
-        4
-    )
+    described = test.describe(4)
+    assert "the first 6 of 270 images, in batches of 4 (2 routing groups of 2 images each)" in described
+    assert test.record(4) == {
+        "split": "test",
+        "images": 6,
+        "order": "stored",
+        "batch_size": 4,
+        "group_size": 2,
+    }
     with pytest.raises(ValueError, match="max_images=1 leaves no whole routing group"):
         zoo.eval_set(found.params, 1)
 

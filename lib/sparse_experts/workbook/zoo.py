@@ -519,6 +519,11 @@ class EvalSet:
     def count(self) -> int:
         return len(self.labels)
 
+    def record(self, batch_size: int) -> dict[str, Any]:
+        """How these images were evaluated, for a figures JSON."""
+        return {"split": "test", "images": self.count, "order": "stored", "batch_size": batch_size,
+                "group_size": self.group_size}  # fmt: skip
+
     def describe(self, batch_size: int) -> str:
         return (
             f"{self.dataset} test split: the first {self.count} of {self.total} images, in batches of "
