@@ -4,7 +4,7 @@ test-time capacity sweeps.
 Layer: imports :mod:`sparse_experts.models` and :mod:`sparse_experts.routing`, nothing above.
 """
 
-from sparse_experts.analysis import ablation, specialisation
+from sparse_experts.analysis import ablation, specialisation, stability
 from sparse_experts.analysis.ablation import AblationScan, ablation_scan
 from sparse_experts.analysis.claims import VERDICTS, Claim
 from sparse_experts.analysis.layer_stats import accuracy, layer_rows, per_layer
