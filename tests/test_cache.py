@@ -84,6 +84,15 @@ class A:
     assert "sparse_experts.datasets.splits" in cache.CODE_MODULES  # the split plans decide what is trained on
 
 
+def test_code_hash_covers_every_module_of_the_hashed_packages():
+    """A package's __init__ only re-exports: the modules that define the model and the training must be in."""
+    names = cache.code_module_names()
+    needed = ["models.vit", "models.moe", "models.mlp", "train.trainer", "parallel.experts", "routing"]
+    for module in needed:
+        assert f"sparse_experts.{module}" in names
+    assert len(names) == len(set(names))
+
+
 def test_trains_once_then_reuses(trained):
     root, first = trained
     assert first.trained_now and first.path == root / SPEC.key()

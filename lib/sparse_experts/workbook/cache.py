@@ -36,6 +36,7 @@ import inspect
 import json
 import logging
 import os
+import pkgutil
 import shutil
 import threading
 import time
@@ -58,10 +59,10 @@ CODE_MODULES = (
     "sparse_experts.train",
     "sparse_experts.models",
     "sparse_experts.routing",
-    "sparse_experts.parallel.experts",
+    "sparse_experts.parallel",
     "sparse_experts.datasets.splits",
 )
-"""Modules whose code is part of every cache key."""
+"""Modules whose code is part of every cache key; a package stands for every module in it."""
 LABELS = ("label", "coarse_label")
 FILES = ("spec.json", "history.json", "metrics.json")
 
@@ -99,10 +100,22 @@ def _is_string_statement(statement: ast.stmt) -> bool:
     )
 
 
-def code_hash() -> str:
-    """sha256 of the code text (:func:`code_text`) of :data:`CODE_MODULES`, in order."""
-    digest = hashlib.sha256()
+def code_module_names() -> list[str]:
+    """:data:`CODE_MODULES` with each package expanded into itself and every module under it, in order."""
+    names = []
     for name in CODE_MODULES:
+        module = importlib.import_module(name)
+        names.append(name)
+        if hasattr(module, "__path__"):  # a package: its modules too (its __init__ alone says little)
+            found = pkgutil.walk_packages(module.__path__, prefix=f"{name}.")
+            names += sorted(info.name for info in found)
+    return names
+
+
+def code_hash() -> str:
+    """sha256 of the code text (:func:`code_text`) of every module of :func:`code_module_names`."""
+    digest = hashlib.sha256()
+    for name in code_module_names():
         digest.update(name.encode())
         digest.update(code_text(inspect.getsource(importlib.import_module(name))).encode())
     return digest.hexdigest()
