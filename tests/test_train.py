@@ -94,16 +94,20 @@ def test_nonfinite_recorded_marks_diverged():
 
 
 def test_copies_of_a_learning_rate_sweep_match_separate_runs():
-    """Copy r of a vmapped sweep follows the single run at its learning rate (make_tx with head decay)."""
+    """Copy r of a vmapped sweep follows the single run at its learning rate and weight decay (make_tx, the
+    head's own decay included)."""
     config = train.TrainConfig(learning_rate=1.0, total_steps=6, warmup_steps=2, weight_decay=0.1,
                                head_weight_decay=0.5)  # fmt: skip
-    rates = [1e-3, 3e-2]
-    sweeper = train.Trainer(vit(), config, copies=train.Copies(learning_rate=rates), record_attention=True)
+    rates, decays = [1e-3, 3e-2], [0.1, 0.3]
+    copies = train.Copies(learning_rate=rates, weight_decay=decays)
+    sweeper = train.Trainer(vit(), config, copies=copies, record_attention=True)
     sweep = sweeper.fit(batch_fn, 6, progress=False)
     assert isinstance(sweep, train.SweepResult) and sweeper.step == 6
     assert sweep.loss.shape == (2, 6) and sweep.attn_max_logit.shape == (2, 6, CONFIG.depth)
     assert sweep.attn_entropy.shape == (2, 6, CONFIG.depth)
-    single_config = train.TrainConfig(**{**config.to_dict(), "learning_rate": rates[1]})
+    single_config = train.TrainConfig(
+        **{**config.to_dict(), "learning_rate": rates[1], "weight_decay": decays[1]}
+    )
     single = train.Trainer(vit(), single_config, record_attention=True)
     history = single.fit(batch_fn, 6, progress=False)
     np.testing.assert_allclose(sweep.loss[1], history.series("loss"), rtol=2e-4, atol=2e-5)
@@ -117,7 +121,9 @@ def test_copies_of_a_learning_rate_sweep_match_separate_runs():
         params_of(sweeper, 1, skip="key_bias"), params_of(single, skip="key_bias"), rtol=2e-4, atol=2e-5
     )
     assert not np.allclose(sweep.loss[0], sweep.loss[1])  # the rates differ, so do the runs
-    assert not sweep.diverged().any()
+    hyper = sweeper.state["opt_state"].hyperparams  # per-copy inputs of the optimiser; the head keeps its own
+    assert np.allclose(hyper["weight_decay"], decays) and np.allclose(hyper["head_weight_decay"], 0.5)
+    assert not sweep.diverged().any() and np.allclose(sweep.weight_decays, decays)
     assert np.all(np.isfinite(sweep.final_loss(3))) and sweep.max_logit().shape == (2,)
     np.testing.assert_allclose(sweep.max_logit(), sweep.attn_max_logit.max(axis=(1, 2)))
 
