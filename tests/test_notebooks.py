@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sparse_experts.workbook import runner
+from sparse_experts.workbook import presets, runner
 
 NOTEBOOKS = [nb.name for nb in runner.discover()]
 
@@ -21,6 +21,7 @@ def out(tmp_path_factory):
 def test_notebook_runs_under_smoke(name, out):
     (record,) = runner.run("smoke", only=[name], out=out, log=lambda message: None)
     assert record["status"] == "ok", record.get("error")
+    assert record["expected_s"] == presets.expected_seconds(name, "smoke") and "over_time" in record
     saved = json.loads((out / f"{name}.json").read_text())
     assert saved["provenance"]["preset"] == "smoke"
     assert saved["headline"], f"{name} saved no headline figures"
