@@ -18,10 +18,10 @@ from sparse_experts.workbook import explorer
 E, Y, B = 4, 3, 6
 
 
-def tiny(router: str, seed: int) -> models.ViT:
+def tiny(router: str, seed: int, placement: tuple = (1,)) -> models.ViT:
     config = models.vit_config(
         "mu/4", image_size=8, num_classes=Y, depth=2, width=16, mlp_dim=32, num_heads=2, head_zero_init=False,
-        moe=models.MoeConfig(num_experts=E, k=2, placement=(1,), router=router, group_size=1),
+        moe=models.MoeConfig(num_experts=E, k=2, placement=placement, router=router, group_size=1),
     )  # fmt: skip
     return models.ViT(config, rngs=nnx.Rngs(seed))
 
@@ -36,7 +36,8 @@ def routes():
         images, labels, ["cat", "dog", "fox"],
         {"class": (labels, ["cat", "dog", "fox"]), "coarse class": (coarse, ["pet", "wild"])}, batch_size=3,
     )  # fmt: skip
-    return explorer.Routes({"topk": tiny("top_k", 0), "soft": tiny("soft", 1)}, data)
+    trained = {"topk": tiny("top_k", 0), "soft": tiny("soft", 1), "first": tiny("top_k", 2, placement=(0,))}
+    return explorer.Routes(trained, data)
 
 
 def heatmaps(fig):
@@ -74,8 +75,12 @@ def test_moving_the_controls_redraws_the_figures(routes):
     assert view.k.disabled and view.capacity_factor.disabled and view.batch_priority.disabled
     assert view.patches.layout.title.text.startswith("soft, layer 1")
     assert "combine weight" in view.gates.layout.title.text
+    # a model whose only MoE layer is 0: the layer list follows, and the views show layer 0
+    view.model.value = "first"
+    assert not view.k.disabled and view.layer.options == (0,) and view.layer.value == 0
+    assert view.patches.layout.title.text.startswith("first, layer 0") and "layer 0" in view.info.value
     view.model.value = "topk"
-    assert not view.k.disabled
+    assert view.layer.value == 1 and view.patches.layout.title.text.startswith("topk, layer 1")
 
 
 def test_study_numbers_and_saved_figures(routes):
