@@ -1,36 +1,18 @@
 """Routing primitives for sparse mixtures of experts: who goes where, and how tokens travel there and back.
 
 Shape letters (../../shared/DESIGN.md): G routing groups (any number of leading dims, each routed
-independently), S tokens per group, E experts, K choices per token, C capacity (slots per expert, an integer),
-D width. "Capacity factor" is the ratio; C is always the integer from :func:`capacity`.
+independently), S tokens per group, E experts, K choices per token, C capacity (slots per expert, the integer
+from :func:`capacity`; "capacity factor" is the ratio), D width.
 
-Two kinds of routers, two records:
+Token choice (V-MoE) gives an :class:`Assignment`, expert choice (Zhou et al. 2022) an :class:`ExpertChoice`.
+:func:`dispatch` and :func:`combine` move tokens ``[..., S, D]`` to expert buffers ``[..., E, C, D]`` and
+back, for either record, with two backends that agree to float tolerance (values and gradients): "einsum"
+(V-MoE/GShard's one-hot ``[..., S, E, C]`` tensors; memory and time grow as S x E x C) and "indices"
+(scatter/gather into the flat ``[E * C]`` buffer; dropped choices point one past its end and are read with
+``mode="fill"``, written with ``mode="drop"``, since JAX clamps out-of-range indices by default).
 
-- Token choice (V-MoE, Riquelme et al. 2021): :func:`top_k_routing` gives an :class:`Assignment`: for
-  every token and choice, the expert it asked for, the slot it got in that expert's buffer, and the weight
-  with which the expert's output comes back. A choice is *kept* iff ``slot < capacity``; a dropped choice
-  keeps its expert, has ``slot == capacity`` and weight 0.
-- Expert choice (Zhou et al. 2022): :func:`expert_choice_routing` gives an :class:`ExpertChoice`: for every
-  expert and slot, the token it took and the weight.
-
-:func:`dispatch` moves tokens ``x[..., S, D]`` into expert buffers ``[..., E, C, D]`` and :func:`combine`
-brings the expert outputs back to ``[..., S, D]``, for either record, with one of two backends that agree to
-float tolerance (values and gradients):
-
-- ``"einsum"``: the readable reference, as V-MoE and GShard write it: a one-hot dispatch tensor
-  ``[..., S, E, C]`` and ``einsum("...SEC,...SD->...ECD")`` in, a combine tensor (the dispatch tensor times
-  the weights) and ``einsum("...SEC,...ECD->...SD")`` out. Memory and time grow as S x E x C.
-- ``"indices"``: scatter/gather by (expert, slot) index. Dropped choices point one past the end of the flat
-  ``[E * C]`` buffer and are read with ``mode="fill"`` / written with ``mode="drop"``, so they never touch
-  another token's row (JAX clamps out-of-range indices by default).
-
-Auxiliary losses (each a scalar averaged over groups): :func:`importance_loss`, :func:`load_loss` (V-MoE),
-:func:`switch_load_balancing_loss` (Switch/GShard) and :func:`router_z_loss` (ST-MoE). The squared
-coefficient of variation is written with the variance, so its gradient is finite at perfectly balanced
-routing (a std-based formula has a NaN gradient there).
-
-Validation: arguments that are Python numbers and array shapes are always checked; array *values* (NaN gates)
-only when the array is concrete, so every function works under ``jax.jit`` and ``jax.vmap``.
+Validation: Python numbers and array shapes are always checked; array *values* (NaN gates) only when
+concrete, so every function works under ``jax.jit`` and ``jax.vmap``.
 """
 
 from __future__ import annotations
@@ -48,32 +30,22 @@ from jax.scipy.special import ndtr
 
 Array = jax.Array
 
-# Default dispatch backend per platform (jax.default_backend()), filled in by hand from benchmarks/routing.py
-# (benchmarks/README.md has the tables); never chosen by timing at run time.
-# - cpu: "indices", 1.0-1.15x the expert-MLP bound; "einsum" 1.6-5x (2-core x86, 2026-11).
-# - gpu: "indices", 1.2-1.5x the bound; "einsum" 3.2-11x, its exact one-hot products running in full f32
-#   (H200, jax 0.11.2, 2026-11-28).
-# - tpu: not measured (no TPU was available); "einsum" is V-MoE's choice there, where scatters are slow.
+# Defaults per platform (jax.default_backend()), set by hand from benchmarks/routing.py (tables in
+# benchmarks/README.md), never timed at run time. TPU was not measured: "einsum" is V-MoE's choice there.
 DEFAULT_BACKEND = {"cpu": "indices", "gpu": "indices", "tpu": "einsum"}
 BACKENDS = ("einsum", "indices")
-# How BPR finds each choice's slot (same result either way): "sort" sorts the tokens by priority and counts
-# in that order (O(S log S)); "pairwise" counts, for every choice, the higher-priority choices for the same
-# expert (O(S^2), one fused reduction). From benchmarks/routing.py --breakdown: on the H200 the BPR layer
-# takes 1.22x the bound with "pairwise" and 1.36x with "sort" (S=4096, E=8; a one-row sort of 4096 keys is
-# one 34 us kernel there); on CPU the two are within noise, so the asymptotically cheaper sort stays. TPU:
-# not measured.
+# How BPR finds each choice's slot (same result): "sort" (O(S log S)) or "pairwise" (O(S^2), one fused
+# reduction; faster on the H200, within noise of "sort" on CPU).
 BPR_METHOD = {"cpu": "sort", "gpu": "pairwise", "tpu": "sort"}
 BPR_METHODS = ("sort", "pairwise")
-# Moving tokens must not round them. JAX's default float32 matmul precision rounds the operands (TF32 on
-# recent NVIDIA GPUs, bfloat16 passes on TPU), so a one-hot dispatch or combine einsum at that precision
-# would perturb every token by ~1e-3; at HIGHEST a product with a 0/1 tensor is exact. No effect on CPU.
+# Moving tokens must not round them: the default float32 matmul precision (TF32 on GPUs, bfloat16 passes on
+# TPU) would perturb every token by ~1e-3; at HIGHEST a product with a 0/1 tensor is exact.
 _EXACT = jax.lax.Precision.HIGHEST
 
 
 class Assignment(NamedTuple):
-    """Token-choice routing: for each token s and choice k, ``expert[..., S, K]`` (int32) the expert asked
-    for, ``slot[..., S, K]`` (int32) its slot in that expert's buffer (``capacity`` when dropped) and
-    ``weight[..., S, K]`` the gate with which the expert's output is combined (0 when dropped)."""
+    """Token choice: ``expert[..., S, K]`` (int32) the expert asked for, ``slot[..., S, K]`` (int32) its slot
+    in that expert's buffer (``capacity`` when dropped), ``weight[..., S, K]`` its gate (0 when dropped)."""
 
     expert: Array
     slot: Array
@@ -81,17 +53,14 @@ class Assignment(NamedTuple):
 
 
 class ExpertChoice(NamedTuple):
-    """Expert-choice routing: for each expert e and slot c, ``token[..., E, C]`` (int32) the token it took
-    and ``weight[..., E, C]`` that token's gate for the expert."""
+    """Expert choice: ``token[..., E, C]`` (int32) the token a slot took, ``weight[..., E, C]`` its gate."""
 
     token: Array
     weight: Array
 
 
 # --------------------------------------------------------------------------------------------- validation
-# One helper per check, called at the boundaries: the public functions of this module, the MoE layer's
-# constructor and per-call overrides, and the configs of sparse_experts.models. Every message names the
-# parameter, its value and what is valid; a wrong type raises TypeError, a wrong value ValueError.
+# One helper per check, called at the boundaries; a wrong type raises TypeError, a wrong value ValueError.
 
 
 def _is_concrete(x) -> bool:
@@ -120,8 +89,7 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_number(name: str, value, *, allow_zero: bool = False, hint: str = "") -> float:
-    """``value`` as a float, if it is a real number (or a concrete 0-d array) > 0, or >= 0 with
-    ``allow_zero``; never NaN. ``hint`` (how to choose a value) ends the message."""
+    """``value`` as a float, if a real number (or concrete 0-d array) > 0 (>= 0 with ``allow_zero``)."""
     expected = f"a number {'>=' if allow_zero else '>'} 0" + (f" {hint}" if hint else "")
     if isinstance(value, bool | np.bool_ | str) or not (
         isinstance(value, numbers.Real) or (_is_concrete(value) and np.ndim(value) == 0)
@@ -134,7 +102,6 @@ def check_number(name: str, value, *, allow_zero: bool = False, hint: str = "") 
 
 
 def check_one_of(name: str, value, allowed: tuple) -> object:
-    """``value``, if it is one of ``allowed``."""
     if value not in allowed:
         fail(name, value, "one of " + ", ".join(repr(a) for a in allowed))
     return value
@@ -149,12 +116,10 @@ def check_choices(k, num_experts: int, name: str = "k") -> int:
 
 
 def check_capacity_factor(value, name: str = "capacity_factor") -> float:
-    """A capacity factor (the ratio; C is :func:`capacity`) as a float, if it is > 0."""
     return check_number(name, value, hint="(1.0 gives each expert its fair share)")
 
 
 def check_noise_std(value, name: str = "noise_std") -> float:
-    """Router noise (V-MoE's std before the division by E) as a float, if it is >= 0 (0 turns it off)."""
     return check_number(name, value, allow_zero=True, hint="(0 turns the noise off)")
 
 
@@ -168,16 +133,11 @@ def _check_gates(gates, name: str = "gates") -> None:
         raise ValueError(f"{name} contain NaN; check the router logits (learning rate, inputs)")
 
 
-def _resolve_bpr_method(method: str | None) -> str:
-    if method is None:
-        return BPR_METHOD.get(jax.default_backend(), "sort")
-    return check_one_of("bpr_method", method, (*BPR_METHODS, None))
-
-
-def _resolve_backend(backend: str | None) -> str:
-    if backend is None:
-        return DEFAULT_BACKEND.get(jax.default_backend(), "indices")
-    return check_one_of("backend", backend, (*BACKENDS, None))
+def resolve_default(name: str, value: str | None, defaults: dict[str, str], allowed: tuple[str, ...]) -> str:
+    """``value`` if one of ``allowed``; for None the platform's entry of ``defaults`` (else the CPU's)."""
+    if value is None:
+        return defaults.get(jax.default_backend(), defaults["cpu"])
+    return check_one_of(name, value, (*allowed, None))
 
 
 # ----------------------------------------------------------------------------------------------- capacity
@@ -187,8 +147,7 @@ def capacity(
     num_tokens: int, num_experts: int, k: int, capacity_factor: float, multiple_of: int | None = None
 ) -> int:
     """Slots per expert C = ceil(num_tokens * k * capacity_factor / num_experts), rounded up to a multiple of
-    ``multiple_of`` when given (V-MoE uses 4). Expert choice uses k=1. Float noise below 1e-9 is ignored
-    before rounding up.
+    ``multiple_of`` when given (V-MoE uses 4). Expert choice uses k=1.
 
     >>> capacity(num_tokens=1024, num_experts=8, k=2, capacity_factor=1.25)
     320
@@ -214,8 +173,8 @@ def capacity(
 
 
 def _slots_in_service_order(expert_served: Array, num_experts: int) -> Array:
-    """Slot of each choice given ``expert_served[..., K, S]`` already in service order (K-major, then the
-    token order of service): the number of earlier choices that asked for the same expert."""
+    """Slot of each choice of ``expert_served[..., K, S]`` (in service order): how many earlier choices asked
+    for the same expert."""
     *lead, num_choices, num_tokens = expert_served.shape
     flat = expert_served.reshape(*lead, num_choices * num_tokens)
     one_hot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32)  # [..., K*S, E]
@@ -225,10 +184,8 @@ def _slots_in_service_order(expert_served: Array, num_experts: int) -> Array:
 
 
 def _bpr_slots_pairwise(top_experts: Array, priority: Array, num_experts: int) -> Array:
-    """BPR slots ``[..., S, K]`` without sorting: a choice's slot is the number of choices served before it
-    that asked for the same expert, i.e. every choice of an earlier level for that expert, plus the
-    same-level choices for that expert of tokens ahead of it (higher ``priority``, or equal priority and an
-    earlier position)."""
+    """BPR slots ``[..., S, K]`` without sorting: the earlier-level choices for the same expert, plus the
+    same-level ones of tokens ahead (higher ``priority``, or equal and an earlier position)."""
     num_tokens = top_experts.shape[-2]
     one_hot = jax.nn.one_hot(top_experts, num_experts, dtype=jnp.int32)  # [..., S, K, E]
     per_level = jnp.sum(one_hot, axis=-3)  # [..., K, E] choices per expert at each level
@@ -257,31 +214,24 @@ def top_k_routing(
       k: choices per token K, 1 <= K <= E.
       capacity: slots per expert C >= 1 (see :func:`capacity`).
       batch_priority: serve tokens in descending order of their top-1 gate (BPR) instead of position order.
-      renormalize: divide each token's kept weights by the sum of its kept gates, so they sum to 1 (off by
-        default, as in V-MoE). A token with nothing kept keeps weights 0 (no NaN, finite gradients).
-      bpr_method: how BPR computes the slots, ``"sort"`` or ``"pairwise"`` (identical results), or None for
-        ``BPR_METHOD`` of this platform.
+      renormalize: divide each token's kept weights by their sum (off by default, as in V-MoE); a token with
+        nothing kept keeps weights 0 (no NaN, finite gradients). Which choices are kept does not change.
+      bpr_method: ``"sort"`` or ``"pairwise"`` (identical results), or None for ``BPR_METHOD`` here.
 
-    Returns:
-      :class:`Assignment` with ``expert``, ``slot``, ``weight`` each ``[..., S, K]``.
-
-    Semantics: a token's K choices are its K largest gates in descending order (ties to the lower expert
-    index). Choices are served K-major (all first choices, then all second choices, ...); within a level in
-    position order, or with BPR in descending top-1 gate (ties keep position order). Each expert fills its
-    slots 0, 1, 2, ... in service order; a choice that finds its expert full is dropped, not re-routed.
-    Kept weights are the raw gates (not renormalised) unless ``renormalize``; which choices are kept does not
-    depend on ``renormalize``.
+    A token's K choices are its K largest gates, descending (ties to the lower expert). Choices are served
+    K-major (all first choices, then all second ...); within a level in position order, or with BPR in
+    descending top-1 gate (ties keep position order). Each expert fills slots 0, 1, ... in service order; a
+    choice that finds its expert full is dropped, not re-routed. Returns an :class:`Assignment`.
     """
     _check_gates(gates)
     num_experts = gates.shape[-1]  # E: the last dim of gates
     check_choices(k, num_experts)
     check_int("capacity", capacity)
     check_bool("renormalize", renormalize)
-    bpr_method = _resolve_bpr_method(bpr_method)
+    bpr_method = resolve_default("bpr_method", bpr_method, BPR_METHOD, BPR_METHODS)
 
-    # Equal values keep the lower index first. The gates of the chosen experts are picked with a one-hot
-    # product rather than taken from top_k: exact (one nonzero term), and its gradient is elementwise, where
-    # top_k's is a scatter (a separate, slow kernel on CPU and GPU alike).
+    # The chosen gates come from a one-hot product, not from top_k: exact (one nonzero term), with an
+    # elementwise gradient where top_k's is a scatter (a slow kernel on CPU and GPU alike).
     _, top_experts = jax.lax.top_k(jax.lax.stop_gradient(gates), k)  # [..., S, K]
     top_experts = top_experts.astype(jnp.int32)
     chosen = jax.nn.one_hot(top_experts, num_experts, dtype=gates.dtype)  # [..., S, K, E]
@@ -295,8 +245,7 @@ def top_k_routing(
         served = jnp.take_along_axis(top_experts, order[..., None], axis=-2)  # [..., S, K] in service order
         slot_served = _slots_in_service_order(jnp.swapaxes(served, -1, -2), num_experts)  # [..., K, S]
         slot_by_service = jnp.swapaxes(slot_served, -1, -2)  # [..., S, K], rows in service order
-        # Back to token order: row i of the service order belongs to token order[i] (a permutation, so a
-        # scatter with unique indices; cheaper than sorting again for the inverse permutation).
+        # Back to token order: row i belongs to token order[i] (a permutation: a unique-index scatter).
         slot = _over_groups(
             lambda rows, tokens: jnp.zeros_like(rows).at[tokens].set(rows, unique_indices=True),
             order.ndim - 1,
@@ -304,8 +253,8 @@ def top_k_routing(
     kept = slot < capacity
     weight = jnp.where(kept, top_gates, jnp.zeros_like(top_gates))
     if renormalize:
-        # Divide by the kept total; where nothing (or only underflowed gates) is kept, divide by 1 instead, so
-        # neither the value nor the gradient of the untaken branch of the where is NaN.
+        # Where nothing (or only underflowed gates) is kept divide by 1, so neither branch of the where (value
+        # or gradient) is NaN.
         total = jnp.sum(weight, axis=-1, keepdims=True)
         safe_total = jnp.where(total > 0, total, jnp.ones_like(total))
         weight = jnp.where(kept, top_gates / safe_total, jnp.zeros_like(top_gates))
@@ -314,16 +263,8 @@ def top_k_routing(
 
 
 def expert_choice_routing(gates: Array, capacity: int) -> ExpertChoice:
-    """Expert choice routing (Zhou et al. 2022): each expert takes the ``capacity`` tokens with the largest
-    gates for it, in descending gate order (ties to the lower token index), weighted by those gates.
-
-    Args:
-      gates: ``[..., S, E]`` router probabilities.
-      capacity: tokens per expert C, 1 <= C <= S (use :func:`capacity` with k=1).
-
-    Returns:
-      :class:`ExpertChoice` with ``token`` and ``weight`` each ``[..., E, C]``.
-    """
+    """Expert choice (Zhou et al. 2022): each expert takes the C = ``capacity`` tokens (1 <= C <= S) with the
+    largest of ``gates[..., S, E]`` for it, descending (ties to the lower token), weighted by those gates."""
     _check_gates(gates)
     check_int("capacity", capacity)
     num_tokens = gates.shape[-2]
@@ -360,11 +301,8 @@ def _check_routing(routing, num_experts: int, capacity: int) -> None:
 
 
 def assignment_tensors(assignment: Assignment, num_experts: int, capacity: int) -> tuple[Array, Array]:
-    """One-hot dispatch mask and combine weights, each ``[..., S, E, C]``, of a token-choice assignment.
-
-    ``dispatch[s, e, c] = 1`` iff a kept choice of token s holds slot c of expert e; ``combine`` is the same
-    tensor times that choice's weight. Dropped choices (slot == C) one-hot to all zeros.
-    """
+    """Dispatch mask (1 iff a kept choice of token s holds slot c of expert e) and combine weights (the mask
+    times that choice's weight), each ``[..., S, E, C]``. Dropped choices (slot == C) one-hot to zeros."""
     expert_one_hot = jax.nn.one_hot(assignment.expert, num_experts, dtype=assignment.weight.dtype)
     slot_one_hot = jax.nn.one_hot(assignment.slot, capacity, dtype=assignment.weight.dtype)  # [..., S, K, C]
     dispatch_mask = jnp.einsum("...SKE,...SKC->...SEC", expert_one_hot, slot_one_hot, precision=_EXACT)
@@ -375,17 +313,16 @@ def assignment_tensors(assignment: Assignment, num_experts: int, capacity: int) 
 
 
 def _flat_slot_index(assignment: Assignment, capacity: int, num_experts: int) -> Array:
-    """Index into the flat ``[E * C]`` buffer of each choice ``[..., S, K]``; E * C (out of range) when
-    dropped."""
+    """Index of each choice ``[..., S, K]`` into the flat ``[E * C]`` buffer; E * C when dropped."""
     kept = assignment.slot < capacity
     return jnp.where(kept, assignment.expert * capacity + assignment.slot, num_experts * capacity)
 
 
 @jax.custom_vjp
 def _gather_rows(table: Array, index: Array, readers: Array) -> Array:
-    """``table[index]`` with zero rows where ``index`` is out of range; ``readers[R, J]`` lists, for every row
-    r of ``table``, the (at most J) output rows that read it (out of range = none). With that inverse map
-    the backward pass is a gather and a sum instead of XLA's scatter-add, which is slow on CPU."""
+    """``table[index]``, zero rows where ``index`` is out of range; ``readers[R, J]`` lists the (at most J)
+    output rows reading each row of ``table``, so the backward pass is a gather and a sum instead of XLA's
+    scatter-add, which is slow on CPU."""
     return table.at[index].get(mode="fill", fill_value=0)
 
 
@@ -402,9 +339,8 @@ _gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
 
 
 def _choice_of_row(flat_index: Array, num_buffer_rows: int) -> Array:
-    """Which choice (``s * K + k``) fills each of the ``num_buffer_rows`` buffer rows; S * K (out of range)
-    for empty rows. Dropped choices (out-of-range index) are dropped by the scatter. Dispatch and combine
-    both call this with the same arguments, so under one jit XLA computes it once."""
+    """Which choice (``s * K + k``) fills each buffer row; S * K for empty rows. Dispatch and combine call
+    this with the same arguments, so under one jit XLA computes it once."""
     num_choices = flat_index.size
     rows = jnp.full((num_buffer_rows,), num_choices, dtype=jnp.int32)
     return rows.at[flat_index.reshape(-1)].set(jnp.arange(num_choices, dtype=jnp.int32), mode="drop")
@@ -414,9 +350,7 @@ def _dispatch_indices_one_group(x: Array, flat_index: Array, num_buffer_rows: in
     """x ``[S, D]`` -> buffer rows ``[E * C, D]``: row ``flat_index[s, k]`` holds token s."""
     num_tokens, num_choices = flat_index.shape
     choice = _choice_of_row(flat_index, num_buffer_rows)
-    # Which token fills each buffer row; S (out of range) for empty rows.
     source = jnp.where(choice < num_tokens * num_choices, choice // num_choices, num_tokens)
-    # A token is read by the rows of its kept choices: flat_index itself (E * C = out of range = dropped).
     return _gather_rows(x, source, flat_index)
 
 
@@ -430,12 +364,9 @@ def _combine_indices_one_group(y_flat: Array, flat_index: Array, weight: Array) 
 
 
 def dispatch(x: Array, routing, num_experts: int, capacity: int, backend: str | None = None) -> Array:
-    """Tokens ``x[..., S, D]`` into expert buffers ``[..., E, C, D]``; empty slots hold zeros.
-
-    ``routing`` is an :class:`Assignment` or an :class:`ExpertChoice`; ``backend`` is ``"einsum"``,
-    ``"indices"`` or None (``DEFAULT_BACKEND`` for this platform).
-    """
-    backend = _resolve_backend(backend)
+    """Tokens ``x[..., S, D]`` into expert buffers ``[..., E, C, D]`` (empty slots zero) by ``routing`` (an
+    :class:`Assignment` or :class:`ExpertChoice`); ``backend``: "einsum", "indices" or None (platform's)."""
+    backend = resolve_default("backend", backend, DEFAULT_BACKEND, BACKENDS)
     _check_routing(routing, num_experts, capacity)
     x = jnp.asarray(x)
     if isinstance(routing, ExpertChoice):
@@ -453,13 +384,9 @@ def dispatch(x: Array, routing, num_experts: int, capacity: int, backend: str | 
 
 
 def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | None = None) -> Array:
-    """Expert outputs ``y[..., E, C, D]`` back to tokens ``[..., S, D]``, weighted by the routing weights.
-
-    Tokens with no kept choice get zeros. For an :class:`Assignment`, S is ``routing.expert.shape[-2]``. An
-    :class:`ExpertChoice` does not record S (its ``token`` only says which tokens were taken), so pass
-    ``num_tokens=S`` with it.
-    """
-    backend = _resolve_backend(backend)
+    """Expert outputs ``y[..., E, C, D]`` back to tokens ``[..., S, D]``, weighted by the routing weights;
+    tokens with no kept choice get zeros. An :class:`ExpertChoice` does not record S: pass ``num_tokens``."""
+    backend = resolve_default("backend", backend, DEFAULT_BACKEND, BACKENDS)
     y = jnp.asarray(y)
     num_experts, capacity = y.shape[-3], y.shape[-2]
     _check_routing(routing, num_experts, capacity)
@@ -495,15 +422,10 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
 
 
 class DroplessRouting(NamedTuple):
-    """Token-choice routing without capacity: every choice is served. With T = G x S tokens over all groups
-    (groups do not matter without capacity) and R = T x K choice rows:
-
-    - ``expert[..., S, K]`` (int32) and ``weight[..., S, K]``: each token's K choices and gates, as in
-      :func:`top_k_routing`;
-    - ``order[R]`` (int32): the flat choice indices (token-major, ``t * K + k``) sorted by expert, stably;
-    - ``group_sizes[E]`` (int32): how many rows of the sorted order belong to each expert, the ``group_sizes``
-      of ``jax.lax.ragged_dot``.
-    """
+    """Token choice without capacity: every choice is served. ``expert[..., S, K]`` (int32) and
+    ``weight[..., S, K]`` as in :class:`Assignment`; with R = G x S x K choice rows, ``order[R]`` (int32) the
+    flat token-major choice indices (``t * K + k``) sorted stably by expert, and ``group_sizes[E]`` (int32)
+    the rows per expert (``jax.lax.ragged_dot``'s ``group_sizes``)."""
 
     expert: Array
     weight: Array
@@ -512,18 +434,10 @@ class DroplessRouting(NamedTuple):
 
 
 def dropless_routing(gates: Array, k: int) -> DroplessRouting:
-    """Top-k routing with no capacity and no drops: each token's K largest gates (ties to the lower expert
-    index), weighted by the raw gates, with the choices sorted by expert for a grouped matmul.
-
-    Args:
-      gates: ``[..., S, E]`` router probabilities.
-      k: choices per token K, 1 <= K <= E.
-
-    Use :func:`dropless_dispatch`, then ``jax.lax.ragged_dot(rows, w[E, D, H], routing.group_sizes)`` (or any
-    per-expert function on the sorted rows), then :func:`dropless_combine`. The result equals the capacity
-    path (:func:`top_k_routing` -> :func:`dispatch` -> experts -> :func:`combine`) whenever that capacity is
-    large enough that nothing is dropped.
-    """
+    """Top-k routing of ``gates[..., S, E]`` with no capacity and no drops (K largest gates, ties to the lower
+    expert, raw gate weights), choices sorted by expert. :func:`dropless_dispatch`, then any per-expert
+    function on the rows (e.g. ``jax.lax.ragged_dot``), then :func:`dropless_combine` equals the capacity path
+    whenever its capacity drops nothing."""
     _check_gates(gates)
     num_experts = gates.shape[-1]  # E: the last dim of gates
     check_choices(k, num_experts)
@@ -560,16 +474,15 @@ def dropless_combine(rows: Array, routing: DroplessRouting) -> Array:
 
 
 def _cv_squared(values: Array) -> Array:
-    """Squared coefficient of variation over the last axis, ``[..., E] -> [...]``: var / mean**2 (the
-    variance, not std**2 of a sqrt, so the gradient is finite when all values are equal)."""
+    """Squared coefficient of variation, ``[..., E] -> [...]``: var / mean**2 (the variance, not the square
+    of a std, so the gradient is finite when all values are equal; a std has a NaN gradient there)."""
     mean = jnp.mean(values, axis=-1)
     return jnp.var(values, axis=-1) / mean**2
 
 
 def importance_loss(gates: Array) -> Array:
-    """V-MoE importance loss: squared coefficient of variation over experts of the per-expert sum of gates
-    ``gates[..., S, E]`` over the S tokens of a group, averaged over groups. 0 when every expert gets the
-    same total gate."""
+    """V-MoE importance loss: squared coefficient of variation over experts of the per-expert sum of
+    ``gates[..., S, E]`` over a group's S tokens, averaged over groups; 0 when the totals are equal."""
     _check_gates(gates)
     importance = jnp.sum(gates, axis=-2)  # [..., E]
     return jnp.mean(_cv_squared(importance))
@@ -578,16 +491,11 @@ def importance_loss(gates: Array) -> Array:
 def load_loss(clean_logits: Array, noisy_logits: Array, noise_std, k: int) -> Array:
     """V-MoE load loss: how evenly experts would be *selected* under re-sampled router noise.
 
-    For each token and expert, the probability that the expert's clean logit plus fresh noise beats the
-    token's k-th largest noisy logit: ``Phi((clean - threshold) / noise_std)``; then the squared coefficient
-    of variation over experts of its mean over tokens, averaged over groups.
-
-    Args:
-      clean_logits: ``[..., S, E]`` router logits before noise.
-      noisy_logits: ``[..., S, E]`` the logits with the noise actually added (selection used these).
-      noise_std: std of the noise actually added (V-MoE's ``noise_std / E``). With 0 (no noise) the
-        probability is the hard indicator ``clean >= threshold`` and the loss has zero gradient.
-      k: choices per token K.
+    Per token and expert, ``Phi((clean - threshold) / noise_std)``, the chance that the clean logit plus fresh
+    noise beats the token's k-th largest noisy logit; then the squared coefficient of variation over experts
+    of its mean over tokens, averaged over groups. ``clean_logits`` and ``noisy_logits`` are ``[..., S, E]``;
+    ``noise_std`` is the std actually added (V-MoE's ``noise_std / E``); with 0 the probability is the hard
+    indicator ``clean >= threshold`` (zero gradient).
     """
     _check_gates(clean_logits, "clean_logits")
     _check_gates(noisy_logits, "noisy_logits")
@@ -605,14 +513,9 @@ def load_loss(clean_logits: Array, noisy_logits: Array, noise_std, k: int) -> Ar
 
 
 def switch_load_balancing_loss(gates: Array, experts) -> Array:
-    """Switch Transformer / GShard load-balancing loss: ``E * sum_e f_e * P_e`` averaged over groups, where
-    ``f_e`` is the fraction of token choices that asked for expert e (before capacity drops) and ``P_e`` the
-    mean gate of expert e over the S tokens. 1 at perfectly uniform routing.
-
-    Args:
-      gates: ``[..., S, E]`` router probabilities.
-      experts: an :class:`Assignment`, or expert indices ``[..., S]`` (top-1) or ``[..., S, K]``.
-    """
+    """Switch/GShard load-balancing loss ``E * sum_e f_e * P_e`` averaged over groups: ``f_e`` the fraction
+    of choices asking for expert e (before drops), ``P_e`` the mean of ``gates[..., S, E]`` for e; 1 when
+    uniform. ``experts``: an :class:`Assignment`, or expert indices ``[..., S]`` or ``[..., S, K]``."""
     _check_gates(gates)
     expert_index = experts.expert if isinstance(experts, Assignment) else jnp.asarray(experts)
     if expert_index.ndim == gates.ndim - 1:
@@ -630,9 +533,7 @@ def switch_load_balancing_loss(gates: Array, experts) -> Array:
 
 
 def router_entropy(gates: Array) -> Array:
-    """Entropy in nats of each token's router distribution ``gates[..., E]`` -> ``[...]``: 0 when all weight
-    is on one expert, log E when uniform (0 log 0 counts as 0). The one definition the trainer's metrics, the
-    analyses and the figures use."""
+    """Entropy in nats of each router distribution ``gates[..., E]`` -> ``[...]`` (0 log 0 counts as 0)."""
     gates = jnp.asarray(gates, jnp.float32)
     return jnp.sum(jax.scipy.special.entr(gates), axis=-1)
 
@@ -650,12 +551,9 @@ def router_z_loss(logits: Array) -> Array:
 def noisy_router_logits(
     logits: Array, rng: Array | None, noise_std: float = 1.0, *, deterministic: bool = False
 ) -> tuple[Array, float]:
-    """V-MoE training-time router noise: logits ``[..., S, E]`` plus Gaussian noise of std ``noise_std / E``.
-
-    Returns ``(noisy_logits, std_added)``; ``std_added`` is what :func:`load_loss` takes as ``noise_std``.
-    With ``deterministic=True`` (evaluation) or ``noise_std=0`` the logits come back unchanged and
-    ``std_added`` is 0; ``rng`` may then be None. V-MoE's default is ``noise_std=1``.
-    """
+    """V-MoE router noise: ``(logits[..., S, E] + N(0, (noise_std / E)**2), std_added)``, the std being what
+    :func:`load_loss` takes. With ``deterministic`` or ``noise_std=0``: the logits unchanged, 0 (``rng`` may
+    be None)."""
     _check_gates(logits, "logits")
     check_noise_std(noise_std)
     if deterministic or noise_std == 0:
@@ -673,11 +571,9 @@ MOE_ROUTERS = ("top_k", "expert_choice", "soft")
 
 
 def layer_capacity(router: str, num_tokens: int, num_experts: int, k: int, capacity_factor: float) -> int:
-    """Slots per expert C of an :class:`MoeMlp` with ``num_tokens`` = S tokens per group (per image for
-    ``"soft"``). Top-k: :func:`capacity` with k, at most S (an expert never gets more than S choices, since a
-    token's choices are distinct experts). Expert choice: :func:`capacity` with k=1 (the factor is Zhou et
-    al.'s c, the mean number of experts per token), at most S. Soft: :func:`capacity` with k=1 (about
-    ``capacity_factor`` x N slots in all)."""
+    """Slots per expert C of an MoE layer with S = ``num_tokens`` per group (per image for "soft"):
+    :func:`capacity` with k for "top_k", k=1 otherwise (for expert choice the factor is Zhou et al.'s mean
+    experts per token); at most S except for "soft" (a token's choices are distinct experts)."""
     check_one_of("router", router, MOE_ROUTERS)
     slots = capacity(num_tokens, num_experts, k if router == "top_k" else 1, capacity_factor)
     return slots if router == "soft" else min(slots, num_tokens)

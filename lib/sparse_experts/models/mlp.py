@@ -1,10 +1,5 @@
-"""The one MLP: a ViT's dense MLP, and, stacked over E experts, every expert of the MoE layer.
-
-Shape letters (../../../shared/DESIGN.md): B batch, N tokens, D width, H MLP hidden width, E experts. The
-MoE layer (:mod:`sparse_experts.models.moe`) creates E copies of :class:`Mlp` with ``nnx.vmap`` (one rng key
-per expert), so every weight gains a leading E axis with the logical name "expert": ``wi[E, D, H]``,
-``bi[E, H]``, ``wo[E, H, D]``, ``bo[E, D]``; expert parallelism runs this same module on the local shard.
-"""
+"""The one MLP: a ViT's dense MLP and, stacked over E by :func:`sparse_experts.models.moe.stacked_experts`,
+every expert of the MoE layer. Shape letters (../../../shared/DESIGN.md): D width, H MLP hidden width."""
 
 from __future__ import annotations
 
@@ -23,12 +18,9 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, 
 
 
 class Mlp(nnx.Module):
-    """Dense MLP: "...D,DH->...H", gelu, "...H,HD->...D", with biases ``bi[H]``, ``bo[D]`` iff ``bias``.
-
-    ``mlp(x[..., D], train=..., **overrides)`` returns ``(y[..., D], {})`` like every layer MLP (an empty
-    record; ``train`` and the routing overrides meant for the model's MoE layers are ignored). Parameters are
-    stored in ``param_dtype`` and cast to ``dtype`` where used; logical axes ("embed", "mlp").
-    """
+    """Dense MLP ``wi[D, H]``, gelu, ``wo[H, D]``, biases ``bi[H]``, ``bo[D]`` iff ``bias``. ``mlp(x[..., D],
+    train=..., **overrides)`` returns ``(y[..., D], {})`` like every layer MLP (the arguments meant for MoE
+    layers are ignored); parameters are stored in ``param_dtype`` and cast to ``dtype`` where used."""
 
     def __init__(
         self,
@@ -50,8 +42,7 @@ class Mlp(nnx.Module):
 
     @classmethod
     def from_vit_config(cls, config, *, rngs: nnx.Rngs) -> Mlp:
-        """The dense MLP of a :class:`sparse_experts.models.VitConfig`: D = width, H = mlp_dim, its bias flag
-        and dtypes."""
+        """The dense MLP of a ViT config: D = width, H = mlp_dim, its bias flag and dtypes."""
         return cls(
             config.width, config.mlp_dim, rngs=rngs, bias=config.mlp_bias, dtype=config.dtype,
             param_dtype=config.param_dtype,

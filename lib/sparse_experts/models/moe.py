@@ -1,5 +1,4 @@
-"""The MoE layer: a sparse mixture of E expert MLPs that replaces a ViT's dense MLP (V-MoE, expert choice,
-Soft MoE), built on the pure routing functions of :mod:`sparse_experts.routing`.
+"""The MoE layer (V-MoE, expert choice, Soft MoE) on the routing functions of :mod:`sparse_experts.routing`.
 
 Shape letters (../../../shared/DESIGN.md): B batch, N tokens per image, D width, H expert hidden width,
 G routing groups, S tokens per group, E experts, K choices per token, C capacity (slots per expert).
@@ -15,8 +14,8 @@ from sparse_experts.models.mlp import Mlp, param
 from sparse_experts.parallel.experts import EXPERT_AXIS, expert_parallel_apply
 from sparse_experts.routing import (
     _EXACT,
+    BACKENDS,
     MOE_ROUTERS,
-    _resolve_backend,
     check_bool,
     check_choices,
     check_int,
@@ -42,9 +41,8 @@ def _l2_normalize(x: Array, axis: int = -1) -> Array:
 
 
 def stacked_experts(num_experts: int, width: int, hidden: int, *, rngs: nnx.Rngs, **mlp_options) -> Mlp:
-    """E copies of :class:`~sparse_experts.models.mlp.Mlp` (one rng key each), made with ``nnx.vmap``: every
-    weight gains a leading E axis named "expert" (``wi[E, D, H]``, ``bi[E, H]``, ``wo[E, H, D]``,
-    ``bo[E, D]``), as the scanned layers of :class:`sparse_experts.models.Encoder` gain "layers"."""
+    """E copies of :class:`~sparse_experts.models.mlp.Mlp` (one rng key each) by ``nnx.vmap``: every weight
+    gains a leading E axis named "expert" (``wi[E, D, H]``, ``bi[E, H]``, ``wo[E, H, D]``, ``bo[E, D]``)."""
 
     @nnx.split_rngs(splits=num_experts)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: EXPERT_AXIS})
@@ -55,8 +53,8 @@ def stacked_experts(num_experts: int, width: int, hidden: int, *, rngs: nnx.Rngs
 
 
 def apply_stacked(experts: Mlp, buffers: Array) -> Array:
-    """Stacked expert MLPs (:func:`stacked_experts`, E' of them) on their buffers ``[..., E', C, D]`` ->
-    ``[..., E', C, D]``: expert e runs on buffer column e only."""
+    """Stacked experts (:func:`stacked_experts`) on buffers ``[..., E, C, D]`` -> ``[..., E, C, D]``: expert e
+    on buffer column e only."""
     axis = buffers.ndim - 3
 
     @nnx.vmap(in_axes=(0, axis), out_axes=axis, transform_metadata={nnx.PARTITION_NAME: EXPERT_AXIS})
@@ -67,38 +65,22 @@ def apply_stacked(experts: Mlp, buffers: Array) -> Array:
 
 
 class MoeMlp(nnx.Module):
-    """A sparse mixture of E expert MLPs (gelu) that replaces a ViT's dense MLP: ``x[B, N, D]`` ->
+    """E expert MLPs (:func:`stacked_experts`) replacing a ViT's dense MLP: ``x[B, N, D]`` ->
     ``(y[B, N, D], record)``.
 
-    Routers (``router``):
-
-    - ``"top_k"`` (V-MoE): the B images are cut into G = B / ``group_size`` groups of S = group_size x N
-      tokens; a dense router D -> E (no bias, float32) gives logits, plus training-time noise of std
-      ``noise_std / E``; gates = softmax; :func:`top_k_routing` with C = :func:`layer_capacity` (optionally
-      BPR; with ``renormalize=True`` each token's kept weights are divided by their sum); :func:`dispatch`
-      -> experts on ``[G, E, C, D]`` -> :func:`combine`.
+    - ``"top_k"`` (V-MoE): G = B / ``group_size`` groups of S = group_size x N tokens; a float32 router
+      kernel ``[D, E]`` (no bias) plus training noise of std ``noise_std / E``; gates = softmax;
+      :func:`top_k_routing` with C = :func:`layer_capacity`; :func:`dispatch`, experts, :func:`combine`.
     - ``"expert_choice"`` (Zhou et al. 2022): same groups and gates, :func:`expert_choice_routing`.
-    - ``"soft"`` (Puigcerver et al. 2023): per image, E x C slots with learned parameters ``[E, C, D]``;
-      logits = (learned scale x L2-normalised tokens) . (L2-normalised slot parameters); dispatch weights are
-      a softmax over the N tokens (per slot), combine weights a softmax over all E x C slots (per token). C
-      is fixed at construction (``slots_per_expert``); no noise, no drops; k, BPR and capacity overrides do
-      not apply.
+    - ``"soft"`` (Puigcerver et al. 2023): per image, E x C learned slots ``[E, C, D]``; logits = (learned
+      scale x L2-normalised tokens) . (L2-normalised slots); dispatch is a softmax over the N tokens, combine
+      over the E x C slots. C (``slots_per_expert``) is fixed; no noise, no drops, no k/BPR/capacity.
 
-    The experts are the one :class:`~sparse_experts.models.mlp.Mlp`, stacked over E (:func:`stacked_experts`):
-    ``experts.wi[E, D, H]``, ``experts.bi[E, H]``, ``experts.wo[E, H, D]``, ``experts.bo[E, D]`` (biases iff
-    ``mlp_bias``), logical axes ("expert", "embed", "mlp"); the router kernel ``[D, E]`` is ("embed", None).
-
-    The record (the same keys for every router):
-
-    - ``"combine_weights"`` ``[B, N, E]``: total weight with which expert e's output enters token n (zero
-      where e did not process n; for Soft MoE summed over e's slots);
-    - ``"gates"`` ``[B, N, E]``: router probabilities (Soft MoE: the combine weights);
-    - ``"aux"``: scalars "importance", "load" (V-MoE), "switch" (Switch/GShard) and "z_loss";
-    - ``"load"`` ``[E]``: token-choices each expert processed (Soft MoE: slots x images);
-    - ``"dropped_fraction"``: fraction of token-choices dropped (expert choice: of tokens no expert took;
-      Soft MoE: 0);
-    - ``"tokens_per_image"`` ``[B]``: kept token-choices per image (Soft MoE: N);
-    - ``"capacity"``: C (a Python int).
+    The record (same keys for every router): "combine_weights" ``[B, N, E]`` (the weight with which expert
+    e's output enters token n, 0 where e did not process n); "gates" ``[B, N, E]`` (Soft MoE: the combine
+    weights); "aux" scalars "importance", "load", "switch", "z_loss"; "load" ``[E]`` token-choices each
+    expert processed; "dropped_fraction" (expert choice: of tokens no expert took); "tokens_per_image" ``[B]``
+    kept token-choices per image; "capacity" C (a Python int).
     """
 
     def __init__(
@@ -122,15 +104,14 @@ class MoeMlp(nnx.Module):
         param_dtype: str = "float32",
         backend: str | None = None,
     ):
-        # k and the capacity factors are checked where they are used, each call (routing.top_k_routing and
-        # load_loss, routing.capacity), and by MoeConfig on the config path (from_vit_config).
+        # k and the capacity factors are checked where they are used (routing), and by MoeConfig.
         check_one_of("router", router, MOE_ROUTERS)
         for name, value in [("width", width), ("hidden", hidden), ("num_experts", num_experts),
                             ("group_size", group_size), ("slots_per_expert", slots_per_expert)]:  # fmt: skip
             check_int(name, value)
         check_noise_std(noise_std)
         check_bool("renormalize", renormalize)
-        _resolve_backend(backend)
+        check_one_of("backend", backend, (*BACKENDS, None))
         D, H, E = width, hidden, num_experts
         self.router, self.num_experts, self.k = router, E, k
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
@@ -157,11 +138,8 @@ class MoeMlp(nnx.Module):
 
     @classmethod
     def from_vit_config(cls, config, layer_index: int, *, rngs: nnx.Rngs) -> MoeMlp:
-        """The MoE MLP of layer ``layer_index`` of a :class:`sparse_experts.models.VitConfig` with ``moe`` set
-        (width, mlp_dim, mlp_bias and dtypes from the ViT; routing from ``config.moe``)."""
+        """The MoE MLP of layer ``layer_index`` of a ViT config with ``moe`` set."""
         moe = config.moe
-        if moe is None:
-            raise ValueError(f"config.moe is None; layer {layer_index} has no MoE settings")
         slots = layer_capacity("soft", config.num_tokens, moe.num_experts, 1, moe.capacity_factor)
         return cls(
             config.width, config.mlp_dim, moe.num_experts, rngs=rngs, router=moe.router, k=moe.k,
@@ -171,11 +149,10 @@ class MoeMlp(nnx.Module):
             param_dtype=config.param_dtype,
         )  # fmt: skip
 
-    # ----------------------------------------------------------------------------------------------------
     def apply_experts(self, buffers: Array, mesh=None) -> Array:
-        """The E expert MLPs on their buffers ``[..., E, C, D]`` -> ``[..., E, C, D]``; with buffers ``[G, E,
-        C, D]`` and a ``mesh`` whose ``"expert"`` axis is > 1, expert-parallel (the same MLP on each device's
-        shard of the experts, :func:`sparse_experts.parallel.expert_parallel_apply`)."""
+        """The experts on buffers ``[..., E, C, D]`` -> ``[..., E, C, D]``; expert-parallel
+        (:func:`sparse_experts.parallel.expert_parallel_apply`) for ``[G, E, C, D]`` on a ``mesh`` whose
+        "expert" axis is > 1."""
         if mesh is None or dict(mesh.shape).get(EXPERT_AXIS, 1) == 1:
             return apply_stacked(self.experts, buffers)
         graphdef, params = nnx.split(self.experts)  # params: arrays with a leading E axis
@@ -197,10 +174,8 @@ class MoeMlp(nnx.Module):
         mesh=None,
     ) -> tuple[Array, dict]:
         """x ``[B, N, D]`` -> (y ``[B, N, D]``, record). ``k``, ``capacity_factor`` and ``batch_priority``
-        override the constructor's values for this call (``capacity_factor`` otherwise is the train or eval
-        value by ``train``); ``rng`` replaces the module's own noise stream (training only). With a ``mesh``
-        whose ``"expert"`` axis has more than one device, the experts run expert-parallel: buffers travel to
-        their experts' devices with all_to_all (:mod:`sparse_experts.parallel.experts`); same result."""
+        override the constructor's for this call; ``rng`` replaces the module's noise stream (training
+        only); a ``mesh`` runs the experts expert-parallel (same result)."""
         if x.ndim != 3:
             raise ValueError(f"x must have shape [B, N, D], got shape {x.shape}")
         x = x.astype(self.dtype)
@@ -226,8 +201,8 @@ class MoeMlp(nnx.Module):
         G, S = B // self.group_size, self.group_size * N
         C = layer_capacity(self.router, S, E, k, capacity_factor)
         tokens = x.reshape(G, S, D)
-        # The router runs in full float32 (as Switch Transformer advises): its logits decide which expert
-        # each token meets, so they should not depend on the platform's default matmul precision.
+        # Full float32 router (as Switch advises): which expert a token meets must not depend on the
+        # platform's default matmul precision.
         logits = jnp.einsum(
             "GSD,DE->GSE",
             tokens.astype(jnp.float32),
@@ -251,9 +226,7 @@ class MoeMlp(nnx.Module):
             kept = (routing.slot < C).astype(jnp.float32)  # [G, S, K]
             expert_one_hot = jax.nn.one_hot(routing.expert, E, dtype=jnp.float32)  # [G, S, K, E]
             combine_weights = jnp.einsum("GSK,GSKE->GSE", routing.weight, expert_one_hot, precision=_EXACT)
-            kept_per_token = jnp.einsum(
-                "GSK,GSKE->GSE", kept, expert_one_hot, precision=_EXACT
-            )  # [G, S, E] 0 or 1
+            kept_per_token = jnp.einsum("GSK,GSKE->GSE", kept, expert_one_hot, precision=_EXACT)  # 0 or 1
             num_choices = G * S * k
         else:
             routing = expert_choice_routing(gates, C)
@@ -262,9 +235,7 @@ class MoeMlp(nnx.Module):
             kept_per_token = jnp.sum(taken, axis=2).swapaxes(-1, -2)  # [G, S, E]
             num_choices = G * S
         buffers = dispatch(tokens, routing, E, C, backend=self.backend)  # [G, E, C, D]
-        y = combine(
-            self.apply_experts(buffers, mesh), routing, backend=self.backend, num_tokens=S
-        )  # [G, S, D]
+        y = combine(self.apply_experts(buffers, mesh), routing, backend=self.backend, num_tokens=S)
         if self.router == "top_k":
             dropped = 1.0 - jnp.sum(kept_per_token) / num_choices
         else:

@@ -1,5 +1,5 @@
-"""Sizing on paper, on abstract shapes (nothing is allocated): parameters, forward FLOPs per image, and bytes
-per device of a training step on a mesh.
+"""Sizing on paper, on abstract shapes (nothing allocated): parameters, forward FLOPs per image, and bytes per
+device of a training step on a mesh.
 
 Shape letters (../../../shared/DESIGN.md): B batch, N tokens, P patches, D width, H MLP/expert hidden width,
 L layers, A heads, E experts, C capacity, G images per routing group, Y classes; X pixels per patch.
@@ -33,21 +33,20 @@ from sparse_experts.parallel.mesh import (
 from sparse_experts.routing import layer_capacity
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Sizing on paper.
-# ---------------------------------------------------------------------------------------------------------
+def _abstract_state(config: VitConfig) -> nnx.State:
+    """The parameters of ``config`` as shapes; identical layers are traced as their scanned twin (the same
+    arrays, stacked on a replicated "layers" axis), one block instead of L."""
+    if config.moe is None:
+        config = dataclasses.replace(config, scan_layers=True)
+    return nnx.state(nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0))), nnx.Param)
+
+
 @functools.lru_cache(maxsize=64)
 def param_count(config: VitConfig, *, active: bool = False) -> int:
-    """Total parameters, by abstract initialisation (nnx.eval_shape: nothing is allocated; 22B/14 in ~0.1 s).
-
-    ``active=True``: the parameters used per token. For a dense ViT (and Soft MoE, where every token mixes
-    into every expert's slots) the total; for "top_k" and "expert_choice" each MoE layer counts its router
-    and k of its E experts (for expert choice, k stands for the mean number of experts per token).
-    """
-    if config.moe is None:  # identical layers: the scanned twin has the same parameters, traces 1 block not L
-        config = dataclasses.replace(config, scan_layers=True)
-    model = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
-    total = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    """Total parameters, by abstract initialisation (22B/14 in ~0.1 s). ``active=True``: those used per token;
+    for "top_k" and "expert_choice" each MoE layer counts its router and k of its E experts (the total for a
+    dense ViT and Soft MoE, where every token mixes into every expert's slots)."""
+    total = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(_abstract_state(config)))
     if not active or config.moe is None or config.moe.router == "soft":
         return total
     D, H, moe = config.width, config.mlp_dim, config.moe
@@ -56,18 +55,14 @@ def param_count(config: VitConfig, *, active: bool = False) -> int:
 
 
 def flops_per_image(config: VitConfig, *, capacity_factor: float | None = None) -> float:
-    """Forward FLOPs per image, analytic, matmuls only (2 x multiply-adds; norms, softmax, gelu, biases and
-    the class-token/position additions are left out).
+    """Forward FLOPs per image, analytic: 2 x the multiply-adds of the matmuls (norms, softmax, gelu, biases
+    and additions left out).
 
-    Per layer: q/k/v 3ND^2, scores and weighted values 2N^2D, output ND^2, MLP 2NDH; plus the patch
-    embedding PXD, the MAP head (2ND^2 for its keys and values, 2ND for one query's attention, 2D^2 + 2DH)
-    and the head DY. The parallel block's fused matmuls do the same work.
-
-    An MoE layer replaces the MLP's 2NDH by the router NDE plus the expert buffers: E x C slots per group of
-    ``group_size`` images, each slot 2DH, divided per image, with C from
-    :func:`sparse_experts.routing.layer_capacity` at ``capacity_factor`` (default: the eval capacity factor).
-    Dispatch and combine by indices are not matmuls and are not counted. Soft MoE (per image, M = E x C
-    slots): slot logits, dispatch and combine 3NDM, plus the slots 2DHM.
+    Per layer q/k/v 3ND^2, scores and weighted values 2N^2D, output ND^2, MLP 2NDH; plus the patch embedding
+    PXD, the MAP head (2ND^2 + 2ND + 2D^2 + 2DH) and the head DY. An MoE layer replaces 2NDH by the router NDE
+    plus E x C slots of 2DH per group of G images, per image, C from :func:`layer_capacity` at
+    ``capacity_factor`` (default: the eval one); dispatch and combine by indices are not counted. Soft MoE
+    (M = E x C slots per image): 3NDM for logits, dispatch and combine, plus 2DHM.
     """
     D, H, L, N, P = config.width, config.mlp_dim, config.depth, config.num_tokens, config.num_patches
     if config.moe is None and capacity_factor is not None:
@@ -92,9 +87,6 @@ def flops_per_image(config: VitConfig, *, capacity_factor: float | None = None) 
     return 2.0 * macs
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Memory plans on paper.
-# ---------------------------------------------------------------------------------------------------------
 OPTIMIZER_MOMENTS = {"sgd": 0, "momentum": 1, "adam": 2}
 GiB = 2**30
 
@@ -105,10 +97,7 @@ def _gib(num_bytes: float) -> str:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Bytes per device of one training step (see :func:`memory_plan` for the assumptions).
-
-    ``print(plan)`` gives a table; ``plan.to_dict()`` plain data for JSON.
-    """
+    """Bytes per device of one training step (:func:`memory_plan`); ``print(plan)`` gives a table."""
 
     config: str
     mesh_shape: dict[str, int]
@@ -154,11 +143,9 @@ class MemoryPlan:
         ]
 
     def per_device_bytes(self) -> dict[str, int]:
-        """{"parameters": ..., "optimizer state": ..., "gradients": ..., "activations": ..., "total": ...}."""
         return dict(self.rows())
 
     def summary(self) -> str:
-        """One line: the total per device and where it goes."""
         parts = ", ".join(f"{name} {_gib(b)}" for name, b in self.rows()[:-1])
         return f"{self.config}: {_gib(self.total)} per device ({parts})"
 
@@ -176,14 +163,6 @@ class MemoryPlan:
         return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
 
-def _abstract_state(config: VitConfig) -> nnx.State:
-    # Identical layers: the scanned twin has the same arrays (stacked on a replicated "layers" axis, so the
-    # same bytes per device) and traces one block instead of L.
-    if config.moe is None:
-        config = dataclasses.replace(config, scan_layers=True)
-    return nnx.state(nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0))), nnx.Param)
-
-
 def _shard_elements(shape: Sequence[int], spec: PartitionSpec, sizes: Mapping[str, int]) -> int:
     count = 1
     for i, dim in enumerate(shape):
@@ -195,31 +174,17 @@ def _shard_elements(shape: Sequence[int], spec: PartitionSpec, sizes: Mapping[st
 def activation_bytes(
     config: VitConfig, images: int, model_shards: Mapping[str, int] | None = None, *, remat: bool = False
 ) -> tuple[int, int]:
-    """Analytic activation bytes a training step keeps for the backward pass of ``images`` images, and the
-    bytes of one layer's share.
+    """Activation bytes a training step keeps for the backward pass of ``images`` images, and a layer's share.
 
-    Per image and layer, with c the compute dtype's bytes and f = 4 (norm statistics and softmax run in
-    float32); elementwise chains that XLA fuses are counted once:
-
-    - residual stream, replicated over "model" (no sequence parallelism): the block input, and in a sequential
-      block the mid-block residual (ND each); per norm its normalised float32 value and its output, which is
-      the next matmul's input (ND (f + c); one norm in a parallel block, two in a sequential one);
-    - attention, split over the heads' mesh axes: q, k, v and the heads' output (4ND); with qk_norm the
-      normalised q and k and their norm outputs (2ND (f + c)); the attention weights [A, N, N] in float32
-      (plus their compute-dtype copy when c < 4);
-    - MLP, split over the "mlp" mesh axes: the hidden before gelu, gelu's tanh and its output (3NH);
-    - parallel block: the concatenated [heads | hidden] input of the fused output matmul (N (D + H)).
-
-    Outside the blocks: patches [P, X], the final norm (ND (f + 2c)), pooled features (D), float32 logits (Y).
-    Without remat every layer's share is kept (L x layer); with remat each block keeps only its input
-    (L x ND) and one block at a time is recomputed (+ 1 layer). Both add half a layer for the gradients in
-    flight during a layer's backward: an empirical term, fitted to XLA's buffer assignment
-    (``compiled.memory_analysis().temp_size_in_bytes`` of a jitted gradient) on CPU. There, for float32 ViTs,
-    the estimate is within about 10% of XLA for unscanned layers with or without remat and scanned layers
-    with remat; scanned layers *without* remat measured ~1.6x more (the scan stacks its residuals in extra
-    buffers), and bfloat16 measured no smaller than float32 (the CPU computes in float32); on GPU/TPU bfloat16
-    activations take c = 2 bytes. ``model_shards``: {"heads": ..., "mlp": ...} divisors for the attention and
-    MLP parts (default 1). Returns (total, per layer).
+    Per image and layer, c the compute dtype's bytes, f = 4 (norm statistics and softmax in float32), fused
+    elementwise chains counted once: the residual stream, replicated over "model" (block input and, in a
+    sequential block, the mid-block residual, ND each; per norm ND (f + c)); attention, split over the heads'
+    mesh axes (q, k, v, output 4ND; with qk_norm 2ND (f + c); weights [A, N, N] in float32, plus a copy when
+    c < 4); the MLP, split over "mlp" (3NH: hidden, gelu's tanh, output); a parallel block's fused input
+    N (D + H). Outside the blocks: patches, the final norm, pooled features, float32 logits. With remat each
+    block keeps only its input and one block is recomputed. Half a layer more for gradients in flight is an
+    empirical term fitted to XLA's buffer assignment on CPU, within ~10% for float32 ViTs except scanned
+    layers without remat (~1.6x more measured). ``model_shards``: {"heads": ..., "mlp": ...} divisors.
     """
     if config.moe is not None:
         raise NotImplementedError("activation sizes of MoE layers arrive with the routing issue")
@@ -252,20 +217,11 @@ def memory_plan(
 ) -> MemoryPlan:
     """Bytes per device of a training step of ``config`` on a mesh of ``mesh_shape`` (no devices needed).
 
-    - Parameters: every array of ``nnx.eval_shape`` (nothing allocated) split as :func:`partition_specs`
-      splits it under ``rules`` on a mesh of that shape (indivisible axes replicated); bytes of one shard
-      (the largest, which is every shard: splits are exact), summed.
-    - Optimizer state: ``OPTIMIZER_MOMENTS[optimizer]`` copies of the parameters ("sgd" 0, "momentum" 1,
-      "adam" 2), sharded like them, in ``moment_dtype`` (default: the parameter dtype, as optax's defaults do;
-      pass "float32" for float32 moments of bfloat16 parameters). Step counters are ignored.
-    - Gradients: one copy of the parameters (same dtype and sharding).
-    - Activations: :func:`activation_bytes` for ``batch_size / num_data_shards`` images per device, with
-      attention and MLP activations split over the mesh axes their "heads"/"mlp" weights use (the Megatron
-      ideal; the residual stream is replicated over "model", no sequence parallelism); ``remat`` defaults to
-      ``config.remat``.
-
-    Not counted: XLA temporaries and fusion buffers, weights gathered for compute under FSDP (about one layer
-    at a time), the input pipeline, and collective buffers. A plan, not a measurement.
+    Parameters: one shard of every array as :func:`partition_specs` splits it under ``rules``; optimizer
+    state: ``OPTIMIZER_MOMENTS[optimizer]`` copies of them in ``moment_dtype`` (default the parameter dtype,
+    as optax's); gradients: one copy; activations: :func:`activation_bytes` for the images per device, split
+    as the "heads"/"mlp" weights are (``remat`` defaults to ``config.remat``). Not counted: XLA temporaries,
+    weights gathered under FSDP, the input pipeline, collective buffers. A plan, not a measurement.
     """
     if optimizer not in OPTIMIZER_MOMENTS:
         raise ValueError(

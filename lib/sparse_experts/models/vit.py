@@ -1,48 +1,25 @@
 """Vision Transformers with the ViT-22B recipe as opt-in flags, and the one hook where V-MoE layers plug in.
 
 Shape letters (../../shared/DESIGN.md): B batch, P patches per image, N tokens (P, or P + 1 with a class
-token), D width, H MLP hidden width, L layers, A heads, Y classes. Letters local to this module: Q head width
-(D / A); T key tokens (the same tokens as N, named apart in the score matrix [B, A, N, T]); X pixels per patch
-(patch_size**2 * channels); F a fused projection width (3D + H in, D + H out).
+token), D width, H MLP hidden width, L layers, A heads, Q head width (D / A), Y classes; local to this module:
+T key tokens (N, named apart in scores [B, A, N, T]), X pixels per patch, F a fused width (3D + H in, D + H
+out).
 
-Defaults are the original ViT (Dosovitskiy et al. 2021): class-token pooling, biases everywhere, LayerNorm
-with bias, sequential blocks, learned position embeddings, zero-initialised head. ``vit_config("22B/14")``
-turns on the ViT-22B recipe (Dehghani et al. 2023). Each ingredient is a :class:`VitConfig` field:
+Defaults are the original ViT (Dosovitskiy et al. 2021); ``vit_config("22B/14")`` turns on the ViT-22B recipe
+(Dehghani et al. 2023), each ingredient a :class:`VitConfig` field: ``parallel_block`` (x + attn(norm(x)) +
+mlp(norm(x)), with fused [D, 3D + H] and [D + H, D] matmuls; an MoE layer runs beside attention, unfused),
+``qk_norm`` (normalise q and k per head, bounding the attention logits), ``qkv_bias``, ``norm``
+("layernorm" or "rmsnorm") and ``norm_bias`` (ViT-22B: rmsnorm without bias), ``mlp_bias`` (in a parallel
+block it also gives the fused attention output its bias; a sequential block's attention output always has
+one), ``pool`` ("cls", "gap" or "map": a learned probe attends over the tokens), ``posemb`` ("learn" or
+"sincos2d"), ``param_dtype``/``dtype`` (norms and softmax in float32, logits returned in float32), ``remat``
+and ``scan_layers`` (the L blocks stacked on a "layers" axis under nnx.scan; not with MoE layers).
 
-- ``parallel_block``: y = x + attn(norm(x)) + mlp(norm(x)) with one norm per block; the QKV projection and
-  the MLP's first projection are one matmul [D, 3D + H], the attention output and the MLP's second
-  projection are one matmul [D + H, D] (PaLM; ~15% faster at scale). An MoE layer runs beside attention on
-  the same normalised input, unfused.
-- ``qk_norm``: normalise queries and keys per head over Q before the dot product (learned scale [Q] shared
-  by the heads), which bounds the attention logits (ViT-22B's fix for logit growth and divergence).
-- ``qkv_bias``: bias on the query/key/value projections (ViT-22B drops them).
-- ``norm``: "layernorm" (centre, divide by std) or "rmsnorm" (no centring, divide by root mean square);
-  ``norm_bias`` adds a learned bias to either. ViT-22B applies its norms "without bias and centering"
-  (Zhang & Sennrich 2019), i.e. rmsnorm without bias; the parameter count is the same either way.
-- ``mlp_bias``: biases of the MLP projections (ViT-22B keeps them). In a parallel block the attention output
-  shares the fused second projection, so its bias is present iff ``mlp_bias``; in a sequential block the
-  attention output projection always has a bias, as in the original ViT.
-- ``pool``: "cls" (class token, position embeddings over N = P + 1 tokens), "gap" (mean over tokens) or
-  "map" (multihead attention pooling: a learned probe attends over the tokens, then norm + MLP residual).
-- ``posemb``: "learn" or "sincos2d" (fixed; the class token gets zeros).
-- ``param_dtype`` / ``dtype``: parameter and compute dtype ("float32" | "bfloat16"); norms and softmax run in
-  float32, logits come back in float32.
-- ``remat``: recompute each block in the backward pass (nnx.remat). ``scan_layers``: stack the L blocks'
-  parameters on a leading "layers" axis and apply them with nnx.scan (one compiled block; identical layers
-  only, so not with MoE layers).
-
-Partitioning: every parameter carries NNX ``out_sharding`` metadata naming *logical* axes (with
-``eager_sharding=False``, so nothing is placed at creation); ``nnx.get_partition_spec(nnx.state(model))``
-under logical axis rules gives PartitionSpecs. Logical axis names: "embed" (D), "mlp" (H), "heads" (A), "kv"
-(Q), "fused" (the concatenated F axis of the parallel block's fused kernels, laid out [q | k | v | mlp] in,
-[attention heads | mlp] out), "classes" (Y), "layers" (L, stacked layers under scan_layers); None means
-replicated (patch pixel axes, position rows, the [3] of the fused q/k/v bias).
-
-The MoE hook: :func:`make_mlp` chooses each layer's MLP. Layers listed by :func:`moe_layers` get
-``MoeMlp.from_vit_config(config, layer_index, rngs=rngs)`` (:mod:`sparse_experts.models.moe`; see that class
-for the routers and the record). Every MLP is called as ``mlp(x[B, N, D], train=..., **overrides)``
-and returns ``(y[B, N, D], record)``; a dense MLP's record is empty; non-empty records come back in the stats
-under "moe", from the same forward pass as the attention statistics.
+Every parameter carries logical axis names as ``out_sharding`` metadata (``eager_sharding=False``):
+"embed" (D), "mlp" (H), "heads" (A), "kv" (Q), "fused" (F, laid out [q | k | v | mlp] in, [heads | mlp]
+out), "classes" (Y), "layers" (L); None is replicated. :func:`make_mlp` chooses each layer's MLP: an
+``MoeMlp`` at the layers of :func:`moe_layers`; every MLP returns ``(y[B, N, D], record)`` and non-empty
+records come back in the stats under "moe".
 """
 
 from __future__ import annotations
@@ -79,7 +56,6 @@ DTYPES = ("float32", "bfloat16")
 NORMS = ("layernorm", "rmsnorm")
 POOLS = ("cls", "gap", "map")
 POSEMBS = ("learn", "sincos2d")
-ROUTERS = MOE_ROUTERS
 
 # Size name -> architecture (big_vision's table; "mu" is this workbook's CPU-sized micro model).
 SIZES: Mapping[str, Mapping[str, Any]] = {
@@ -91,8 +67,7 @@ SIZES: Mapping[str, Mapping[str, Any]] = {
     "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
     "g": dict(width=1408, depth=40, mlp_dim=6144, num_heads=16),
     "G": dict(width=1664, depth=48, mlp_dim=8192, num_heads=16),
-    # ViT-22B (Dehghani et al. 2023, Table 1 and Section 2). Pooling is GAP here (an assumption; override
-    # pool="map" for an attention-pooling head, which adds 4D^2 + 2DH = 453M parameters).
+    # ViT-22B (Dehghani et al. 2023, Table 1). GAP pooling is an assumption (pool="map" adds 453M parameters).
     "22B": dict(
         width=6144, depth=48, mlp_dim=24576, num_heads=48, parallel_block=True, qk_norm=True,
         qkv_bias=False, norm="rmsnorm", norm_bias=False, pool="gap",
@@ -100,15 +75,9 @@ SIZES: Mapping[str, Mapping[str, Any]] = {
 }  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Configs: plain frozen data, validated on construction.
-# ---------------------------------------------------------------------------------------------------------
 def placement_layers(placement: str | tuple[int, ...], depth: int) -> tuple[int, ...]:
-    """0-based indices of the layers whose MLP is an MoE, as V-MoE defines the placements.
-
-    "every-n": layers n-1, 2n-1, ... (every-2 is 1, 3, 5, ...); "last-n": the last n odd layers (last-2 of 12
-    layers is 9, 11); a tuple: those layers. A placement that does not fit ``depth`` raises ValueError.
-    """
+    """0-based MoE layer indices, as V-MoE places them: "every-n" is n-1, 2n-1, ...; "last-n" the last n odd
+    layers (last-2 of 12 is 9, 11); a tuple those layers. A placement that does not fit ``depth`` raises."""
     if isinstance(placement, str):
         match = re.fullmatch(r"(every|last)-([1-9]\d*)", placement)
         if not match:
@@ -139,11 +108,8 @@ def placement_layers(placement: str | tuple[int, ...], depth: int) -> tuple[int,
 
 @dataclass(frozen=True)
 class MoeConfig:
-    """Where and how MoE layers replace dense MLPs (V-MoE, Riquelme et al. 2021). The routing issue owns
-    the semantics; this is the data the encoder needs to place them.
-
-    ``group_size`` counts images per routing group; ``eval_capacity_factor=None`` means the training value.
-    """
+    """Where and how MoE layers replace dense MLPs (V-MoE). ``group_size`` counts images per routing group;
+    ``eval_capacity_factor=None`` means the training value."""
 
     num_experts: int = 8
     k: int = 2
@@ -165,7 +131,7 @@ class MoeConfig:
             set_("eval_capacity_factor", value)
         set_("batch_priority", check_bool("MoeConfig.batch_priority", self.batch_priority))
         set_("group_size", check_int("MoeConfig.group_size", self.group_size))
-        check_one_of("MoeConfig.router", self.router, ROUTERS)
+        check_one_of("MoeConfig.router", self.router, MOE_ROUTERS)
         set_("noise_std", check_noise_std(self.noise_std, "MoeConfig.noise_std"))
         if not isinstance(self.placement, str):  # canonical: a sorted tuple; VitConfig checks the depth
             layers = tuple(self.placement)
@@ -174,10 +140,7 @@ class MoeConfig:
 
 @dataclass(frozen=True)
 class VitConfig:
-    """A ViT (or V-MoE) architecture as plain data: printable, comparable, hashable, canonical JSON.
-
-    Build one with :func:`vit_config`; see the module docstring for what each recipe flag does.
-    """
+    """A ViT (or V-MoE) architecture as plain data, validated on construction; see :func:`vit_config`."""
 
     name: str
     patch_size: int
@@ -324,9 +287,7 @@ def moe_layers(config: VitConfig) -> tuple[int, ...]:
     return () if config.moe is None else placement_layers(config.moe.placement, config.depth)
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Building blocks. Parameters are stored in param_dtype and cast to the compute dtype where used.
-# ---------------------------------------------------------------------------------------------------------
 _zeros, _ones = nnx.initializers.zeros, nnx.initializers.ones
 
 
@@ -362,12 +323,8 @@ class Norm(nnx.Module):
 
 
 def attend(q, k, v, *, q_norm=None, k_norm=None, with_stats=False):
-    """Multi-head dot-product attention: q [B, N, A, Q], k and v [B, T, A, Q] -> ([B, N, A, Q], stats).
-
-    Logits "BNAQ,BTAQ->BANT" / sqrt(Q); softmax over T in float32; output "BANT,BTAQ->BNAQ". With
-    ``with_stats`` the stats hold the max logit and the mean (over B, A, N) attention entropy, as float32
-    scalars outside the gradient; otherwise they are empty.
-    """
+    """Attention of q [B, N, A, Q] over k, v [B, T, A, Q] -> ([B, N, A, Q], stats), softmax in float32.
+    ``with_stats``: the max logit and mean attention entropy (float32 scalars, no gradient); else {}."""
     if q_norm is not None:
         q, k = q_norm(q), k_norm(k)
     logits = jnp.einsum("BNAQ,BTAQ->BANT", q, k) * (q.shape[-1] ** -0.5)
@@ -383,10 +340,7 @@ def attend(q, k, v, *, q_norm=None, k_norm=None, with_stats=False):
 
 
 class Attention(nnx.Module):
-    """Separate q/k/v projections [D, A, Q] ("BND,DAQ->BNAQ"), attention, output [A, Q, D] ("BNAQ,AQD->BND").
-
-    Used by the sequential block and (as cross-attention from a probe) by the MAP head.
-    """
+    """q/k/v projections [D, A, Q], attention, output [A, Q, D]: the sequential block's and the MAP head's."""
 
     def __init__(self, config: VitConfig, *, qk_norm: bool, rngs: nnx.Rngs):
         D, A, Q = config.width, config.num_heads, config.head_width
@@ -415,11 +369,7 @@ class Attention(nnx.Module):
 
 
 def make_mlp(config: VitConfig, layer_index: int, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The one place where a layer's MLP is chosen: a dense :class:`Mlp`, or, at the layers of
-    :func:`moe_layers`, ``sparse_experts.models.moe.MoeMlp.from_vit_config(config,
-    layer_index, rngs=rngs)``. Either is called as ``mlp(x[B, N, D], train=..., **overrides)`` and returns
-    ``(y[B, N, D], record)``. (A dense MLP in a parallel block is fused into the block instead.)
-    """
+    """Layer ``layer_index``'s MLP: an :class:`MoeMlp` at :func:`moe_layers`, else a dense :class:`Mlp`."""
     if layer_index not in moe_layers(config):
         return Mlp.from_vit_config(config, rngs=rngs)
     return MoeMlp.from_vit_config(config, layer_index, rngs=rngs)
@@ -443,13 +393,8 @@ class EncoderBlock(nnx.Module):
 
 
 class ParallelBlock(nnx.Module):
-    """ViT-22B block: h = norm(x); x + attn(h) + mlp(h).
-
-    Dense layers fuse the projections: "BND,DF->BNF" with F = 3D + H gives [q | k | v | mlp hidden]; after
-    attention and gelu, [attention heads | mlp hidden] ("BNF,FD->BND", F = D + H) gives the sum of both
-    branches. At an MoE layer only q/k/v are fused (F = 3D), and the MoE MLP (from :func:`make_mlp`) runs
-    beside attention on the same h.
-    """
+    """ViT-22B block: h = norm(x); x + attn(h) + mlp(h), with [q | k | v | mlp hidden] one matmul (F = 3D + H)
+    and [heads | mlp hidden] another (F = D + H). At an MoE layer only q/k/v are fused (F = 3D)."""
 
     def __init__(self, config: VitConfig, layer_index: int, *, rngs: nnx.Rngs):
         D, H, A, Q = config.width, config.mlp_dim, config.num_heads, config.head_width
@@ -494,9 +439,8 @@ class ParallelBlock(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    """L blocks then a final norm: [B, N, D] -> ([B, N, D], stats). Blocks live in an nnx.List, or, with
-    scan_layers, as one block whose parameters are stacked on a leading "layers" axis (nnx.vmap to create,
-    nnx.scan to apply)."""
+    """L blocks (an nnx.List, or stacked on a "layers" axis with scan_layers) then a final norm:
+    [B, N, D] -> ([B, N, D], stats)."""
 
     def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
         block = ParallelBlock if config.parallel_block else EncoderBlock
@@ -514,8 +458,7 @@ class Encoder(nnx.Module):
         self.norm = Norm(config.width, "embed", config, rngs=rngs)
 
     def __call__(self, x, *, train=False, with_stats=False, moe_overrides=None):
-        """``with_stats``: False, True (attention statistics and MoE records) or "moe" (MoE records only).
-        An ``rng`` in ``moe_overrides`` is folded with each layer's index: layers draw independent noise."""
+        """``with_stats``: False, True (attention statistics and MoE records) or "moe" (MoE records only)."""
         attn_stats = with_stats is True
 
         def apply(block, x, overrides):
@@ -528,11 +471,9 @@ class Encoder(nnx.Module):
                 x, stats, _ = apply(block, x, moe_overrides)
                 return x, stats
 
+            metadata = {nnx.PARTITION_NAME: "layers"}
             scan = nnx.scan(
-                body,
-                in_axes=(nnx.Carry, 0),
-                out_axes=(nnx.Carry, 0),
-                transform_metadata={nnx.PARTITION_NAME: "layers"},
+                body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), transform_metadata=metadata
             )
             x, stats = scan(x, self.blocks)
             records = {}
@@ -560,8 +501,7 @@ def sincos2d(side: int, width: int) -> jax.Array:
 
 
 class MapHead(nnx.Module):
-    """Multihead attention pooling: a learned probe [D] attends over x [B, N, D]; then y + mlp(norm(y)).
-    -> [B, D]. Uses the config's bias and norm flags; no QK-norm."""
+    """Attention pooling: a learned probe [D] attends over x [B, N, D]; y + mlp(norm(y)) -> [B, D]."""
 
     def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
         self.probe = _param(
@@ -579,26 +519,18 @@ class MapHead(nnx.Module):
 
 
 class ViT(nnx.Module):
-    """Vision Transformer: patches, position embeddings, encoder, pooling, head.
-
-    ``model(images[B, image_size, image_size, channels])`` -> logits [B, Y] in float32 (pooled features
-    [B, D] when num_classes == 0); with ``return_stats=True`` -> (logits, stats), where stats holds
-    "attn_max_logit" [L] and "attn_entropy" [L] (float32) and "moe" {layer index: MoE record}, all from the
-    same forward pass; ``return_stats="moe"`` returns only the MoE records (no attention statistics, so no
-    extra work: what training uses). ``moe_overrides`` (e.g. k, capacity_factor, rng, mesh) is passed to every
-    MoE layer's call; an ``rng`` is folded with the layer index first.
+    """Vision Transformer: ``model(images[B, image_size, image_size, channels])`` -> float32 logits [B, Y]
+    (pooled features [B, D] when num_classes == 0). ``return_stats=True`` -> (logits, stats) with
+    "attn_max_logit" [L], "attn_entropy" [L] and "moe" {layer index: MoE record} from the same pass; "moe"
+    gives only the MoE records (no extra work). ``moe_overrides`` (k, capacity_factor, rng, mesh) go to
+    every MoE layer, an ``rng`` folded with the layer index first.
     """
 
     def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
         D, p, C = config.width, config.patch_size, config.channels
         self.config = config
-        self.patch_kernel = _param(
-            rngs,
-            nnx.initializers.lecun_normal((0, 1, 2), 3),
-            (p, p, C, D),
-            (None, None, None, "embed"),
-            config,
-        )
+        patch_init = nnx.initializers.lecun_normal((0, 1, 2), 3)
+        self.patch_kernel = _param(rngs, patch_init, (p, p, C, D), (None, None, None, "embed"), config)
         self.patch_bias = _param(rngs, _zeros, (D,), ("embed",), config)
         self.cls = (
             _param(rngs, _zeros, (1, 1, D), (None, None, "embed"), config) if config.pool == "cls" else None

@@ -1,55 +1,22 @@
-"""Named device meshes, partition rules from NNX sharding metadata, placement, and memory plans on paper.
+"""Named device meshes, partition rules from NNX sharding metadata, and placement.
 
-Shape letters (../../shared/DESIGN.md): B batch, N tokens, D width, H MLP/expert hidden width, L layers,
-A attention heads, E experts; Q head width (D / A), F a fused projection width, Y classes (models.py).
+Shape letters (../../../shared/DESIGN.md): B batch, D width, H MLP/expert hidden width, L layers, A heads,
+E experts, Q head width, F a fused projection width, Y classes.
 
-The mesh
---------
-:func:`make_mesh` always builds the three named axes ``("data", "expert", "model")`` (size 1 where unused, so
-a spec naming any of them is valid on every mesh) with ``AxisType.Auto``: classic ``jax.jit`` with
-``in_shardings``/``out_shardings`` and GSPMD propagation work, and no einsum needs an ``out_sharding=``
-(``jax.make_mesh`` would default to Explicit axes). "model" is the last, fastest-varying axis, so tensor
-parallelism, whose collectives run inside every layer, uses neighbouring devices; the batch is split over the
-leading ``("data", "expert")`` axes (:func:`data_axes`).
+:func:`make_mesh` always builds the axes ``("data", "expert", "model")`` (size 1 where unused, so any spec
+is valid on every mesh) as ``AxisType.Auto``, so classic ``jax.jit`` shardings and GSPMD propagation work;
+"model" is innermost, so tensor parallelism's per-layer collectives use neighbouring devices. The batch is
+split over :func:`data_axes`.
 
-Partition rules
----------------
-Every parameter of :mod:`sparse_experts.models` carries *logical* axis names (``out_sharding`` metadata);
-rules map each logical name to mesh axes, in Flax's ``LogicalRules`` format (so they also work with
-``nnx.logical_axis_rules`` + ``nnx.get_partition_spec``, minus the de-duplication and fallback below):
-
-============  =====================  ====================================================================
-logical axis  mesh axes              why
-============  =====================  ====================================================================
-"embed" (D)   None; ("data",         Megatron keeps D whole. With ``fsdp=True`` (ZeRO-3 / ViT-22B style)
-              "expert") if fsdp      every weight is also split over the batch axes along D and gathered
-                                     for use
-"mlp" (H)     "model"                column-parallel first MLP matmul, row-parallel second (Megatron)
-"heads" (A)   "model"                each device owns whole heads: attention needs no communication
-"kv" (Q)      None                   a head is never split
-"fused" (F)   "model"                the parallel block's fused [D, 3D + H] / [D + H, D] kernels
-"classes" (Y) "model"                the head's output axis (the logits are gathered by GSPMD)
-"layers" (L)  None                   scan_layers stacks layers; no pipeline parallelism here
-"expert" (E)  "expert"               expert parallelism (routing issue): [E, D, H] expert weights
-============  =====================  ====================================================================
-
-:data:`TP_RULES` is the table without FSDP, :data:`FSDP_RULES` with it; :func:`partition_rules` builds
-either. A name missing from the rules raises ValueError (add ``(name, None)`` to replicate it).
-
-Resolution for one array (:func:`partition_spec_for`): dimensions are taken left to right; a mesh axis used by
-an earlier dimension of the same array is skipped (so expert weights [E, D, H] with fsdp get
-``P("expert", "data", "model")``); mesh axes of size 1 are dropped; and when a dimension is not divisible by
-the product of its mesh axes, trailing mesh axes are dropped until it is, down to replication. Indivisible
-axes therefore fall back to replication rather than crash (e.g. ViT-Ti's 3 heads on 2 "model" devices stay
-whole on every device): the program stays correct, only less sharded, and :func:`partition_specs` shows
-what was chosen.
-Note that the parallel block's fused axis is cut into contiguous chunks of the [q | k | v | mlp] layout, so a
-chunk does not align with heads; GSPMD inserts the collectives this needs (correct, but more traffic than a
-head-aligned Megatron layout).
-
-Placement: :func:`shard_model` (an initialised model), :func:`create_sharded` (initialised directly in its
-shards by a jitted init with ``out_shardings``; nothing is ever materialised whole), :func:`shard_batch`
-(leading B over :func:`data_axes`). Sizing: :func:`memory_plan` (bytes per device, abstractly).
+Every parameter carries *logical* axis names; rules (Flax's ``LogicalRules`` format) map them to mesh axes:
+"embed" (D) whole (Megatron), or over ("data", "expert") with ``fsdp=True`` (ZeRO-3 / ViT-22B style);
+"mlp" (H), "heads" (A), "fused" (F) and "classes" (Y) over "model" (column-, then row-parallel MLP; whole
+heads per device); "kv" (Q) and "layers" (L) replicated; "expert" (E) over "expert". A name missing from the
+rules raises ValueError. :func:`partition_spec_for` resolves one array left to right: a mesh axis used by an
+earlier dimension is skipped (expert weights [E, D, H] with fsdp get ``P("expert", "data", "model")``), size
+1 axes are dropped, and trailing mesh axes are dropped until the dimension divides, down to replication, so
+indivisible axes (ViT-Ti's 3 heads on 2 devices) stay correct, only less sharded. The fused axis is cut in
+contiguous chunks of [q | k | v | mlp], not aligned with heads: GSPMD adds the collectives.
 """
 
 from __future__ import annotations
@@ -68,8 +35,7 @@ LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 
 def partition_rules(*, fsdp: bool = False) -> LogicalRules:
-    """Logical axis -> mesh axes (the table in the module docstring). ``fsdp=True`` also shards "embed"
-    over the batch axes ("data", "expert")."""
+    """Logical axis -> mesh axes (module docstring); ``fsdp=True`` also shards "embed" over the batch axes."""
     return (
         ("embed", ("data", "expert") if fsdp else None),
         ("mlp", "model"),
@@ -86,12 +52,8 @@ TP_RULES: LogicalRules = partition_rules(fsdp=False)
 FSDP_RULES: LogicalRules = partition_rules(fsdp=True)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The mesh.
-# ---------------------------------------------------------------------------------------------------------
 def _mesh_sizes(shape: Mapping[str, int] | None, num_devices: int | None) -> dict[str, int]:
-    """Validated {axis: size} over all of AXES. One size may be -1 (the remaining devices) when
-    num_devices is known."""
+    """Validated {axis: size} over all of AXES; one size may be -1 (the rest) when num_devices is known."""
     shape = {"data": -1 if num_devices is not None else 1} if shape is None else dict(shape)
     unknown = [name for name in shape if name not in AXES]
     if unknown:
@@ -120,11 +82,8 @@ def _mesh_sizes(shape: Mapping[str, int] | None, num_devices: int | None) -> dic
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
-    """A mesh with axes ("data", "expert", "model"), all ``AxisType.Auto`` (see the module docstring).
-
-    ``shape`` maps axis names to sizes, e.g. ``{"data": 2, "model": 4}``; missing axes get size 1, one size
-    may be -1 (the remaining devices); default: every device on "data". The sizes must multiply to the number
-    of ``devices`` (default ``jax.devices()``).
+    """A mesh with axes ("data", "expert", "model"). ``shape`` maps names to sizes (missing: 1; one may be -1,
+    the rest; default: all on "data"), multiplying to the number of ``devices`` (default ``jax.devices()``).
 
     >>> make_mesh({"data": -1}).shape  # doctest: +SKIP
     {'data': 8, 'expert': 1, 'model': 1}
@@ -140,9 +99,8 @@ def _sizes_of(mesh: Mesh | Mapping[str, int]) -> dict[str, int]:
 
 
 def data_axes(mesh: Mesh | Mapping[str, int]) -> tuple[str, ...]:
-    """The mesh axes the batch is split over: ("data", "expert") when the expert axis is used, else
-    ("data",). Experts are sharded over "expert", and the tokens of the images on those devices travel
-    to their experts with all_to_all (routing issue)."""
+    """The mesh axes the batch is split over: ("data", "expert") when the expert axis is used, else ("data",)
+    (the tokens of the images on the expert devices travel to their experts with all_to_all)."""
     return ("data", "expert") if _sizes_of(mesh).get("expert", 1) > 1 else ("data",)
 
 
@@ -152,9 +110,6 @@ def num_data_shards(mesh: Mesh | Mapping[str, int]) -> int:
     return math.prod(sizes.get(name, 1) for name in data_axes(mesh))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Partition specs from logical axis metadata.
-# ---------------------------------------------------------------------------------------------------------
 def _as_axes(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -170,12 +125,8 @@ def partition_spec_for(
     where: str = "array",
 ) -> PartitionSpec:
     """The PartitionSpec of one array of ``shape`` whose dimensions carry ``logical_axes`` (None: replicated).
-
-    With a ``mesh`` (or a {axis: size} mapping) mesh axes of size 1 are dropped and indivisible dimensions
-    fall back to fewer mesh axes, down to replication (module docstring); without one the rules apply as
-    written.
-    ``where`` names the array in errors.
-    """
+    Only with a ``mesh`` (or {axis: size}) are size-1 and indivisible mesh axes dropped (module docstring).
+    ``where`` names the array in errors."""
     if not logical_axes:
         return PartitionSpec()
     if len(logical_axes) != len(shape):
@@ -234,11 +185,8 @@ def partition_specs(
     rules: LogicalRules = TP_RULES,
     mesh: Mesh | Mapping[str, int] | None = None,
 ) -> nnx.State:
-    """A State shaped like ``nnx.state(model)`` whose Variables hold PartitionSpecs (cf.
-    ``nnx.get_partition_spec``), from each Variable's logical axes under ``rules`` (see
-    :func:`partition_spec_for` for what ``mesh`` changes). Works on real and abstract (``nnx.eval_shape``)
-    models; Variables without axis metadata are replicated.
-    """
+    """``nnx.state(model)`` with a PartitionSpec (:func:`partition_spec_for`) in every Variable, for real and
+    abstract (``nnx.eval_shape``) models; Variables without axis metadata are replicated."""
 
     def spec(path, variable):
         return partition_spec_for(_logical_axes(variable), variable.shape, rules, mesh, where=path)
@@ -253,24 +201,16 @@ def param_shardings(model_or_state: Any, mesh: Mesh, rules: LogicalRules = TP_RU
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Placement.
-# ---------------------------------------------------------------------------------------------------------
 def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules = TP_RULES) -> nnx.Module:
-    """Move an initialised model's state onto ``mesh`` under ``rules`` (in place; returns the model).
-
-    The model runs sharded from then on: ``nnx.jit``/``jax.jit`` follow the placed shardings (Auto mesh).
-    """
+    """Move an initialised model's state onto ``mesh`` under ``rules`` (in place; returns the model)."""
     state = nnx.state(model)
     nnx.update(model, jax.device_put(state, param_shardings(state, mesh, rules)))
     return model
 
 
 def create_sharded(make: Callable[[], nnx.Module], mesh: Mesh, rules: LogicalRules = TP_RULES) -> nnx.Module:
-    """The module ``make()`` builds (e.g. ``lambda: ViT(config, rngs=nnx.Rngs(seed))``) created directly
-    in its shards: the shapes come from ``nnx.eval_shape`` and one jitted initialiser writes each shard on its
-    device (``out_shardings``), so no device ever holds the whole model. Same values as calling ``make()``.
-    """
+    """``make()``'s module (same values) created directly in its shards by one jitted initialiser with
+    ``out_shardings``: no device ever holds the whole model."""
     graphdef, abstract_state = nnx.split(nnx.eval_shape(make))
     shardings = param_shardings(abstract_state, mesh, rules)
     return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()), out_shardings=shardings)())
@@ -283,12 +223,8 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Place every array of ``batch`` (a dict, or any pytree, of arrays [B, ...]) with its leading B axis
-    split over :func:`data_axes` of ``mesh``. B must be divisible by :func:`num_data_shards`.
-
-    (Single-process placement of a global batch; with several processes build the global array from each
-    process's part with ``jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)``.)
-    """
+    """Place every array [B, ...] of the pytree ``batch`` with B split over :func:`data_axes` (single process;
+    with several, use ``jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)``)."""
     shards = num_data_shards(mesh)
 
     def place(path, x):
