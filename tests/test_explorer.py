@@ -5,15 +5,14 @@ controls by setting ``value`` and checks what the figures show."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import plotly.graph_objects as go
 import pytest
 from flax import nnx
 
-from sparse_experts import analysis, models
-from sparse_experts.workbook import explorer
+from sparse_experts import analysis, datasets, models
+from sparse_experts.workbook import explorer, zoo
 
 E, Y, B = 4, 3, 6
 
@@ -32,10 +31,10 @@ def routes():
     images = rng.integers(0, 256, size=(B, 8, 8, 3), dtype=np.uint8)
     labels = np.array([0, 1, 2, 0, 1, 2])
     coarse = np.array([0, 1, 1, 0, 1, 1])
-    data = explorer.EvalSet(
-        images, labels, ["cat", "dog", "fox"],
-        {"class": (labels, ["cat", "dog", "fox"]), "coarse class": (coarse, ["pet", "wild"])}, batch_size=3,
-    )  # fmt: skip
+    label_sets = {"class": (labels, ["cat", "dog", "fox"]), "coarse class": (coarse, ["pet", "wild"])}
+    data = zoo.EvalSet(
+        "toy", images, labels, ["cat", "dog", "fox"], label_sets, B, group_size=1, batch_size=3
+    )
     trained = {"topk": tiny("top_k", 0), "soft": tiny("soft", 1), "first": tiny("top_k", 2, placement=(0,))}
     return explorer.Routes(trained, data)
 
@@ -45,7 +44,7 @@ def heatmaps(fig):
 
 
 def test_moving_the_controls_redraws_the_figures(routes):
-    view = explorer.build(routes, model="topk", image_index=0, layer=-1, k=2, capacity_factor=2.0)
+    view = explorer.Explorer(routes, model="topk", image_index=0, layer=-1, k=2, capacity_factor=2.0)
     assert view.layer.value == 1 and view.layer.options == (1,)
     assert isinstance(view.patches, go.FigureWidget) and len(view.widget.children) == 6
     # the image slider: the patch view shows image 1, coloured by image 1's first choices
@@ -85,7 +84,7 @@ def test_moving_the_controls_redraws_the_figures(routes):
 
 def test_study_numbers_and_saved_figures(routes):
     settings = dict(k=2, capacity_factor=2.0, batch_priority=False)
-    studies = {name: explorer.study(routes, name, layer=-1, **settings) for name in ("topk", "soft")}
+    studies = {name: explorer.Study(routes, name, layer=-1, **settings) for name in ("topk", "soft")}
     main = studies["topk"]
     assert main.layer == 1 and len(main.affinity_figures()) == 2  # fine and coarse classes
     weights = main.records[1]["combine_weights"]
@@ -97,7 +96,7 @@ def test_study_numbers_and_saved_figures(routes):
     (row,) = main.layer_rows()
     assert row["accuracy (these images)"] == analysis.accuracy(main.logits, routes.data.labels)
     with pytest.raises(ValueError, match="ablate"):
-        explorer.summary_row(main)
+        main.summary_row()
     for s in studies.values():
         s.ablate(-1)  # the most specialised expert
     assert main.ablation["expert"] == main.affinity["most_specialised_expert"]
@@ -117,32 +116,29 @@ def test_study_numbers_and_saved_figures(routes):
 
 
 def test_inputs_are_checked(routes):
-    with pytest.raises(ValueError, match="images"):
-        explorer.EvalSet(np.zeros((2, 8, 8, 3), np.float32), np.array([0, 1]), ["a", "b"], batch_size=1)
-    with pytest.raises(ValueError, match="labels"):
-        explorer.EvalSet(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 2]), ["a", "b"], batch_size=1)
     with pytest.raises(ValueError, match="model name='nope'"):
         routes.config("nope")
     with pytest.raises(ValueError, match="layer=0"):
-        explorer.study(routes, "topk", layer=0, k=2, capacity_factor=1.0, batch_priority=False)
+        explorer.Study(routes, "topk", layer=0, k=2, capacity_factor=1.0, batch_priority=False)
 
 
-def test_eval_set_from_a_split_with_coarse_labels():
-    split = SimpleNamespace(
-        images=np.arange(5 * 8 * 8 * 3, dtype=np.uint8).reshape(5, 8, 8, 3),
-        labels=np.array([0, 1, 2, 3, 0]), coarse_labels=np.array([0, 0, 1, 1, 0]),
-    )  # fmt: skip
-    info = SimpleNamespace(class_names=["a", "b", "c", "d"], coarse_class_names=["ab", "cd"])
-    data = explorer.eval_set(split, info, label="coarse_label", eval_images=4, eval_batch_size=8, name="toy")
-    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1])  # the models predict coarse classes
-    assert data.class_names == ["ab", "cd"] and data.batch_size == 4
-    np.testing.assert_array_equal(data.label_sets["class"][0], [0, 1, 2, 3])
+def test_eval_set_with_coarse_labels():
+    """zoo.eval_set as notebook 03 reads it: models predicting coarse classes; fine and coarse labellings."""
+    params = dict(
+        dataset="shapes_upstream_small", image_size=16, label="coarse_label", group_size=2, eval_batch_size=8
+    )
+    data = zoo.eval_set(params, 5)  # 5 -> 2 whole groups of 2
+    info = datasets.info("shapes_upstream_small")
+    fine, coarse = data.label_sets["class"][0], data.label_sets["coarse class"][0]
+    np.testing.assert_array_equal(data.labels, coarse)  # the models predict coarse classes
+    np.testing.assert_array_equal(coarse, np.asarray(info.fine_to_coarse)[fine])
+    assert data.class_names == list(info.coarse_class_names) and data.batch_size == 4
     assert list(data.label_sets) == ["class", "coarse class"]
-    assert data.x.dtype == np.float32 and data.x.min() == -1.0  # pixel 0 -> -1
-    assert str(data) == "toy: 4 of 5 test images, 4 classes, 2 coarse classes; routing batches of 4 images"
-    fine = explorer.eval_set(split, info, label="label", eval_images=5, eval_batch_size=2, name="toy")
-    assert fine.class_names == ["a", "b", "c", "d"] and fine.batch_size == 2
-    with pytest.raises(ValueError, match="eval_images=6 .* 5 images of toy"):
-        explorer.eval_set(split, info, label="label", eval_images=6, eval_batch_size=2, name="toy")
-    with pytest.raises(ValueError, match="label='fine'"):
-        explorer.eval_set(split, info, label="fine", eval_images=2, eval_batch_size=2)
+    assert data.label_sets["class"][1] == list(info.class_names)
+    assert data.x.dtype == np.float32 and data.x.min() >= -1.0 and data.images.dtype == np.uint8
+    assert str(data) == (
+        "shapes_upstream_small test split: the first 4 of 500 images, in batches of 4 (2 routing groups of 2 "
+        "images each)"
+    )
+    fine_set = zoo.eval_set(dict(params, label="label"), 6, batch_size=2)
+    assert fine_set.class_names == list(info.class_names) and fine_set.batch_size == 2

@@ -50,7 +50,8 @@ def traces(fig, kind):
 
 def test_patch_routing_colours_patches_by_expert_and_marks_dropped():
     choices, dropped = analysis.patch_choices(GATES[0], COMBINE[0], k=2)
-    fig = viz.patch_routing(IMAGES[0], choices, patch_size=2, dropped=dropped, gates=GATES[0])
+    gates = np.take_along_axis(GATES[0], choices, axis=1)
+    fig = viz.patch_routing(IMAGES[0], choices, patch_size=2, dropped=dropped, gates=gates)
     heatmaps = traces(fig, "heatmap")
     assert len(traces(fig, "image")) == 2 and len(heatmaps) == 2
     np.testing.assert_array_equal(heatmaps[0].z, FIRST[0].reshape(2, 2))
@@ -67,16 +68,19 @@ def test_patch_routing_colours_patches_by_expert_and_marks_dropped():
     assert [a.text for a in fig.layout.annotations] == ["first choice", "second choice"]
 
 
-def test_patch_routing_from_weights_and_class_token():
-    with_cls = np.concatenate([np.full((1, 3), 1 / 3), GATES[2]])  # token 0 is the class token
-    fig = viz.patch_routing(IMAGES[2], with_cls, patch_size=2, has_cls_token=True, dropped=np.zeros(5, bool))
+def test_patch_routing_with_class_token():
+    first = FIRST[2][:, None]
+    with_cls = np.concatenate([[[0]], first])  # token 0 is the class token
+    fig = viz.patch_routing(IMAGES[2], with_cls, patch_size=2, has_cls_token=True, dropped=np.zeros((5, 1)))
     heatmaps = traces(fig, "heatmap")
     np.testing.assert_array_equal(heatmaps[0].z, np.array([[2, 1], [0, 2]]))
     assert not [t for t in traces(fig, "scatter") if t.name.startswith("dropped")]
     with pytest.raises(ValueError, match="expected 5"):
-        viz.patch_routing(IMAGES[2], GATES[2], patch_size=2, has_cls_token=True)
+        viz.patch_routing(IMAGES[2], first, patch_size=2, has_cls_token=True)
     with pytest.raises(ValueError, match="patch_size=3"):
-        viz.patch_routing(IMAGES[2], GATES[2], patch_size=3)
+        viz.patch_routing(IMAGES[2], first, patch_size=3)
+    with pytest.raises(ValueError, match="share one shape"):
+        viz.patch_routing(IMAGES[2], first, patch_size=2, dropped=np.zeros(4, bool))
 
 
 def test_expert_load_bars_per_layer():

@@ -41,7 +41,9 @@ def test_accelerator_presets_evaluate_on_planned_catalog_splits(preset):
     for name in p["models"]:
         for split in ("validation", "test"):
             cache.check_eval_split(zoo.spec(name, p), split, num_examples=sizes[split])
-    odd = zoo.spec("vmoe_every2_k2", zoo.params_for(preset, eval_batch_size=997 * p["group_size"]))
+    odd = zoo.spec(
+        "vmoe_every2_k2", presets.resolve(zoo.NOTEBOOK, preset, eval_batch_size=997 * p["group_size"])
+    )
     if p["group_size"] > 1:  # the check can fail: a last batch of a partial group is refused
         with pytest.raises(ValueError, match="not a multiple of the routing group_size"):
             cache.check_eval_split(odd, "test", num_examples=997 * p["group_size"] + 1)
@@ -63,12 +65,12 @@ def test_models_differ_as_documented():
 
 def test_depth_too_small_for_distinct_placements_is_rejected():
     with pytest.raises(presets.ParameterError, match="parameter depth=4 .*every-2 and last-2 both give"):
-        zoo.params_for("cpu", depth=4)
-    zoo.params_for("cpu", depth=4, models=["dense", "vmoe_every2_k2"])  # fine without last-2
+        presets.resolve(zoo.NOTEBOOK, "cpu", depth=4)
+    presets.resolve(zoo.NOTEBOOK, "cpu", depth=4, models=["dense", "vmoe_every2_k2"])  # fine without last-2
 
 
 def fake(name, seed, test, gflops):
-    p = zoo.params_for("smoke")
+    p = zoo.models_of_run(Path("no-such-folder"), "smoke").params
     spec = cache.TrainSpec(**{**zoo.spec("dense", p).__dict__, "seed": seed})
     metrics = {"validation": {"accuracy": test}, "test": {"accuracy": test}, "train_seconds": 1.0,
                "params_total": 10, "params_active": 5, "gflops_per_image": gflops}  # fmt: skip
@@ -217,7 +219,7 @@ def test_models_of_run_without_02_uses_the_presets_models(run_02, tmp_path):
         found = zoo.models_of_run(folder, "smoke", seed=seed)
         assert found.record is None and why in found.source and "preset's knobs" in found.source
         assert found.params["width"] == 32 and found.params["seed"] == seed
-        assert found.models == zoo.params_for("smoke")["models"]
+        assert found.models == zoo.models_of_run(Path("no-such-folder"), "smoke").params["models"]
         assert found.keys[("dense", seed)] == zoo.spec("dense", found.params, seed).key()
 
 
@@ -229,20 +231,14 @@ def test_models_of_run_refuses_a_record_the_code_no_longer_reproduces(run_02, tm
         zoo.models_of_run(tmp_path, "smoke", seed=0)
 
 
-def test_check_data_and_eval_set_follow_the_run(run_02):
+def test_eval_set_follows_the_run(run_02):
     found = zoo.models_of_run(run_02[0], "smoke", seed=0)
-    found.check_data(found.params)
-    with pytest.raises(ValueError, match="dataset='shapes_upstream_small' \\(the run: 'digits'\\)"):
-        found.check_data(zoo.params_for("smoke"))
-    test = zoo.eval_set(found.params, 7)  # digits: 270 test images; 7 -> 3 whole groups of 2
+    test = zoo.eval_set(found.params, 7, batch_size=4)  # digits: 270 test images; 7 -> 3 whole groups of 2
     assert test.dataset == "digits" and test.count == 6 and test.total == 270 and test.group_size == 2
-    assert (
-        test.raw.dtype == np.uint8 and test.images.shape == (6, 8, 8, 1) and test.images.dtype == np.float32
-    )
-    assert -1 <= test.images.min() and test.images.max() <= 1 and test.labels.shape == (6,)
-    described = test.describe(4)
-    assert "the first 6 of 270 images, in batches of 4 (2 routing groups of 2 images each)" in described
-    assert test.record(4) == {
+    assert test.images.dtype == np.uint8 and test.x.shape == (6, 8, 8, 1) and test.x.dtype == np.float32
+    assert -1 <= test.x.min() and test.x.max() <= 1 and test.labels.shape == (6,)
+    assert "the first 6 of 270 images, in batches of 4 (2 routing groups of 2 images each)" in str(test)
+    assert test.record() == {
         "split": "test",
         "images": 6,
         "order": "stored",
@@ -254,7 +250,7 @@ def test_check_data_and_eval_set_follow_the_run(run_02):
 
 
 def test_plan_and_backbone_notes():
-    p = zoo.params_for("cpu")
+    p = zoo.models_of_run(Path("no-such-folder"), "cpu").params
     plan = zoo.plan(p)
     assert [row["model"] for row in plan] == list(p["models"])
     by = {row["model"]: row for row in plan}

@@ -1,15 +1,12 @@
 """The artifact cache: trained models and their metrics under ``data/cache/``, keyed by what made them.
 
-A :class:`TrainSpec` says everything that makes a trained model: dataset, image size, labels, model config,
-training settings, batch size, steps, seed, preset and evaluation batch size. Its key is the sha256 of the
-canonical JSON of that spec together with a hash of the code that trains (``train``, ``models``,
-``routing``, ``expert_parallel``) and of the catalog split plans (``datasets.splits``): change any of it and
-the key changes, so a stale model is never reused. The code is hashed as parsed, without comments,
-docstrings or layout, so editing the prose of those modules does not retrain anything.
+A :class:`TrainSpec` says everything that makes a trained model. Its key is the sha256 of the canonical JSON
+of that spec together with a hash of the code that trains (:data:`CODE_MODULES`): change any of it and the
+key changes, so a stale model is never reused. The code is hashed as parsed, without comments, docstrings
+or layout, so editing the prose of those modules does not retrain anything.
 
-:func:`get_or_train` returns the cached entry when a verified one exists, otherwise trains (resuming from
-the checkpoints of an interrupted attempt when there are any), evaluates on the validation and test splits,
-and stores the entry. An entry is a folder ``<cache>/<key>/``::
+:func:`get_or_train` returns the verified cached entry, or trains (resuming from the checkpoints of an
+interrupted attempt), evaluates on the validation and test splits, and stores the entry ``<cache>/<key>/``::
 
     spec.json       the spec and the code hash
     params/         the trained parameters (orbax)
@@ -17,11 +14,10 @@ and stores the entry. An entry is a folder ``<cache>/<key>/``::
     metrics.json    validation and test metrics, training time, parameter counts, GFLOPs per image
     manifest.json   sha256 of every other file; written last
 
-Atomicity: training and assembly happen under ``<cache>/.partial/<key>/``; the finished folder is moved
-into place with one rename. On load every file is checked against the manifest; an entry that fails (a
-partial copy, a truncated file, an edited spec) is never used: :func:`get_or_train` moves it aside to
-``<cache>/.corrupt/`` (nothing is deleted) and trains again. Processes asking for the same key at once
-take turns (a file lock): the first trains, the others then load its entry.
+Training and assembly happen under ``<cache>/.partial/<key>/``; the finished folder is moved into place
+with one rename. An entry that fails verification against its manifest (a partial copy, a truncated file,
+an edited spec) is never used: :func:`get_or_train` moves it aside to ``<cache>/.corrupt/`` and trains
+again. Processes asking for the same key at once take turns (a file lock).
 """
 
 from __future__ import annotations
@@ -88,16 +84,12 @@ def code_text(source: str) -> str:
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
             if isinstance(body, list):
-                node.body = [s for s in body if not _is_string_statement(s)] or [ast.Pass()]
+                node.body = [s for s in body if not _is_docstring(s)] or [ast.Pass()]
         return ast.unparse(tree)
 
 
-def _is_string_statement(statement: ast.stmt) -> bool:
-    return (
-        isinstance(statement, ast.Expr)
-        and isinstance(statement.value, ast.Constant)
-        and isinstance(statement.value.value, str)
-    )
+def _is_docstring(statement: ast.stmt) -> bool:  # any string statement, not only the first
+    return isinstance(statement, ast.Expr) and isinstance(getattr(statement.value, "value", None), str)
 
 
 def code_module_names() -> list[str]:
@@ -146,23 +138,18 @@ class TrainSpec:
     checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
-
         if not isinstance(self.model, models.VitConfig):
             raise TypeError(f"TrainSpec.model must be a VitConfig, got {type(self.model).__name__}")
         if not isinstance(self.train, train.TrainConfig):
             raise TypeError(f"TrainSpec.train must be a TrainConfig, got {type(self.train).__name__}")
-        for name, minimum in [("batch_size", 1), ("num_steps", 1), ("seed", 0), ("eval_batch_size", 1)]:
-            value = getattr(self, name)
+        optional = ("eval_every", "checkpoint_every")
+        for name in ("batch_size", "num_steps", "seed", "eval_batch_size", *optional):
+            value, minimum = getattr(self, name), 0 if name == "seed" else 1
+            if value is None and name in optional:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
-                    f"TrainSpec.{name}={value!r} is not allowed; expected an integer >= {minimum}"
-                )
-        for name in ("eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(
-                    f"TrainSpec.{name}={value!r} is not allowed; expected an integer >= 1 or None"
-                )
+                allowed = f"an integer >= {minimum}" + (" or None" if name in optional else "")
+                raise ValueError(f"TrainSpec.{name}={value!r} is not allowed; expected {allowed}")
         if self.label not in LABELS:
             raise ValueError(f"TrainSpec.label={self.label!r} is not allowed; expected one of {LABELS}")
         group = self.model.moe.group_size if self.model.moe is not None else 1
@@ -254,7 +241,6 @@ def _set_aside(entry: Path, root: Path, reason: str) -> Path:
 
 
 def _load_entry(entry: Path, spec: TrainSpec) -> Trained:
-
     verify(entry, spec)
     model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
     target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -276,26 +262,15 @@ def load(spec: TrainSpec, *, root: str | Path | None = None) -> Trained | None:
 
 
 def _eval_batches(spec: TrainSpec, split: str):
-
-    return [
-        {"image": b["image"], "label": b[spec.label]}
-        for b in loader.batches(
-            spec.dataset,
-            split,
-            spec.eval_batch_size,
-            shuffle=False,
-            epochs=1,
-            drop_remainder=False,
-            image_size=spec.image_size,
-        )
-    ]
+    options = dict(shuffle=False, epochs=1, drop_remainder=False, image_size=spec.image_size)
+    batches = loader.batches(spec.dataset, split, spec.eval_batch_size, **options)
+    return [{"image": b["image"], "label": b[spec.label]} for b in batches]
 
 
 def check_eval_split(spec: TrainSpec, split: str, num_examples: int | None = None) -> None:
     """Raise ``ValueError`` unless evaluating ``spec`` on ``split`` (``num_examples`` images; read from the
     dataset when None) ends in a batch of whole routing groups. :func:`get_or_train` calls it before it
     writes anything."""
-
     n = num_examples
     if n is None:
         n = len(loader.load_split(spec.dataset, split, image_size=spec.image_size))
@@ -312,7 +287,6 @@ def _train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, descript
     """Train ``spec`` with checkpoints under ``work/checkpoints`` (resuming there), evaluate, and assemble
     the entry folder ``work/entry`` (with its manifest). Returns that folder. The caller has checked the
     evaluation splits (:func:`get_or_train`, before anything is written)."""
-
     model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
     trainer = train.Trainer(model, spec.train, seed=spec.seed)
 

@@ -12,13 +12,13 @@ import numpy as np
 
 from sparse_experts import datasets
 
+# The figures of :func:`figures` that the index page shows.
 HEADLINE = (
     "upstream_train_examples",
     "upstream_classes",
     "upstream_coarse_classes",
     "downstream_tasks_ready",
 )
-"""The figures of :func:`figures` that the index page shows."""
 
 
 @dataclass
@@ -34,10 +34,10 @@ class DatasetSummary:
 
 
 def summarize(name: str, *, upstream: bool = False) -> DatasetSummary:
-    """Load the train split of dataset ``name`` and describe it. Every record holds ``name`` and
-    ``prepared``; a prepared dataset adds ``num_classes``, ``splits`` and, for the ``upstream`` set,
-    ``num_coarse_classes``, ``image_shape``, ``load_seconds`` and (with a label hierarchy)
-    ``train_images_per_class`` (min and max), for a downstream task its VTAB-like ``group``."""
+    """Load the train split of dataset ``name`` and describe it: ``name``, ``prepared`` and for a prepared
+    dataset ``num_classes``, ``splits`` and, for the ``upstream`` set, ``num_coarse_classes``,
+    ``image_shape``, ``load_seconds`` and (with a label hierarchy) ``train_images_per_class`` (min, max), for
+    a downstream task its VTAB-like ``group``."""
     started = time.perf_counter()
     try:
         split = datasets.load_split(name, "train")
@@ -45,15 +45,15 @@ def summarize(name: str, *, upstream: bool = False) -> DatasetSummary:
         return DatasetSummary(name, None, None, str(err), {"name": name, "prepared": False})
     info = datasets.info(name)
     record: dict[str, Any] = {"name": name, "prepared": True, "num_classes": info.num_classes}
-    if upstream:
-        record.update(num_coarse_classes=info.num_coarse_classes, splits=dict(info.splits),
-                      image_shape=list(info.image_shape),
-                      load_seconds=round(time.perf_counter() - started, 2))  # fmt: skip
-        if info.fine_to_coarse is not None:
-            counts = np.bincount(split.labels, minlength=info.num_classes)
-            record["train_images_per_class"] = {"min": int(counts.min()), "max": int(counts.max())}
-    else:
+    if not upstream:
         record.update(splits=dict(info.splits), group=info.group)
+        return DatasetSummary(name, split, info, None, record)
+    record.update(num_coarse_classes=info.num_coarse_classes, splits=dict(info.splits),
+                  image_shape=list(info.image_shape),
+                  load_seconds=round(time.perf_counter() - started, 2))  # fmt: skip
+    if info.fine_to_coarse is not None:
+        counts = np.bincount(split.labels, minlength=info.num_classes)
+        record["train_images_per_class"] = {"min": int(counts.min()), "max": int(counts.max())}
     return DatasetSummary(name, split, info, None, record)
 
 

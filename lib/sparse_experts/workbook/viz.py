@@ -1,6 +1,8 @@
 """Figures shared by the notebooks (plotly). Each function returns a figure and computes nothing heavy.
 
 Image arrays are uint8 ``[number, height, width, channels]`` (channels 1 or 3) unless stated otherwise.
+Routing figures (notebooks 03 and 04) use the shape letters B images, N tokens, E experts, K choices,
+Y classes.
 """
 
 from __future__ import annotations
@@ -12,25 +14,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sparse_experts import analysis
+from sparse_experts.datasets import grid
+
+PANEL_PIXELS = 300  # the side of one image panel of the routing figures
 
 
-def tile(images: np.ndarray, columns: int, pad: int = 1, fill: int = 255) -> np.ndarray:
-    """Arrange ``[number, height, width, channels]`` images into one RGB uint8 mosaic, row by row."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be [number, height, width, 1 or 3], got shape {images.shape}")
-    if columns < 1:
-        raise ValueError(f"columns={columns} must be >= 1")
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    n, h, w, _ = images.shape
-    rows = max(1, -(-n // columns))
-    canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), fill, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        canvas[top : top + h, left : left + w] = image
-    return canvas
+def _check_array(name: str, value, shape_text: str, ndim: int) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} has shape {array.shape}; expected {shape_text}")
+    return array
 
 
 def image_grid(
@@ -48,13 +41,15 @@ def image_grid(
     columns = columns or len(images) // rows
     if rows * columns != len(images):
         raise ValueError(f"{len(images)} images do not fill {rows} rows x {columns} columns")
-    pad = 1
-    mosaic = tile(images, columns, pad=pad)
-    h = images.shape[1] + pad
+    # one white pixel around every image
+    mosaic = np.pad(
+        grid.image_grid(images, cols=columns, scale=1, pad=1), ((1, 0), (1, 0), (0, 0)), constant_values=255
+    )
+    h = images.shape[1] + 1
     fig = go.Figure(go.Image(z=mosaic, hoverinfo="skip"))
     fig.update_yaxes(
         tickmode="array",
-        tickvals=[pad + h * r + h / 2 for r in range(rows)],
+        tickvals=[1 + h * r + h / 2 for r in range(rows)],
         ticktext=list(row_labels),
         showgrid=False,
     )
@@ -69,46 +64,24 @@ def image_grid(
     return fig
 
 
-def sample_per_class(labels: np.ndarray, classes: Sequence[int], per_class: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``per_class`` examples of each class in ``classes`` (in that order), chosen by ``seed``.
-
-    A class with fewer examples than ``per_class`` is an error naming the class and its count.
-    """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        if len(members) < per_class:
-            raise ValueError(f"class {c} has {len(members)} examples, fewer than per_class={per_class}")
-        chosen.append(np.sort(rng.choice(members, per_class, replace=False)))
-    return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
-
-
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 01: the learning-rate sweeps (``SweepResult`` values, one per sweep name).
+# ---------------------------------------------------------------------------------------------------------
 def sweep_logit_growth(results: dict, title: str = "Max attention logit during training") -> go.Figure:
-    """One panel per sweep (e.g. {"plain attention": r1, "QK-norm": r2}), one line per learning rate:
-    the max attention logit over layers at each step (log scale). ``results`` values are ``SweepResult``.
-    """
-
+    """One panel per sweep, one line per learning rate: the max attention logit over layers at each step
+    (log scale)."""
     names = list(results)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
     palette = ["#440154", "#3b528b", "#21918c", "#5ec962", "#b5de2b", "#fde725", "#f89540", "#cc4778"]
     for col, name in enumerate(names, 1):
         result = results[name]
         for r, lr in enumerate(result.learning_rates):
-            series = np.nanmax(
-                np.where(np.isfinite(result.attn_max_logit[r]), result.attn_max_logit[r], np.nan), -1
-            )
+            logits = result.attn_max_logit[r]
+            series = np.nanmax(np.where(np.isfinite(logits), logits, np.nan), -1)
+            line = dict(color=palette[r % len(palette)])
+            legend = dict(name=f"lr={lr:g}", legendgroup=f"{lr:g}", showlegend=col == 1)
             fig.add_scatter(
-                x=np.arange(len(series)),
-                y=series,
-                mode="lines",
-                name=f"lr={lr:g}",
-                legendgroup=f"{lr:g}",
-                showlegend=col == 1,
-                line=dict(color=palette[r % len(palette)]),
-                row=1,
-                col=col,
+                x=np.arange(len(series)), y=series, mode="lines", line=line, row=1, col=col, **legend
             )
         fig.update_xaxes(title_text="step", row=1, col=col)
     fig.update_yaxes(type="log", title_text="max attention logit (any layer)", row=1, col=1)
@@ -125,12 +98,10 @@ def sweep_final_loss(results: dict, title: str = "Final training loss against le
         fig.add_scatter(x=result.learning_rates[finite], y=final[finite], mode="lines+markers", name=name)
         if (~finite).any():
             ceiling = np.nanmax(np.where(finite, final, np.nan)) if finite.any() else 1.0
+            y = np.full((~finite).sum(), ceiling * 1.1)
+            marker = dict(symbol="x", size=12)
             fig.add_scatter(
-                x=result.learning_rates[~finite],
-                y=np.full((~finite).sum(), ceiling * 1.1),
-                mode="markers",
-                marker=dict(symbol="x", size=12),
-                name=f"{name}: diverged",
+                x=result.learning_rates[~finite], y=y, mode="markers", marker=marker, name=f"{name}: diverged"
             )
     fig.update_xaxes(type="log", title_text="peak learning rate")
     fig.update_yaxes(type="log", title_text="training loss (mean of the last 10 steps)")
@@ -139,7 +110,7 @@ def sweep_final_loss(results: dict, title: str = "Final training loss against le
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Routing figures (notebooks 03 and 04). Shape letters: B images, N tokens, E experts, K choices, Y classes.
+# Routing figures (notebooks 03 and 04).
 # ---------------------------------------------------------------------------------------------------------
 EXPERT_COLORS = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -152,24 +123,22 @@ def expert_color(expert: int) -> str:
     return EXPERT_COLORS[int(expert) % len(EXPERT_COLORS)]
 
 
-def _expert_colorscale(num_experts: int) -> list:
-    """A discrete colourscale for z in [-0.5, E - 0.5]: expert e gets exactly :func:`expert_color`."""
-    scale = []
-    for e in range(num_experts):
-        scale += [[e / num_experts, expert_color(e)], [(e + 1) / num_experts, expert_color(e)]]
-    return scale
-
-
-def _check_array(name: str, value, shape_text: str, ndim: int) -> np.ndarray:
-    array = np.asarray(value)
-    if array.ndim != ndim:
-        raise ValueError(f"{name} has shape {array.shape}; expected {shape_text}")
-    return array
+def _choices(chosen, dropped, gates) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``chosen`` experts, ``dropped`` (default: none) and ``gates`` (optional) of one image: ``[N, K]``."""
+    chosen = _check_array("chosen", chosen, "[N, K]", 2)
+    dropped = np.zeros(chosen.shape, bool) if dropped is None else np.asarray(dropped, bool)
+    gates = None if gates is None else np.asarray(gates, np.float64)
+    if dropped.shape != chosen.shape or (gates is not None and gates.shape != chosen.shape):
+        raise ValueError(
+            f"chosen {chosen.shape}, dropped {dropped.shape} and gates {getattr(gates, 'shape', None)} must "
+            "share one shape [N, K]"
+        )
+    return chosen, dropped, gates
 
 
 def patch_routing(
     image: np.ndarray,
-    choices: np.ndarray,
+    chosen: np.ndarray,
     *,
     patch_size: int,
     has_cls_token: bool = False,
@@ -177,106 +146,69 @@ def patch_routing(
     gates: np.ndarray | None = None,
     num_experts: int | None = None,
     title: str = "Patches by expert",
-    panel_pixels: int = 300,
 ) -> go.Figure:
     """The image with each patch coloured by its expert: one panel per choice (first, second...).
 
-    - ``image``: uint8 ``[H, W, C]`` (C 1 or 3), H and W multiples of ``patch_size``.
-    - ``choices``: ``[N, K]`` integer experts (k-th column = k-th choice), or float ``[N, E]`` weights
-      (gates or combine weights), in which case the choices are the two largest per token.
-    - ``has_cls_token``: token 0 is the class token (not a patch; left out of the picture).
-    - ``dropped``: bool ``[N]`` (token dropped by every choice) or ``[N, K]``; dropped patches are marked
-      with a black x and named in the hover text.
-    - ``gates``: ``[N, K]`` gate values of the choices (or ``[N, E]`` router probabilities), shown on hover.
-
-    Each panel is an image trace plus a semi-transparent heatmap trace whose z is the expert index per
-    patch (rows of patches top to bottom), coloured by :func:`expert_color`; dropped patches add a scatter
-    trace named "dropped (choice j)".
+    ``image``: ``[H, W, C]``, H and W multiples of ``patch_size``; ``chosen`` (experts), ``dropped`` (bool)
+    and ``gates`` are ``[N, K]`` (``analysis.token_choices``); token 0 is the class token when
+    ``has_cls_token`` (not a patch: left out). Each panel is an image trace under a semi-transparent heatmap
+    of the expert index per patch (rows of patches top to bottom, coloured by :func:`expert_color`, gate and
+    dropped on hover); dropped choices add a scatter trace of black crosses named "dropped (<choice>)".
     """
-
     image = _check_array("image", image, "[H, W, C] uint8", 3)
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
-    choices = np.asarray(choices)
-    if choices.ndim != 2:
-        raise ValueError(f"choices has shape {choices.shape}; expected [N, K] experts or [N, E] weights")
-    weights = None
-    if np.issubdtype(choices.dtype, np.floating):
-        weights = choices
-        num_experts = num_experts or weights.shape[1]
-        choices = np.argsort(-weights, axis=1, kind="stable")[:, : min(2, weights.shape[1])]
-    num_experts = num_experts or int(choices.max()) + 1
+    chosen, dropped, gates = _choices(chosen, dropped, gates)
     H, W = image.shape[:2]
     if patch_size < 1 or H % patch_size or W % patch_size:
         raise ValueError(f"patch_size={patch_size} must divide the image height {H} and width {W}")
     rows, cols = H // patch_size, W // patch_size
-    N = rows * cols + bool(has_cls_token)
-    if choices.shape[0] != N:
+    start = int(has_cls_token)
+    if len(chosen) != rows * cols + start:
         raise ValueError(
-            f"choices has {choices.shape[0]} tokens; expected {N} ({rows}x{cols} patches"
+            f"chosen has {len(chosen)} tokens; expected {rows * cols + start} ({rows}x{cols} patches"
             f"{' + class token' if has_cls_token else ''})"
         )
-    K = choices.shape[1]
-    start = 1 if has_cls_token else 0
-    if dropped is not None:
-        dropped = np.asarray(dropped, bool)
-        dropped = np.repeat(dropped[:, None], K, axis=1) if dropped.ndim == 1 else dropped
-        if dropped.shape != (N, K):
-            raise ValueError(f"dropped has shape {dropped.shape}; expected [{N}] or [{N}, {K}]")
-    gate_values = None
-    if gates is not None:
-        gates = np.asarray(gates, np.float64)
-        gate_values = np.take_along_axis(gates, choices, axis=1) if gates.shape[1] != K else gates
-    elif weights is not None:
-        gate_values = np.take_along_axis(weights, choices, axis=1)
+    E, K = num_experts or int(chosen.max()) + 1, chosen.shape[1]
+    colorscale = [[(e + i) / E, expert_color(e)] for e in range(E) for i in (0, 1)]  # z = e gets exactly e's
     names = ["first choice", "second choice", "third choice"] + [f"choice {j + 1}" for j in range(3, K)]
     fig = make_subplots(rows=1, cols=K, subplot_titles=names[:K], horizontal_spacing=0.04)
     centres = np.arange(cols) * patch_size + (patch_size - 1) / 2
     vcentres = np.arange(rows) * patch_size + (patch_size - 1) / 2
     for j in range(K):
-        grid = choices[start:, j].reshape(rows, cols)
-        hover = np.empty((rows, cols), dtype=object)
-        for r in range(rows):
-            for c in range(cols):
-                n = start + r * cols + c
-                text = f"token {n}: expert {grid[r, c]}"
-                if gate_values is not None:
-                    text += f", gate {gate_values[n, j]:.3f}"
-                if dropped is not None and dropped[n, j]:
-                    text += " (dropped)"
-                hover[r, c] = text
+        hover = [
+            f"token {n}: expert {chosen[n, j]}"
+            + ("" if gates is None else f", gate {gates[n, j]:.3f}")
+            + (" (dropped)" if dropped[n, j] else "")
+            for n in range(start, len(chosen))
+        ]
         fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=j + 1)
-        fig.add_trace(
-            go.Heatmap(
-                z=grid.astype(float),
-                x=centres,
-                y=vcentres,
-                zmin=-0.5,
-                zmax=num_experts - 0.5,
-                colorscale=_expert_colorscale(num_experts),
-                opacity=0.55,
-                text=hover,
-                hoverinfo="text",
-                showscale=j == 0,
-                colorbar=dict(title="expert", tickvals=list(range(num_experts))),
-                name=names[j],
-            ),
-            row=1,
-            col=j + 1,
+        heatmap = go.Heatmap(
+            z=chosen[start:, j].reshape(rows, cols).astype(float),
+            x=centres,
+            y=vcentres,
+            zmin=-0.5,
+            zmax=E - 0.5,
+            colorscale=colorscale,
+            opacity=0.55,
+            text=np.array(hover, dtype=object).reshape(rows, cols),
+            hoverinfo="text",
+            showscale=j == 0,
+            colorbar=dict(title="expert", tickvals=list(range(E))),
+            name=names[j],
         )
-        if dropped is not None and dropped[start:, j].any():
+        fig.add_trace(heatmap, row=1, col=j + 1)
+        if dropped[start:, j].any():
             r, c = np.divmod(np.flatnonzero(dropped[start:, j]), cols)
-            fig.add_trace(
-                go.Scatter(
-                    x=centres[c],
-                    y=vcentres[r],
-                    mode="markers",
-                    marker=dict(
-                        symbol="x", size=max(6, panel_pixels // (3 * max(rows, cols))), color="black"
-                    ),
-                    name=f"dropped ({names[j]})",
-                    hoverinfo="skip",
-                ),
+            marker = dict(symbol="x", size=max(6, PANEL_PIXELS // (3 * max(rows, cols))), color="black")
+            name = f"dropped ({names[j]})"
+            fig.add_scatter(
+                x=centres[c],
+                y=vcentres[r],
+                mode="markers",
+                marker=marker,
+                name=name,
+                hoverinfo="skip",
                 row=1,
                 col=j + 1,
             )
@@ -284,8 +216,8 @@ def patch_routing(
     fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
     fig.update_layout(
         title=title,
-        width=K * panel_pixels + 160,
-        height=panel_pixels + 120,
+        width=K * PANEL_PIXELS + 160,
+        height=PANEL_PIXELS + 120,
         showlegend=True,
         legend=dict(orientation="h", yanchor="top", y=-0.02, x=0),
         margin=dict(l=20, r=20, t=70, b=40),
@@ -293,52 +225,73 @@ def patch_routing(
     return fig
 
 
-def _layer_entropy(stats) -> float | None:
-    if "entropy" in stats:
-        return float(stats["entropy"])
-    if "gates" in stats:
-        return analysis.router_entropy(stats["gates"])
-    return None
+def gate_values(
+    chosen: np.ndarray,
+    dropped: np.ndarray,
+    gates: np.ndarray,
+    *,
+    has_cls_token: bool = False,
+    word: str = "router probability",
+) -> go.Figure:
+    """One grey heatmap per choice of the gate value of each patch's choice, printed with its expert
+    (``eN``) and an ``x`` where the choice was dropped; arguments as in :func:`patch_routing`, for a square
+    grid of patches; ``word`` names the gate in the title."""
+    chosen, dropped, gates = _choices(chosen, dropped, gates)
+    start = int(has_cls_token)
+    side = int(round(np.sqrt(chosen.shape[0] - start)))
+    if side * side != chosen.shape[0] - start:
+        raise ValueError(f"{chosen.shape[0] - start} patch tokens do not form a square grid of patches")
+    K = chosen.shape[1]
+    fig = make_subplots(
+        rows=1, cols=K, subplot_titles=[f"gate of choice {j + 1}" for j in range(K)], horizontal_spacing=0.06
+    )
+    for j in range(K):
+        g, e, d = (a[start:, j].reshape(side, side) for a in (gates, chosen, dropped))
+        text = np.array(
+            [[f"{gv:.2f}<br>e{ev}{' x' if dv else ''}" for gv, ev, dv in zip(*row, strict=True)]
+             for row in zip(g, e, d, strict=True)],
+            dtype=object,
+        )  # fmt: skip
+        fig.add_trace(
+            go.Heatmap(z=g, text=text, texttemplate="%{text}", zmin=0, zmax=1, colorscale="Greys",
+                       showscale=j == 0, colorbar=dict(title="gate"),
+                       hovertemplate="gate %{z:.3f}<extra></extra>"),
+            row=1, col=j + 1,
+        )  # fmt: skip
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    fig.update_layout(title=f"Gate values ({word}) per patch; eN = expert, x = dropped",
+                      width=K * PANEL_PIXELS + 160, height=PANEL_PIXELS + 80, margin=dict(t=80))  # fmt: skip
+    return fig
 
 
 def expert_load_bars(records, title: str = "Expert load per MoE layer") -> go.Figure:
-    """One panel per MoE layer: bars of token-choices each expert processed (``"load"`` ``[E]``), a dashed
-    line at the even share, and the layer's dropped fraction and router entropy (``"entropy"`` if given,
-    else the mean entropy in nats of ``"gates"`` ``[..., E]``) in the panel title.
-
-    ``records``: {layer index: record} as from ``analysis.route`` (or any mapping with ``"load"``,
-    ``"dropped_fraction"`` and optionally ``"entropy"`` / ``"gates"``).
-    """
-
+    """One panel per MoE layer of ``records`` ({layer: record}, as from ``analysis.route``): bars of the
+    token-choices each expert processed (``"load"`` ``[E]``), a dashed line at the even share, and the
+    layer's ``"dropped_fraction"`` and router entropy (``"entropy"`` if given, else the mean entropy in nats
+    of ``"gates"`` ``[..., E]``) in the panel title."""
     if not records:
         raise ValueError("records is empty: no MoE layers to show")
-    layers = list(records)
     titles = []
-    for layer in layers:
-        stats = records[layer]
+    for layer, stats in records.items():
         text = f"layer {layer}<br>dropped {float(stats['dropped_fraction']):.1%}"
-        entropy = _layer_entropy(stats)
-        if entropy is not None:
-            text += f", entropy {entropy:.2f} nats"
+        if "entropy" in stats or "gates" in stats:
+            entropy = stats["entropy"] if "entropy" in stats else analysis.router_entropy(stats["gates"])
+            text += f", entropy {float(entropy):.2f} nats"
         titles.append(text)
-    fig = make_subplots(rows=1, cols=len(layers), subplot_titles=titles, shared_yaxes=True)
-    for col, layer in enumerate(layers, 1):
-        load = np.asarray(records[layer]["load"], np.float64)
+    fig = make_subplots(rows=1, cols=len(records), subplot_titles=titles, shared_yaxes=True)
+    for col, (layer, stats) in enumerate(records.items(), 1):
+        load = np.asarray(stats["load"], np.float64)
         experts = np.arange(len(load))
+        colors = [expert_color(e) for e in experts]
         fig.add_bar(
-            x=experts,
-            y=load,
-            marker_color=[expert_color(e) for e in experts],
-            name=f"layer {layer}",
-            showlegend=False,
-            row=1,
-            col=col,
+            x=experts, y=load, marker_color=colors, name=f"layer {layer}", showlegend=False, row=1, col=col
         )
         fig.add_hline(y=load.mean(), line_dash="dash", line_color="gray", row=1, col=col)
         fig.update_xaxes(title_text="expert", tickvals=list(experts), row=1, col=col)
     fig.update_yaxes(title_text="token-choices processed", row=1, col=1)
     fig.update_annotations(font_size=13)
-    fig.update_layout(title=title, height=420, width=max(420, 320 * len(layers) + 100), margin=dict(t=110))
+    fig.update_layout(title=title, height=420, width=max(420, 320 * len(records) + 100), margin=dict(t=110))
     return fig
 
 
@@ -352,26 +305,23 @@ def affinity_heatmap(
     classes. ``relative=False``: shares (each column sums to 1), colour from 0; ``relative=True``: ratios to
     the expert's overall share, diverging colours centred on 1."""
     affinity = _check_array("affinity", affinity, "[E, Y]", 2)
-    if len(class_names) != affinity.shape[1]:
-        raise ValueError(f"{len(class_names)} class_names for {affinity.shape[1]} affinity columns")
-    E = affinity.shape[0]
-    trace = dict(
-        z=affinity,
-        x=list(class_names),
-        y=[f"expert {e}" for e in range(E)],
-        hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
-        colorbar=dict(title="x overall share" if relative else "share of class"),
+    E, Y = affinity.shape
+    if len(class_names) != Y:
+        raise ValueError(f"{len(class_names)} class_names for {Y} affinity columns")
+    colors = dict(colorscale="RdBu_r", zmid=1.0) if relative else dict(colorscale="Viridis", zmin=0.0)
+    fig = go.Figure(
+        go.Heatmap(
+            z=affinity,
+            x=list(class_names),
+            y=[f"expert {e}" for e in range(E)],
+            hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+            colorbar=dict(title="x overall share" if relative else "share of class"),
+            **colors,
+        )
     )
-    if relative:
-        trace.update(colorscale="RdBu_r", zmid=1.0)
-    else:
-        trace.update(colorscale="Viridis", zmin=0.0)
-    fig = go.Figure(go.Heatmap(**trace))
-    fig.update_xaxes(title_text="class", tickangle=-45 if affinity.shape[1] > 6 else 0)
+    fig.update_xaxes(title_text="class", tickangle=-45 if Y > 6 else 0)
     fig.update_yaxes(title_text="expert", autorange="reversed")
-    fig.update_layout(
-        title=title, height=max(300, 28 * E + 160), width=max(480, 40 * affinity.shape[1] + 260)
-    )
+    fig.update_layout(title=title, height=max(300, 28 * E + 160), width=max(480, 40 * Y + 260))
     return fig
 
 
@@ -380,18 +330,16 @@ def ablation_bars(
     class_names: Sequence[str],
     title: str = "Change in accuracy per class when the expert is switched off",
 ) -> go.Figure:
-    """Bars of the change in top-1 accuracy per class (ablated minus original, as fractions; drawn in
-    percentage points): red where accuracy fell, blue where it rose, gray for no change. NaN (a class not in
-    the evaluation set) is left out."""
+    """Bars of the change in top-1 accuracy per class ``[Y]`` (ablated minus original, as fractions; drawn
+    in percentage points): red where accuracy fell, blue where it rose, gray for no change. NaN (a class not
+    in the evaluation set) is left out."""
     delta = _check_array("delta_accuracy", delta_accuracy, "[Y]", 1).astype(np.float64)
     if len(class_names) != len(delta):
         raise ValueError(f"{len(class_names)} class_names for {len(delta)} delta_accuracy values")
     keep = np.isfinite(delta)
     points = 100 * delta[keep]
     colors = ["#d62728" if d < 0 else "#1f77b4" if d > 0 else "#7f7f7f" for d in points]
-    fig = go.Figure(
-        go.Bar(x=[n for n, k in zip(class_names, keep, strict=True) if k], y=points, marker_color=colors)
-    )
+    fig = go.Figure(go.Bar(x=np.asarray(class_names)[keep].tolist(), y=points, marker_color=colors))
     fig.add_hline(y=0, line_color="black")
     fig.update_xaxes(title_text="class")
     fig.update_yaxes(title_text="change in accuracy (percentage points)")
@@ -399,16 +347,26 @@ def ablation_bars(
     return fig
 
 
-def accuracy_vs_gflops(
-    curves,
-    points=None,
-    title: str = "Accuracy against compute per image",
+def expert_ablation_bars(
+    per_expert_change: np.ndarray, title: str = "Accuracy change when each expert is switched off"
 ) -> go.Figure:
+    """Bars of the change in top-1 accuracy ``[E]`` (fractions, drawn in points) when each expert is
+    switched off in turn (``analysis.ablation_scan``), one bar per expert in its colour."""
+    change = _check_array("per_expert_change", per_expert_change, "[E]", 1).astype(np.float64)
+    experts = range(len(change))
+    bars = go.Bar(
+        x=[f"expert {e}" for e in experts], y=100 * change, marker_color=list(map(expert_color, experts))
+    )
+    fig = go.Figure(bars)
+    fig.update_layout(title=title, yaxis_title="change in accuracy (points)", height=360, width=620)
+    return fig
+
+
+def accuracy_vs_gflops(curves, points=None, title: str = "Accuracy against compute per image") -> go.Figure:
     """Accuracy against GFLOPs per image. ``curves``: {name: (gflops[], accuracy[]) or (gflops[],
     accuracy[], capacity_factors[])}, drawn as lines with markers (capacity factors as marker labels);
     ``points``: {name: (gflops, accuracy)}, drawn as single large markers (e.g. the dense model, Soft MoE)."""
     fig = go.Figure()
-    symbols = ["star", "diamond", "square", "triangle-up", "cross"]
     for name, curve in dict(curves).items():
         if len(curve) not in (2, 3):
             raise ValueError(
@@ -418,9 +376,7 @@ def accuracy_vs_gflops(
         if x.shape != y.shape or x.ndim != 1:
             raise ValueError(f"curves[{name!r}]: gflops {x.shape} and accuracy {y.shape} must be equal 1-D")
         order = np.argsort(x, kind="stable")
-        labels = None
-        if len(curve) == 3:
-            labels = [f"{float(c):g}" for c in np.asarray(curve[2])[order]]
+        labels = [f"{float(c):g}" for c in np.asarray(curve[2])[order]] if len(curve) == 3 else None
         fig.add_scatter(
             x=x[order],
             y=y[order],
@@ -430,18 +386,21 @@ def accuracy_vs_gflops(
             name=name,
             hovertemplate=f"{name}<br>%{{x:.4g}} GFLOPs<br>accuracy %{{y:.3f}}<extra></extra>",
         )
+    symbols = ["star", "diamond", "square", "triangle-up", "cross"]
     for i, (name, (x, y)) in enumerate(dict(points or {}).items()):
-        fig.add_scatter(
-            x=[float(x)],
-            y=[float(y)],
-            mode="markers",
-            marker=dict(size=14, symbol=symbols[i % len(symbols)]),
-            name=name,
-        )
+        marker = dict(size=14, symbol=symbols[i % len(symbols)])
+        fig.add_scatter(x=[float(x)], y=[float(y)], mode="markers", marker=marker, name=name)
     fig.update_xaxes(title_text="GFLOPs per image")
     fig.update_yaxes(title_text="top-1 accuracy")
     fig.update_layout(title=title, height=440, width=760)
     return fig
+
+
+def _tokens_per_image(values: np.ndarray) -> np.ndarray:
+    values = _check_array("tokens_per_image", values, "[B]", 1).astype(np.float64)
+    if len(values) == 0:
+        raise ValueError("tokens_per_image is empty")
+    return values
 
 
 def compute_histogram(
@@ -452,9 +411,7 @@ def compute_histogram(
 ) -> go.Figure:
     """Histogram of compute per image (``analysis.compute_per_image``: ``[B]``), with dashed lines at the
     mean and at the fewest and most."""
-    values = _check_array("tokens_per_image", tokens_per_image, "[B]", 1).astype(np.float64)
-    if len(values) == 0:
-        raise ValueError("tokens_per_image is empty")
+    values = _tokens_per_image(tokens_per_image)
     fig = go.Figure(go.Histogram(x=values, nbinsx=bins, name="images", marker_color="#3b528b"))
     for value, label in [(values.min(), "least"), (values.mean(), "mean"), (values.max(), "most")]:
         fig.add_vline(x=value, line_dash="dash", line_color="gray", annotation_text=f"{label} {value:.1f}")
@@ -472,8 +429,7 @@ def compute_extremes(
 ) -> go.Figure:
     """:func:`image_grid` with two rows: the ``count`` images with the most token-choices processed (most
     first) and the ``count`` with the least (least first); row labels give their counts."""
-    images = np.asarray(images)
-    values = _check_array("tokens_per_image", tokens_per_image, "[B]", 1).astype(np.float64)
+    values = _tokens_per_image(tokens_per_image)
     if len(images) != len(values):
         raise ValueError(f"{len(images)} images for {len(values)} tokens_per_image values")
     if not 1 <= count <= len(values):
@@ -481,10 +437,10 @@ def compute_extremes(
     most = np.argsort(-values, kind="stable")[:count]
     least = np.argsort(values, kind="stable")[:count]
     labels = [
-        "most: " + ", ".join(f"{values[i]:g}" for i in most[:4]) + ("..." if count > 4 else ""),
-        "least: " + ", ".join(f"{values[i]:g}" for i in least[:4]) + ("..." if count > 4 else ""),
+        f"{word}: " + ", ".join(f"{values[i]:g}" for i in chosen[:4]) + ("..." if count > 4 else "")
+        for word, chosen in (("most", most), ("least", least))
     ]
-    return image_grid(images[np.concatenate([most, least])], labels, title=title, columns=count)
+    return image_grid(np.asarray(images)[np.concatenate([most, least])], labels, title=title, columns=count)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -496,8 +452,7 @@ FAMILY_COLORS = {"dense": "#636efa", "sparse": "#ef553b"}
 def model_frontier(rows, title: str = "Test accuracy against inference compute") -> go.Figure:
     """One marker per model at (GFLOPs per image, mean test accuracy), coloured by family (dense/sparse),
     error bars = std over seeds, small markers = each seed, and each family's upper frontier as a line.
-    ``rows``: dicts with "model", "family", "gflops_per_image", "test_accuracy", "test_accuracy_std" (or
-    None) and "test_accuracy_per_seed" (what ``sparse_experts.workbook.zoo.summarize`` returns)."""
+    ``rows``: as from ``sparse_experts.workbook.zoo.summarize``."""
     rows = list(rows)
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
@@ -537,90 +492,26 @@ def model_frontier(rows, title: str = "Test accuracy against inference compute")
 
 def learning_curves(histories, smooth: int = 20, title: str = "Learning curves") -> go.Figure:
     """Training loss (moving average over ``smooth`` steps) and validation accuracy per model, side by side.
-    ``histories``: {model name: ``train.History``} (per-step "loss"; ``evals`` with "step", "accuracy")."""
-
+    ``histories``: {model name: ``train.History``}."""
     if smooth < 1:
         raise ValueError(f"smooth={smooth} must be >= 1")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation accuracy"))
     palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
     for i, (name, history) in enumerate(dict(histories).items()):
-        color = palette[i % len(palette)]
+        line = dict(color=palette[i % len(palette)])
         loss = history.series("loss")
         window = min(smooth, max(len(loss), 1))
         smoothed = np.convolve(loss, np.ones(window) / window, mode="valid") if len(loss) else loss
         steps = np.arange(window, window + len(smoothed))
-        fig.add_scatter(
-            x=steps, y=smoothed, name=name, line=dict(color=color), legendgroup=name, row=1, col=1
-        )
+        fig.add_scatter(x=steps, y=smoothed, name=name, line=line, legendgroup=name, row=1, col=1)
         if history.evals:
             eval_steps, accuracy = history.eval_series("accuracy")
             fig.add_scatter(
-                x=eval_steps, y=accuracy, name=name, mode="lines+markers", line=dict(color=color),
+                x=eval_steps, y=accuracy, name=name, mode="lines+markers", line=line,
                 legendgroup=name, showlegend=False, row=1, col=2,
             )  # fmt: skip
     fig.update_xaxes(title_text="step")
     fig.update_layout(title=title, height=420, width=980)
-    return fig
-
-
-def gate_values(
-    chosen: np.ndarray,
-    dropped: np.ndarray,
-    gates: np.ndarray,
-    *,
-    has_cls_token: bool = False,
-    word: str = "router probability",
-    panel_pixels: int = 300,
-) -> go.Figure:
-    """One grey heatmap per choice of the gate value of each patch's choice, printed with its expert
-    (``eN``) and an ``x`` where the choice was dropped. ``chosen`` (experts), ``dropped`` (bool) and
-    ``gates`` are ``[N, K]`` for one image (``analysis.token_choices``), rows of patches top to bottom;
-    ``has_cls_token``: token 0 is the class token (left out); ``word`` names the gate in the title."""
-    chosen = _check_array("chosen", chosen, "[N, K]", 2)
-    dropped = np.asarray(dropped, bool)
-    gates = np.asarray(gates, np.float64)
-    if dropped.shape != chosen.shape or gates.shape != chosen.shape:
-        raise ValueError(
-            f"chosen {chosen.shape}, dropped {dropped.shape} and gates {gates.shape} must share one shape "
-            "[N, K]"
-        )
-    start = 1 if has_cls_token else 0
-    side = int(round(np.sqrt(chosen.shape[0] - start)))
-    if side * side != chosen.shape[0] - start:
-        raise ValueError(f"{chosen.shape[0] - start} patch tokens do not form a square grid of patches")
-    K = chosen.shape[1]
-    fig = make_subplots(
-        rows=1, cols=K, subplot_titles=[f"gate of choice {j + 1}" for j in range(K)], horizontal_spacing=0.06
-    )
-    for j in range(K):
-        g, e, d = (a[start:, j].reshape(side, side) for a in (gates, chosen, dropped))
-        text = np.array(
-            [[f"{gv:.2f}<br>e{ev}{' x' if dv else ''}" for gv, ev, dv in zip(*row, strict=True)]
-             for row in zip(g, e, d, strict=True)],
-            dtype=object,
-        )  # fmt: skip
-        fig.add_trace(
-            go.Heatmap(z=g, text=text, texttemplate="%{text}", zmin=0, zmax=1, colorscale="Greys",
-                       showscale=j == 0, colorbar=dict(title="gate"),
-                       hovertemplate="gate %{z:.3f}<extra></extra>"),
-            row=1, col=j + 1,
-        )  # fmt: skip
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False, autorange="reversed")
-    fig.update_layout(title=f"Gate values ({word}) per patch; eN = expert, x = dropped",
-                      width=K * panel_pixels + 160, height=panel_pixels + 80, margin=dict(t=80))  # fmt: skip
-    return fig
-
-
-def expert_ablation_bars(
-    per_expert_change: np.ndarray, title: str = "Accuracy change when each expert is switched off"
-) -> go.Figure:
-    """Bars of the change in top-1 accuracy ``[E]`` (fractions, drawn in points) when each expert is
-    switched off in turn (``analysis.ablation_scan``), one bar per expert in its colour."""
-    change = _check_array("per_expert_change", per_expert_change, "[E]", 1).astype(np.float64)
-    fig = go.Figure(go.Bar(x=[f"expert {e}" for e in range(len(change))], y=100 * change,
-                           marker_color=[expert_color(e) for e in range(len(change))]))  # fmt: skip
-    fig.update_layout(title=title, yaxis_title="change in accuracy (points)", height=360, width=620)
     return fig
 
 
@@ -651,19 +542,22 @@ def classes_across_groups(
 
 
 def dataset_grid(split, info, *, classes_shown: int, images_per_class: int, seed: int = 0, title: str = ""):
-    """:func:`image_grid` of a dataset split (``split.images``, ``split.labels``; ``info`` from
-    ``datasets.info``): one row per class of :func:`classes_across_groups`, labelled "coarse / fine" when
-    the dataset has a hierarchy, with ``images_per_class`` images each (fewer if a class has fewer)."""
+    """:func:`image_grid` of a dataset split (``info`` from ``datasets.info``): one row per class of
+    :func:`classes_across_groups`, labelled "coarse / fine" when the dataset has a hierarchy, with
+    ``images_per_class`` images each (fewer if a class has fewer), chosen by ``seed``."""
     classes = classes_across_groups(split.labels, info.fine_to_coarse, classes_shown, seed)
     per_class = min(images_per_class, int(np.bincount(split.labels)[classes].min()))
-    index = sample_per_class(split.labels, classes, per_class, seed=seed)
-    if info.fine_to_coarse is None:
-        names = [info.class_names[c] for c in classes]
-    else:
+    rng = np.random.default_rng(seed)
+    chosen = [
+        np.sort(rng.choice(np.flatnonzero(split.labels == c), per_class, replace=False)) for c in classes
+    ]
+    names = [info.class_names[c] for c in classes]
+    if info.fine_to_coarse is not None:
         names = [
-            f"{info.coarse_class_names[info.fine_to_coarse[c]]} / {info.class_names[c]}" for c in classes
+            f"{info.coarse_class_names[info.fine_to_coarse[c]]} / {n}"
+            for c, n in zip(classes, names, strict=True)
         ]
-    return image_grid(split.images[index], names, title=title, cell_pixels=48)
+    return image_grid(split.images[np.concatenate(chosen)], names, title=title, cell_pixels=48)
 
 
 def label_treemap(rows, root: str, title: str = "") -> go.Figure:
@@ -671,15 +565,21 @@ def label_treemap(rows, root: str, title: str = "") -> go.Figure:
     ``sparse_experts.workbook.tour.label_hierarchy``) under one ``root`` box; areas count images."""
     if not rows:
         raise ValueError("rows is empty: no label hierarchy to show")
-    coarse_totals: dict[str, int] = {}
+    totals: dict[str, int] = {}
     for row in rows:
-        coarse_totals[row["coarse"]] = coarse_totals.get(row["coarse"], 0) + int(row["train images"])
-    ids = (
-        [root] + [f"{root}/{c}" for c in coarse_totals] + [f"{root}/{r['coarse']}/{r['fine']}" for r in rows]
+        totals[row["coarse"]] = totals.get(row["coarse"], 0) + int(row["train images"])
+    fig = go.Figure(
+        go.Treemap(
+            ids=[
+                root,
+                *(f"{root}/{c}" for c in totals),
+                *(f"{root}/{r['coarse']}/{r['fine']}" for r in rows),
+            ],
+            labels=[root, *totals, *(r["fine"] for r in rows)],
+            parents=["", *[root] * len(totals), *(f"{root}/{r['coarse']}" for r in rows)],
+            values=[sum(totals.values()), *totals.values(), *(int(r["train images"]) for r in rows)],
+            branchvalues="total",
+        )
     )
-    labels = [root, *coarse_totals, *(r["fine"] for r in rows)]
-    parents = [""] + [root] * len(coarse_totals) + [f"{root}/{r['coarse']}" for r in rows]
-    values = [sum(coarse_totals.values()), *coarse_totals.values(), *(int(r["train images"]) for r in rows)]
-    fig = go.Figure(go.Treemap(ids=ids, labels=labels, parents=parents, values=values, branchvalues="total"))
     fig.update_layout(title=title, margin=dict(t=30, l=10, r=10, b=10), height=520)
     return fig

@@ -2,7 +2,7 @@
 
 Every model shares one backbone (``width``, ``depth``, ``mlp_dim``, ``num_heads``, ``patch_size``, global
 average pooling) and one training recipe (AdamW, warmup + cosine, batch, steps) from the knobs of
-``02_train_vmoe`` (:mod:`sparse_experts.workbook.presets`):
+``02_train_vmoe`` (:mod:`sparse_experts.workbook.configs.train_vmoe`):
 
 ==================  =============================================================================
 ``dense``           the dense ViT
@@ -20,6 +20,7 @@ average pooling) and one training recipe (AdamW, warmup + cosine, batch, steps) 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -37,23 +38,17 @@ MULTI_SEED = ("dense", "vmoe_every2_k2")
 NOTEBOOK = "02_train_vmoe"
 
 
-def _num_classes(dataset: str, label: str) -> int:
-
-    info = datasets.info(dataset)
-    return info.num_coarse_classes if label == "coarse_label" else info.num_classes
-
-
 def model_config(name: str, params: Mapping[str, Any]) -> models.VitConfig:
-    """The :class:`models.VitConfig` of model ``name`` under the knobs ``params``."""
+    """The :class:`models.VitConfig` of model ``name`` under notebook 02's knobs ``params``."""
     if name not in MODEL_NAMES:
         raise ValueError(f"model name={name!r} is unknown; expected one of {MODEL_NAMES}")
-    p = params
-    large = name == "dense_large"
+    p, large = params, name == "dense_large"
+    info = datasets.info(p["dataset"])
     base = models.vit_config(
         f"mu/{p['patch_size']}",
         image_size=p["image_size"],
-        channels=_channels(p["dataset"]),
-        num_classes=_num_classes(p["dataset"], p["label"]),
+        channels=info.image_shape[2],
+        num_classes=info.num_coarse_classes if p["label"] == "coarse_label" else info.num_classes,
         width=p["large_width"] if large else p["width"],
         depth=p["large_depth"] if large else p["depth"],
         mlp_dim=4 * p["large_width"] if large else p["mlp_dim"],
@@ -67,24 +62,18 @@ def model_config(name: str, params: Mapping[str, Any]) -> models.VitConfig:
         capacity_factor=p["capacity_factor"],
         eval_capacity_factor=p["eval_capacity_factor"],
         group_size=p["group_size"],
-        placement="every-2",
-        k=2,
+        placement="last-2" if name == "vmoe_last2_k2" else "every-2",
+        k=1 if name == "vmoe_every2_k1" else 2,
     )
-    if name == "vmoe_last2_k2":
-        moe["placement"] = "last-2"
-    elif name == "vmoe_every2_k1":
-        moe["k"] = 1
-    elif name == "expert_choice":
-        moe.update(router="expert_choice", k=2, capacity_factor=2 * p["capacity_factor"],
-                   eval_capacity_factor=2 * p["eval_capacity_factor"])  # fmt: skip
+    if name == "expert_choice":
+        moe.update(
+            router="expert_choice",
+            capacity_factor=2 * p["capacity_factor"],
+            eval_capacity_factor=2 * p["eval_capacity_factor"],
+        )
     elif name == "soft_moe":
         moe.update(router="soft", k=1, capacity_factor=1.0, eval_capacity_factor=None, group_size=1)
     return base.replace(moe=models.MoeConfig(**moe))
-
-
-def _channels(dataset: str) -> int:
-
-    return datasets.info(dataset).image_shape[2]
 
 
 def seeds_of(name: str, params: Mapping[str, Any]) -> tuple[int, ...]:
@@ -121,22 +110,19 @@ def get(name: str, params: Mapping[str, Any], seed: int | None = None, **kwargs:
     return cache.get_or_train(spec(name, params, seed), description=f"{name} seed {seed}", **kwargs)
 
 
-def params_for(preset: str, seed: int = 0, **knobs: Any) -> presets.Params:
-    """Notebook 02's knobs under ``preset`` with ``knobs`` changed (validated): what 02 would train."""
-    return presets.resolve(NOTEBOOK, preset, seed, **knobs)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# What a run of notebook 02 trained, and how notebooks 03 and 04 find exactly those models.
+# What a run of notebook 02 trained, and how notebooks 03 and 04 find exactly those models and images.
 # ---------------------------------------------------------------------------------------------------------
 RECORD_FIGURE = "trained_models"
 """The figure of ``<out>/02_train_vmoe.json`` that records what notebook 02 trained (:func:`run_record`)."""
+STAGING = ".staging"
+"""The runner executes each notebook in ``<out>/.staging/<notebook>-<pid>/`` (:mod:`.runner`)."""
 
 
 def run_record(params: Mapping[str, Any], results: Mapping[tuple[str, int], cache.Trained]) -> dict[str, Any]:
     """What notebook 02 trained, for its figures JSON: preset, seed, every knob as resolved, the knobs that
     differ from the preset's values, and the cache key of each ``(model, seed)`` in ``results``."""
-    defaults = params_for(params["preset"], params["seed"])
+    defaults = presets.resolve(NOTEBOOK, params["preset"], params["seed"])
     return {
         "preset": params["preset"],
         "seed": params["seed"],
@@ -149,20 +135,16 @@ def run_record(params: Mapping[str, Any], results: Mapping[tuple[str, int], cach
     }
 
 
-DATA_KNOBS = ("dataset", "label", "image_size", "group_size", "eval_batch_size")
-"""Notebook 02's knobs that fix the evaluation data: split, labels, image size and routing batches."""
-
-
 @dataclass(frozen=True)
 class ZooRun:
     """The models of one run of notebook 02 (or, when 02 has not run in a folder, the preset's models).
 
     ``params``: 02's knobs as that run resolved them; ``keys``: the cache key of each ``(model, seed)``;
-    ``record``: the figures JSON read (None when 02 has not run there); ``source``: a sentence saying which
+    ``record``: the figures JSON read (None for the preset's models); ``source``: a sentence saying which
     run this is (path, time, changed knobs) or why the preset's models are used instead.
     """
 
-    params: presets.Params
+    params: presets.NotebookConfig
     keys: Mapping[tuple[str, int], str]
     record: Path | None
     source: str
@@ -178,8 +160,9 @@ class ZooRun:
         seed = self.params["seed"] if seed is None else seed
         if (name, seed) not in self.keys:
             have = ", ".join(f"{n} seed {s}" for n, s in sorted(self.keys))
+            what = f"notebook 02's run in {self.record}" if self.record else "notebook 02's preset models"
             raise ValueError(
-                f"model name={name!r} with seed={seed} is not among the models of {self._what()}: {have}. "
+                f"model name={name!r} with seed={seed} is not among the models of {what}: {have}. "
                 f"Ask for one of those, or rerun notebook 02 with models including {name!r}."
             )
         return get(name, self.params, seed, **kwargs)
@@ -188,61 +171,34 @@ class ZooRun:
         """``{name: Trained}`` at the run's seed for those of ``names`` this run trained, in that order."""
         return {name: self.get(name, **kwargs) for name in names if name in self.models}
 
-    def check_data(self, loaded: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` unless ``loaded`` (the knobs a notebook loaded its images with) agrees with
-        this run's knobs on :data:`DATA_KNOBS`: the images, labels and routing batches the models were
-        evaluated on."""
-        differ = {k: (loaded[k], self.params[k]) for k in DATA_KNOBS if loaded[k] != self.params[k]}
-        if differ:
-            said = ", ".join(f"{k}={a!r} (the run: {b!r})" for k, (a, b) in differ.items())
-            raise ValueError(
-                f"the images were loaded with {said}, not as {self._what()} evaluated its models; load them "
-                f"with this run's knobs (ZooRun.params)"
-            )
-
-    def _what(self) -> str:
-        return f"notebook 02's run in {self.record}" if self.record else "notebook 02's preset models"
-
     def __str__(self) -> str:
         return self.source
 
 
-STAGING = ".staging"
-"""The runner executes each notebook in ``<out>/.staging/<notebook>-<pid>/`` (its output dir) and moves the
-outputs to ``<out>`` once it succeeded (:mod:`sparse_experts.workbook.runner`)."""
-
-
-def _record_path(out_dir: Path) -> Path:
-    """``<out_dir>/02_train_vmoe.json``; from a runner's staging folder, the one in the run's folder."""
-    path = out_dir / f"{NOTEBOOK}.json"
-    if not path.is_file() and out_dir.parent.name == STAGING:
-        return out_dir.parent.parent / path.name
-    return path
-
-
 def models_of_run(out_dir: str | Path, preset: str, seed: int = 0) -> ZooRun:
     """The models notebook 02 trained in the output folder ``out_dir`` (the :data:`RECORD_FIGURE` of
-    ``<out_dir>/02_train_vmoe.json``; for a notebook the runner executes in ``<out>/.staging/...``, the
-    one in ``<out>``), when that run used ``preset`` and ``seed``; otherwise the models
-    notebook 02 trains under ``preset`` and ``seed`` with the preset's knobs (``source`` says why).
+    ``<out_dir>/02_train_vmoe.json``; from a runner's staging folder, the one in ``<out>``), when that run
+    used ``preset`` and ``seed``; otherwise the models 02 trains under them with the preset's knobs.
 
     Every recorded cache key is checked against the spec the recorded knobs give under the current code;
     a mismatch (the training code or a split plan changed since that run) raises ``ValueError`` saying how
     to fix it, rather than silently using other models.
     """
-    path = _record_path(Path(out_dir))
-    reason = None
+    path = Path(out_dir) / f"{NOTEBOOK}.json"
+    if not path.is_file() and path.parent.parent.name == STAGING:
+        path = path.parent.parent.parent / path.name
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    record = saved.get("figures", {}).get(RECORD_FIGURE)
     if not path.is_file():
         reason = f"notebook 02 has not run in {path.parent} (no {path.name})"
+    elif record is None:
+        reason = f"{path} holds no {RECORD_FIGURE!r} record (saved by an older notebook 02)"
+    elif (record["preset"], record["seed"]) != (preset, seed):
+        reason = f"notebook 02's run in {path} used preset {record['preset']!r} and seed {record['seed']}"
     else:
-        saved = json.loads(path.read_text())
-        record = saved.get("figures", {}).get(RECORD_FIGURE)
-        if record is None:
-            reason = f"{path} holds no {RECORD_FIGURE!r} record (saved by an older notebook 02)"
-        elif (record["preset"], record["seed"]) != (preset, seed):
-            reason = f"notebook 02's run in {path} used preset {record['preset']!r} and seed {record['seed']}"
+        reason = None
     if reason is not None:
-        params = params_for(preset, seed)
+        params = presets.resolve(NOTEBOOK, preset, seed)
         keys = {(n, s): spec(n, params, s).key() for n in params["models"] for s in seeds_of(n, params)}
         source = (
             f"{reason}: using the models notebook 02 trains under preset {preset!r}, seed {seed}, with the "
@@ -250,7 +206,7 @@ def models_of_run(out_dir: str | Path, preset: str, seed: int = 0) -> ZooRun:
         )
         return ZooRun(params, keys, None, source)
     knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in record["knobs"].items()}
-    params = params_for(**knobs)
+    params = presets.resolve(NOTEBOOK, **knobs)
     keys = {(m["model"], m["seed"]): m["cache_key"] for m in record["models"]}
     for (name, model_seed), key in keys.items():
         expected = spec(name, params, model_seed).key()
@@ -272,9 +228,108 @@ def models_of_run(out_dir: str | Path, preset: str, seed: int = 0) -> ZooRun:
     return ZooRun(params, keys, path, source)
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """The first whole routing groups of a test split, in stored order (with capacity limits and BPR a
+    token's routing depends on the other images of its batch), as notebook 02's models see them.
+
+    ``images [B, S, S, C]`` uint8 (:attr:`x`: float32 in [-1, 1], what the models take); ``labels [B]``: the
+    classes the models predict (fine or coarse), named by ``class_names [Y]``; ``label_sets``: ``{word:
+    (labels [B], names)}`` for the affinity views ("class", and "coarse class" when the data has them);
+    ``total`` images in the split; evaluation batches of ``batch_size`` images, routing groups of
+    ``group_size``.
+    """
+
+    dataset: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: Sequence[str]
+    label_sets: Mapping[str, tuple[np.ndarray, Sequence[str]]]
+    total: int
+    group_size: int
+    batch_size: int
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
+
+    @functools.cached_property
+    def x(self) -> np.ndarray:
+        return datasets.to_float(self.images)
+
+    def record(self) -> dict[str, Any]:
+        """How these images were evaluated, for a figures JSON."""
+        return {"split": "test", "images": self.count, "order": "stored", "batch_size": self.batch_size,
+                "group_size": self.group_size}  # fmt: skip
+
+    def __str__(self) -> str:
+        return (
+            f"{self.dataset} test split: the first {self.count} of {self.total} images, in batches of "
+            f"{self.batch_size} ({self.batch_size // self.group_size} routing groups of {self.group_size} "
+            "images each)"
+        )
+
+
+def eval_set(params: Mapping[str, Any], max_images: int, batch_size: int | None = None) -> EvalSet:
+    """The first ``max_images`` test images of notebook 02's dataset at its image size and labels
+    (``params``: 02's knobs, e.g. :attr:`ZooRun.params`), cut down to whole routing groups of
+    ``params["group_size"]``, in batches of ``batch_size`` (default 02's ``eval_batch_size``; at most all)."""
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images={max_images!r} is not valid; expected a positive integer")
+    name, group = params["dataset"], params["group_size"]
+    split = datasets.load_split(name, "test", image_size=params["image_size"])
+    count = min(max_images, len(split.images)) // group * group
+    if count == 0:
+        raise ValueError(
+            f"max_images={max_images} leaves no whole routing group of group_size={group} images; "
+            f"expected at least {group}"
+        )
+    info = datasets.info(name)
+    label_sets = {"class": (np.asarray(split.labels[:count]), list(info.class_names))}
+    if split.coarse_labels is not None:
+        label_sets["coarse class"] = (np.asarray(split.coarse_labels[:count]), list(info.coarse_class_names))
+    labels, class_names = label_sets["coarse class" if params["label"] == "coarse_label" else "class"]
+    batch_size = min(params["eval_batch_size"] if batch_size is None else batch_size, count)
+    images = np.asarray(split.images[:count])
+    return EvalSet(name, images, labels, class_names, label_sets, len(split.images), group, batch_size)
+
+
 # ---------------------------------------------------------------------------------------------------------
-# Reading the results: one row per model, seed spread, the accuracy-compute comparison.
+# Notebook 02's plan and training; its results: one row per model, seed spread, the claim.
 # ---------------------------------------------------------------------------------------------------------
+def plan(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Notebook 02's models on paper, one row per model of ``params["models"]``: seeds, width x depth, MoE
+    layers, router, total and active parameters, GFLOPs per image (analytic, at the evaluation capacity)."""
+    rows = []
+    for name in params["models"]:
+        config = model_config(name, params)
+        moe = config.moe
+        rows.append({
+            "model": name,
+            "seeds": len(seeds_of(name, params)),
+            "width x depth": f"{config.width} x {config.depth}",
+            "MoE layers": "" if moe is None else str(models.moe_layers(config)),
+            "router": "" if moe is None else f"{moe.router} (E={moe.num_experts}, k={moe.k})",
+            "params (total)": models.param_count(config),
+            "params (active)": models.param_count(config, active=True),
+            "GFLOPs / image": models.flops_per_image(config) / 1e9,
+        })  # fmt: skip
+    return rows
+
+
+def train_all(params: Mapping[str, Any], log=print, **kwargs: Any) -> dict[tuple[str, int], cache.Trained]:
+    """Every model of ``params["models"]`` with each of its seeds, from the cache or trained now
+    (:func:`get`); ``log`` gets one line per model and seed."""
+    results = {}
+    for name in params["models"]:
+        for seed in seeds_of(name, params):
+            trained = results[(name, seed)] = get(name, params, seed=seed, **kwargs)
+            how = "trained now" if trained.trained_now else "from the cache"
+            log(f"{name:16s} seed {seed}: test accuracy {trained.metrics['test']['accuracy']:.3f} "
+                f"({how}, {trained.metrics['train_seconds']:.0f} s of training)")  # fmt: skip
+    return results
+
+
 def family(name: str) -> str:
     return "dense" if name.startswith("dense") else "sparse"
 
@@ -282,8 +337,7 @@ def family(name: str) -> str:
 def summarize(results: Mapping[tuple[str, int], cache.Trained]) -> list[dict[str, Any]]:
     """One row per model name from ``{(name, seed): Trained}``: parameters (total, active), GFLOPs per
     image, validation and test accuracy (mean, sample std over seeds, and each seed's value) and training
-    seconds (mean). Rows are ordered by GFLOPs per image."""
-
+    seconds (mean), ordered by GFLOPs per image."""
     by_name: dict[str, list[cache.Trained]] = {}
     for (name, _), trained in sorted(results.items()):
         by_name.setdefault(name, []).append(trained)
@@ -310,15 +364,18 @@ def summarize(results: Mapping[tuple[str, int], cache.Trained]) -> list[dict[str
     return sorted(rows, key=lambda r: r["gflops_per_image"])
 
 
+def test_accuracy_of(rows: list[Mapping[str, Any]], name: str) -> float | None:
+    """Mean test accuracy of model ``name`` in :func:`summarize`'s rows (None when it was not trained)."""
+    return next((r["test_accuracy"] for r in rows if r["model"] == name), None)
+
+
 def compare(
     row_a: Mapping[str, Any], row_b: Mapping[str, Any], borrowed_std: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
     """Test accuracy of model a minus model b, with the standard error of that difference from the seed
-    spread (sample std / sqrt(seeds), combined), and the GFLOPs ratio a / b. A model trained with one seed
-    has no spread of its own: it takes ``borrowed_std[its family]`` when given (the spread of that family's
-    multi-seed model, see :func:`family_spread`), otherwise it contributes nothing. ``resolved`` says
-    whether the gap exceeds twice its standard error (None when no spread is known at all)."""
-
+    spread (sample std / sqrt(seeds), combined), and the GFLOPs ratio a / b. A one-seed model takes
+    ``borrowed_std[its family]`` when given (:func:`family_spread`), otherwise it contributes nothing.
+    ``resolved``: whether the gap exceeds twice its standard error (None when no spread is known)."""
     diff = row_a["test_accuracy"] - row_b["test_accuracy"]
     variance, known, borrowed = 0.0, False, []
     for row in (row_a, row_b):
@@ -343,7 +400,7 @@ def compare(
 
 def family_spread(rows: list[Mapping[str, Any]]) -> dict[str, float]:
     """Per family, the largest seed std of its multi-seed models: the seed noise assumed for its one-seed
-    models (a one-seed model's accuracy is as uncertain as any seed of its family's repeated model)."""
+    models."""
     out: dict[str, float] = {}
     for row in rows:
         if row["test_accuracy_std"] is not None:
@@ -366,21 +423,18 @@ CLAIM_02 = "V-MoE reaches the accuracy of dense ViTs at lower inference compute 
 
 
 def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> analysis.Claim:
-    """V-MoE's claim, "V-MoE reaches dense accuracy at lower inference compute", checked on ``rows``.
-
-    The main V-MoE is compared with the most accurate dense model that needs more GFLOPs per image (one-seed
-    models borrow their family's seed spread, :func:`family_spread`). Verdict (:data:`analysis.VERDICTS`):
+    """:data:`CLAIM_02` checked on ``rows``: the main V-MoE against the most accurate dense model that needs
+    more GFLOPs per image (one-seed models borrow their family's seed spread, :func:`family_spread`).
 
     - "reproduced": the main V-MoE is at least as accurate as that costlier dense model;
     - "within noise": it falls short by less than twice the standard error of the gap;
     - "contradicted": a dense model that costs no more GFLOPs than the main V-MoE is more accurate by more
       than twice the standard error (dense sits on the better frontier);
-    - "not reproduced": otherwise (short of the costlier dense model, by more than the noise or with no
-      spread known);
+    - "not reproduced": otherwise (short of the costlier dense model beyond the noise, or no spread known);
     - "not tested": the main V-MoE was not trained, or no dense model costs more than it.
 
-    ``numbers`` holds ``main``, ``comparisons`` (:func:`compare` of the main V-MoE with the same-backbone
-    dense model and every costlier dense model) and, when tested, ``best_costlier_dense`` and its ``gap``.
+    ``numbers``: ``main``, ``comparisons`` (:func:`compare` of the main V-MoE with ``dense`` and every
+    costlier dense model) and, when tested, ``best_costlier_dense`` and its ``gap``.
     """
     by_name = {r["model"]: r for r in rows}
     if main not in by_name:
@@ -420,58 +474,20 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
         )
     else:
         verdict = "contradicted" if cheaper_better else "not reproduced"
-        cheaper = cheaper_better[0] if cheaper_better else None
         sentence = (
             f"{verdict.capitalize()} at this scale: {main} ({100 * vmoe['test_accuracy']:.1f}%) stays "
             f"{100 * -gap['accuracy_gap']:.1f} points below {best['model']} "
             f"({100 * best['test_accuracy']:.1f}%), which costs {100 / gap['gflops_ratio']:.0f}% of "
             f"{main}'s GFLOPs per image"
         )
-        if cheaper is not None:
+        if cheaper_better:
+            better = cheaper_better[0]
             sentence += (
-                f"; and {cheaper['b']}, which costs no more, is {100 * -cheaper['accuracy_gap']:.1f} points "
-                f"more accurate (more than 2 standard errors = {200 * cheaper['standard_error']:.1f} points)"
+                f"; and {better['b']}, which costs no more, is {100 * -better['accuracy_gap']:.1f} points "
+                f"more accurate (more than 2 standard errors = {200 * better['standard_error']:.1f} points)"
             )
         sentence += "."
     return analysis.Claim(CLAIM_02, verdict, sentence, numbers)
-
-
-def plan(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Notebook 02's models on paper, one row per model of ``params["models"]``: seeds, width x depth, MoE
-    layers, router, total and active parameters, GFLOPs per image (analytic, at the evaluation capacity)."""
-    rows = []
-    for name in params["models"]:
-        config = model_config(name, params)
-        moe = config.moe
-        rows.append({
-            "model": name,
-            "seeds": len(seeds_of(name, params)),
-            "width x depth": f"{config.width} x {config.depth}",
-            "MoE layers": "" if moe is None else str(models.moe_layers(config)),
-            "router": "" if moe is None else f"{moe.router} (E={moe.num_experts}, k={moe.k})",
-            "params (total)": models.param_count(config),
-            "params (active)": models.param_count(config, active=True),
-            "GFLOPs / image": models.flops_per_image(config) / 1e9,
-        })  # fmt: skip
-    return rows
-
-
-def train_all(params: Mapping[str, Any], log=print, **kwargs: Any) -> dict[tuple[str, int], cache.Trained]:
-    """Every model of ``params["models"]`` with each of its seeds (:func:`seeds_of`), from the cache or
-    trained now (:func:`get`); ``log`` gets one line per model and seed."""
-    results = {}
-    for name in params["models"]:
-        for seed in seeds_of(name, params):
-            trained = results[(name, seed)] = get(name, params, seed=seed, **kwargs)
-            how = "trained now" if trained.trained_now else "from the cache"
-            log(f"{name:16s} seed {seed}: test accuracy {trained.metrics['test']['accuracy']:.3f} "
-                f"({how}, {trained.metrics['train_seconds']:.0f} s of training)")  # fmt: skip
-    return results
-
-
-def test_accuracy_of(rows: list[Mapping[str, Any]], name: str) -> float | None:
-    """Mean test accuracy of model ``name`` in :func:`summarize`'s rows (None when it was not trained)."""
-    return next((r["test_accuracy"] for r in rows if r["model"] == name), None)
 
 
 def backbone_notes(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> list[str]:
@@ -500,51 +516,3 @@ def backbone_notes(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") 
                 "compute)"
             )
     return notes
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """The first whole routing groups of a dataset's test split, as notebook 02's models see them:
-    ``raw [B, H, W, C]`` uint8 (for showing), ``images`` float in [-1, 1], ``labels [B]`` (the labels the
-    models learned: fine or coarse), ``total`` images in the split."""
-
-    dataset: str
-    raw: np.ndarray
-    images: np.ndarray
-    labels: np.ndarray
-    total: int
-    group_size: int
-
-    @property
-    def count(self) -> int:
-        return len(self.labels)
-
-    def record(self, batch_size: int) -> dict[str, Any]:
-        """How these images were evaluated, for a figures JSON."""
-        return {"split": "test", "images": self.count, "order": "stored", "batch_size": batch_size,
-                "group_size": self.group_size}  # fmt: skip
-
-    def describe(self, batch_size: int) -> str:
-        return (
-            f"{self.dataset} test split: the first {self.count} of {self.total} images, in batches of "
-            f"{batch_size} ({batch_size // self.group_size} routing groups of {self.group_size} images each)"
-        )
-
-
-def eval_set(params: Mapping[str, Any], max_images: int) -> EvalSet:
-    """The first ``max_images`` test images of notebook 02's dataset (``params``: 02's knobs, e.g.
-    :attr:`ZooRun.params`), cut down to whole routing groups of ``params["group_size"]``."""
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-        raise ValueError(f"max_images={max_images!r} is not valid; expected a positive integer")
-    group = params["group_size"]
-    split = datasets.load_split(params["dataset"], "test", image_size=params["image_size"])
-    count = min(max_images, len(split.images)) // group * group
-    if count == 0:
-        raise ValueError(
-            f"max_images={max_images} leaves no whole routing group of group_size={group} images; "
-            f"expected at least {group}"
-        )
-    labels = split.coarse_labels if params["label"] == "coarse_label" else split.labels
-    raw = np.asarray(split.images[:count])
-    return EvalSet(params["dataset"], raw, datasets.to_float(raw), np.asarray(labels)[:count],
-                      len(split.images), group)  # fmt: skip
