@@ -61,8 +61,6 @@ class ExpertChoice(NamedTuple):
 
 # --------------------------------------------------------------------------------------------- validation
 # One helper per check, called at the boundaries; a wrong type raises TypeError, a wrong value ValueError.
-
-
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
@@ -141,8 +139,6 @@ def resolve_default(name: str, value: str | None, defaults: dict[str, str], allo
 
 
 # ----------------------------------------------------------------------------------------------- capacity
-
-
 def capacity(
     num_tokens: int, num_experts: int, k: int, capacity_factor: float, multiple_of: int | None = None
 ) -> int:
@@ -170,17 +166,15 @@ def capacity(
 
 
 # ------------------------------------------------------------------------------------------------ routers
-
-
-def _slots_in_service_order(expert_served: Array, num_experts: int) -> Array:
-    """Slot of each choice of ``expert_served[..., K, S]`` (in service order): how many earlier choices asked
-    for the same expert."""
-    *lead, num_choices, num_tokens = expert_served.shape
-    flat = expert_served.reshape(*lead, num_choices * num_tokens)
+def _slots_in_service_order(served: Array, num_experts: int) -> Array:
+    """Slot of each choice of ``served[..., S, K]`` (tokens in service order, served K-major): how many
+    earlier choices asked for the same expert."""
+    *lead, num_tokens, num_choices = served.shape
+    flat = jnp.swapaxes(served, -1, -2).reshape(*lead, num_choices * num_tokens)  # K-major
     one_hot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32)  # [..., K*S, E]
     position = jnp.cumsum(one_hot, axis=-2) - 1  # [..., K*S, E]
     slot = jnp.sum(position * one_hot, axis=-1)  # [..., K*S]
-    return slot.reshape(*lead, num_choices, num_tokens)
+    return jnp.swapaxes(slot.reshape(*lead, num_choices, num_tokens), -1, -2)
 
 
 def _bpr_slots_pairwise(top_experts: Array, priority: Array, num_experts: int) -> Array:
@@ -207,21 +201,14 @@ def top_k_routing(
     renormalize: bool = False,
     bpr_method: str | None = None,
 ) -> Assignment:
-    """V-MoE top-k routing with a fixed capacity, optionally with Batch Prioritized Routing.
-
-    Args:
-      gates: ``[..., S, E]`` router probabilities (any leading group dims G...).
-      k: choices per token K, 1 <= K <= E.
-      capacity: slots per expert C >= 1 (see :func:`capacity`).
-      batch_priority: serve tokens in descending order of their top-1 gate (BPR) instead of position order.
-      renormalize: divide each token's kept weights by their sum (off by default, as in V-MoE); a token with
-        nothing kept keeps weights 0 (no NaN, finite gradients). Which choices are kept does not change.
-      bpr_method: ``"sort"`` or ``"pairwise"`` (identical results), or None for ``BPR_METHOD`` here.
+    """V-MoE top-k routing of ``gates[..., S, E]`` with K = ``k`` choices and C = ``capacity`` slots.
 
     A token's K choices are its K largest gates, descending (ties to the lower expert). Choices are served
-    K-major (all first choices, then all second ...); within a level in position order, or with BPR in
-    descending top-1 gate (ties keep position order). Each expert fills slots 0, 1, ... in service order; a
-    choice that finds its expert full is dropped, not re-routed. Returns an :class:`Assignment`.
+    K-major (all first choices, then all second ...); within a level in position order, or with
+    ``batch_priority`` (BPR) in descending top-1 gate (ties keep position order). Each expert fills slots
+    0, 1, ... in service order; a choice that finds its expert full is dropped, not re-routed.
+    ``renormalize`` divides each token's kept weights by their sum (off, as in V-MoE; a token with nothing
+    kept keeps weights 0, finite gradients). ``bpr_method``: "sort", "pairwise" or None (``BPR_METHOD``).
     """
     _check_gates(gates)
     num_experts = gates.shape[-1]  # E: the last dim of gates
@@ -237,14 +224,13 @@ def top_k_routing(
     chosen = jax.nn.one_hot(top_experts, num_experts, dtype=gates.dtype)  # [..., S, K, E]
     top_gates = jnp.sum(gates[..., None, :] * chosen, axis=-1)  # [..., S, K]
     if not batch_priority:  # position order: the token order is already the service order
-        slot = jnp.swapaxes(_slots_in_service_order(jnp.swapaxes(top_experts, -1, -2), num_experts), -1, -2)
+        slot = _slots_in_service_order(top_experts, num_experts)
     elif bpr_method == "pairwise":
         slot = _bpr_slots_pairwise(top_experts, jax.lax.stop_gradient(top_gates[..., 0]), num_experts)
     else:
         order = jnp.argsort(-top_gates[..., 0], axis=-1, stable=True)  # [..., S] tokens in service order
         served = jnp.take_along_axis(top_experts, order[..., None], axis=-2)  # [..., S, K] in service order
-        slot_served = _slots_in_service_order(jnp.swapaxes(served, -1, -2), num_experts)  # [..., K, S]
-        slot_by_service = jnp.swapaxes(slot_served, -1, -2)  # [..., S, K], rows in service order
+        slot_by_service = _slots_in_service_order(served, num_experts)  # [..., S, K], rows in service order
         # Back to token order: row i belongs to token order[i] (a permutation: a unique-index scatter).
         slot = _over_groups(
             lambda rows, tokens: jnp.zeros_like(rows).at[tokens].set(rows, unique_indices=True),
@@ -278,8 +264,6 @@ def expert_choice_routing(gates: Array, capacity: int) -> ExpertChoice:
 
 
 # ---------------------------------------------------------------------------------------- dispatch/combine
-
-
 def _over_groups(fn: Callable, num_group_dims: int) -> Callable:
     """``fn`` written for one group, mapped over ``num_group_dims`` leading dims of every argument."""
     for _ in range(num_group_dims):
@@ -300,16 +284,14 @@ def _check_routing(routing, num_experts: int, capacity: int) -> None:
         raise TypeError(f"routing must be an Assignment or an ExpertChoice, got {type(routing).__name__}")
 
 
-def assignment_tensors(assignment: Assignment, num_experts: int, capacity: int) -> tuple[Array, Array]:
-    """Dispatch mask (1 iff a kept choice of token s holds slot c of expert e) and combine weights (the mask
-    times that choice's weight), each ``[..., S, E, C]``. Dropped choices (slot == C) one-hot to zeros."""
+def _assignment_tensor(assignment: Assignment, num_experts: int, capacity: int, weighted: bool) -> Array:
+    """``[..., S, E, C]``: 1 iff a kept choice of token s holds slot c of expert e (dropped ones, slot == C,
+    one-hot to zeros), times that choice's weight when ``weighted`` (the combine tensor)."""
     expert_one_hot = jax.nn.one_hot(assignment.expert, num_experts, dtype=assignment.weight.dtype)
     slot_one_hot = jax.nn.one_hot(assignment.slot, capacity, dtype=assignment.weight.dtype)  # [..., S, K, C]
-    dispatch_mask = jnp.einsum("...SKE,...SKC->...SEC", expert_one_hot, slot_one_hot, precision=_EXACT)
-    combine_weights = jnp.einsum(
-        "...SK,...SKE,...SKC->...SEC", assignment.weight, expert_one_hot, slot_one_hot, precision=_EXACT
-    )
-    return dispatch_mask, combine_weights
+    if weighted:
+        expert_one_hot = assignment.weight[..., None] * expert_one_hot
+    return jnp.einsum("...SKE,...SKC->...SEC", expert_one_hot, slot_one_hot, precision=_EXACT)
 
 
 def _flat_slot_index(assignment: Assignment, capacity: int, num_experts: int) -> Array:
@@ -375,7 +357,7 @@ def dispatch(x: Array, routing, num_experts: int, capacity: int, backend: str | 
             return jnp.einsum("...ECS,...SD->...ECD", token_one_hot, x, precision=_EXACT)
         return _over_groups(lambda xg, tg: xg[tg], x.ndim - 2)(x, routing.token)
     if backend == "einsum":
-        dispatch_mask, _ = assignment_tensors(routing, num_experts, capacity)
+        dispatch_mask = _assignment_tensor(routing, num_experts, capacity, weighted=False)
         return jnp.einsum("...SEC,...SD->...ECD", dispatch_mask.astype(x.dtype), x, precision=_EXACT)
     flat_index = _flat_slot_index(routing, capacity, num_experts)
     one_group = functools.partial(_dispatch_indices_one_group, num_buffer_rows=num_experts * capacity)
@@ -392,9 +374,7 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
     _check_routing(routing, num_experts, capacity)
     if isinstance(routing, ExpertChoice):
         if num_tokens is None:
-            raise ValueError(
-                "num_tokens is required to combine an ExpertChoice routing (S, tokens per group)"
-            )
+            raise ValueError("num_tokens is required to combine an ExpertChoice (S, tokens per group)")
         check_int("num_tokens", num_tokens)
         weighted = routing.weight[..., None].astype(y.dtype) * y  # [..., E, C, D]
         if backend == "einsum":
@@ -411,7 +391,7 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
             f"num_tokens={num_tokens} does not match routing.expert.shape[-2]={routing.expert.shape[-2]}"
         )
     if backend == "einsum":
-        _, combine_weights = assignment_tensors(routing, num_experts, capacity)
+        combine_weights = _assignment_tensor(routing, num_experts, capacity, weighted=True)
         return jnp.einsum("...SEC,...ECD->...SD", combine_weights.astype(y.dtype), y, precision=_EXACT)
     flat_index = _flat_slot_index(routing, capacity, num_experts)
     y_flat = y.reshape(*y.shape[:-3], num_experts * capacity, y.shape[-1])
@@ -419,8 +399,6 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
 
 
 # ------------------------------------------------------------------------------------------------ dropless
-
-
 class DroplessRouting(NamedTuple):
     """Token choice without capacity: every choice is served. ``expert[..., S, K]`` (int32) and
     ``weight[..., S, K]`` as in :class:`Assignment`; with R = G x S x K choice rows, ``order[R]`` (int32) the
@@ -471,8 +449,6 @@ def dropless_combine(rows: Array, routing: DroplessRouting) -> Array:
 
 
 # ------------------------------------------------------------------------------------------ auxiliary losses
-
-
 def _cv_squared(values: Array) -> Array:
     """Squared coefficient of variation, ``[..., E] -> [...]``: var / mean**2 (the variance, not the square
     of a std, so the gradient is finite when all values are equal; a std has a NaN gradient there)."""
@@ -546,8 +522,6 @@ def router_z_loss(logits: Array) -> Array:
 
 
 # -------------------------------------------------------------------------------------------- router noise
-
-
 def noisy_router_logits(
     logits: Array, rng: Array | None, noise_std: float = 1.0, *, deterministic: bool = False
 ) -> tuple[Array, float]:
@@ -566,7 +540,6 @@ def noisy_router_logits(
 
 
 # ------------------------------------------------------------------------------------------------ MoE layer
-
 MOE_ROUTERS = ("top_k", "expert_choice", "soft")
 
 

@@ -9,7 +9,6 @@ from sparse_experts.models.moe import MoeMlp, apply_stacked, stacked_experts
 from sparse_experts.models.sizing import activation_bytes, flops_per_image, memory_plan, param_count
 from sparse_experts.models.vit import (
     SIZES,
-    Encoder,
     MoeConfig,
     Norm,
     ViT,

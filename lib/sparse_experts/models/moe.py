@@ -203,12 +203,8 @@ class MoeMlp(nnx.Module):
         tokens = x.reshape(G, S, D)
         # Full float32 router (as Switch advises): which expert a token meets must not depend on the
         # platform's default matmul precision.
-        logits = jnp.einsum(
-            "GSD,DE->GSE",
-            tokens.astype(jnp.float32),
-            self.router_kernel[...].astype(jnp.float32),
-            precision=_EXACT,
-        )
+        kernel = self.router_kernel[...].astype(jnp.float32)
+        logits = jnp.einsum("GSD,DE->GSE", tokens.astype(jnp.float32), kernel, precision=_EXACT)
         if train and self.noise_std > 0:
             rng = self.noise_rngs.noise() if rng is None else rng
             noisy, std_added = noisy_router_logits(logits, rng, self.noise_std)
@@ -227,19 +223,15 @@ class MoeMlp(nnx.Module):
             expert_one_hot = jax.nn.one_hot(routing.expert, E, dtype=jnp.float32)  # [G, S, K, E]
             combine_weights = jnp.einsum("GSK,GSKE->GSE", routing.weight, expert_one_hot, precision=_EXACT)
             kept_per_token = jnp.einsum("GSK,GSKE->GSE", kept, expert_one_hot, precision=_EXACT)  # 0 or 1
-            num_choices = G * S * k
+            dropped = 1.0 - jnp.sum(kept_per_token) / (G * S * k)
         else:
             routing = expert_choice_routing(gates, C)
             taken = jax.nn.one_hot(routing.token, S, dtype=jnp.float32)  # [G, E, C, S]
             combine_weights = jnp.einsum("GECS,GEC->GSE", taken, routing.weight, precision=_EXACT)
             kept_per_token = jnp.sum(taken, axis=2).swapaxes(-1, -2)  # [G, S, E]
-            num_choices = G * S
+            dropped = jnp.mean((jnp.sum(kept_per_token, axis=-1) == 0).astype(jnp.float32))
         buffers = dispatch(tokens, routing, E, C, backend=self.backend)  # [G, E, C, D]
         y = combine(self.apply_experts(buffers, mesh), routing, backend=self.backend, num_tokens=S)
-        if self.router == "top_k":
-            dropped = 1.0 - jnp.sum(kept_per_token) / num_choices
-        else:
-            dropped = jnp.mean((jnp.sum(kept_per_token, axis=-1) == 0).astype(jnp.float32))
         record = {
             "combine_weights": combine_weights.reshape(B, N, E),
             "gates": gates.reshape(B, N, E),

@@ -123,24 +123,18 @@ class MemoryPlan:
         return self.params + self.optimizer_state + self.gradients + self.activations
 
     @property
-    def param_shard_factor(self) -> float:
-        """Whole-model parameter bytes over the bytes on one device: the effective parameter sharding."""
+    def param_shard_factor(self) -> float:  # the effective parameter sharding
         return self.params_unsharded / self.params
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.update(num_devices=self.num_devices, total=self.total, notes=list(self.notes))
-        out["param_shard_factor"] = self.param_shard_factor
-        return out
+        return {**out, "param_shard_factor": self.param_shard_factor}
 
     def rows(self) -> list[tuple[str, int]]:
-        return [
-            ("parameters", self.params),
-            ("optimizer state", self.optimizer_state),
-            ("gradients", self.gradients),
-            ("activations", self.activations),
-            ("total", self.total),
-        ]
+        names = ("parameters", "optimizer state", "gradients", "activations", "total")
+        values = (self.params, self.optimizer_state, self.gradients, self.activations, self.total)
+        return list(zip(names, values, strict=True))
 
     def per_device_bytes(self) -> dict[str, int]:
         return dict(self.rows())

@@ -6,17 +6,13 @@ Layer: imports nothing of the package (it sits under :mod:`sparse_experts.models
 
 from sparse_experts.parallel.experts import EXPERT_AXIS, expert_parallel_apply
 from sparse_experts.parallel.mesh import (
-    AXES,
     FSDP_RULES,
     TP_RULES,
-    LogicalRules,
-    batch_sharding,
     create_sharded,
     data_axes,
     make_mesh,
     num_data_shards,
     param_shardings,
-    partition_rules,
     partition_spec_for,
     partition_specs,
     shard_batch,

@@ -162,24 +162,6 @@ def partition_spec_for(
     return PartitionSpec(*spec)
 
 
-def _state_of(model_or_state: Any) -> nnx.State:
-    return model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
-
-
-def _logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
-    axes = variable.get_metadata().get("out_sharding")
-    return tuple(axes) if axes else None
-
-
-def _map_variables(fn, state: nnx.State) -> nnx.State:
-    """fn(path string, variable) -> new value, over every Variable of ``state``; keeps the State layout."""
-
-    def visit(path, variable):
-        return variable.replace(fn(jax.tree_util.keystr(path, simple=True, separator="/"), variable))
-
-    return jax.tree_util.tree_map_with_path(visit, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def partition_specs(
     model_or_state: Any,
     rules: LogicalRules = TP_RULES,
@@ -188,10 +170,13 @@ def partition_specs(
     """``nnx.state(model)`` with a PartitionSpec (:func:`partition_spec_for`) in every Variable, for real and
     abstract (``nnx.eval_shape``) models; Variables without axis metadata are replicated."""
 
-    def spec(path, variable):
-        return partition_spec_for(_logical_axes(variable), variable.shape, rules, mesh, where=path)
+    def spec(path, variable: nnx.Variable):
+        where = jax.tree_util.keystr(path, simple=True, separator="/")
+        axes = variable.get_metadata().get("out_sharding")
+        return variable.replace(partition_spec_for(axes, variable.shape, rules, mesh, where=where))
 
-    return _map_variables(spec, _state_of(model_or_state))
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
+    return jax.tree_util.tree_map_with_path(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def param_shardings(model_or_state: Any, mesh: Mesh, rules: LogicalRules = TP_RULES) -> nnx.State:
