@@ -1,12 +1,4 @@
-"""Command line: ``python -m sparse_experts.datasets {list,prepare,info,grid} ...``.
-
-- ``prepare NAME...``: generate embedded datasets / download and prepare catalog ones (array_record).
-- ``info NAME``: classes, hierarchy, splits, group and allowed augmentations.
-- ``grid NAME --out PNG [--split S] [--count N | --by-class K] [--labels]``: save an example image grid
-  (``--by-class K``: one row of K examples per class, in label order).
-
-``--data-dir`` overrides the TFDS data_dir (default ``paths.tfds_data_dir()``).
-"""
+"""Command line: ``python -m sparse_experts.datasets [--data-dir DIR] {list,prepare,info,grid} ...``."""
 
 from __future__ import annotations
 
@@ -21,9 +13,7 @@ from sparse_experts.datasets import grid, loader
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sparse_experts.datasets", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m sparse_experts.datasets", description=__doc__)
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: <repo>/data/tfds)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the embedded datasets")
@@ -36,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p_grid.add_argument("--out", required=True)
     p_grid.add_argument("--split", default="train")
     p_grid.add_argument("--count", type=int, default=64)
-    p_grid.add_argument(
-        "--cols", type=int, default=None, help="images per row (default 8, or K with --by-class)"
-    )
+    p_grid.add_argument("--cols", type=int, help="images per row (default 8, or K with --by-class)")
     p_grid.add_argument("--scale", type=int, default=2)
     p_grid.add_argument("--by-class", type=int, default=0, help="one row of this many examples per class")
     p_grid.add_argument("--labels", action="store_true", help="caption each image with its class name")

@@ -1,14 +1,10 @@
 """The embedded datasets as real tensorflow-datasets builders (array_record files, read back without TF).
 
-- ``sew_digits``: scikit-learn's 8x8 digits (see ``digits.py``).
-- ``sew_shapes/<config>``: the procedural shapes tasks (see ``tasks.py``); one :class:`ShapesConfig` per
-  task, carrying the seed and the split sizes.
-
-Both write ``tfds.features.Tensor`` uint8 images (``encoding="bytes"``: raw bytes, several times faster to
-write and read than TFDS's default int64 list) and ``ClassLabel`` labels, so preparing and reading need
-no TensorFlow. Importing this module registers the builders with TFDS (``tfds.builder("sew_shapes/count",
-data_dir=...)`` works after ``import sparse_experts.datasets``). The ``sew_`` prefix (sparse experts
-workbook) keeps the names clear of the TFDS catalog.
+``sew_digits`` (``digits.py``) and ``sew_shapes/<config>`` (``tasks.py``, one :class:`ShapesConfig` per task
+with its seed and split sizes) write ``Tensor`` uint8 images with ``encoding="bytes"`` (raw bytes, several
+times faster than TFDS's default int64 list) and ``ClassLabel`` labels, so preparing and reading need no
+TensorFlow. Importing this module registers them with TFDS; ``sew_`` (sparse experts workbook) keeps the
+names clear of the TFDS catalog.
 """
 
 from __future__ import annotations
@@ -21,14 +17,22 @@ import tensorflow_datasets as tfds
 
 from sparse_experts.datasets import tasks
 from sparse_experts.datasets.digits import DIGITS_CLASS_NAMES, DIGITS_SEED, DIGITS_SIZES, digits_splits
+from sparse_experts.datasets.splits import SPLITS
 
 GENERATION_COUNTS: Counter[str] = Counter()
 """How many times each builder/config generated its examples in this process (tests check reuse)."""
 
-_SPLITS = ("train", "validation", "test")
+
+class _ArraysBuilder(tfds.core.GeneratorBasedBuilder):
+    """Writes splits given as arrays (abstract: TFDS does not register it)."""
+
+    def _generate_examples(self, arrays: dict[str, np.ndarray]):
+        keys = [k for k in ("label", "coarse_label") if k in arrays]
+        for i in range(len(arrays["label"])):
+            yield i, {"image": arrays["image"][i], **{k: int(arrays[k][i]) for k in keys}}
 
 
-class SewDigits(tfds.core.GeneratorBasedBuilder):
+class SewDigits(_ArraysBuilder):
     """scikit-learn's 1,797 handwritten 8x8 digits, fixed stratified splits of 1,257 / 270 / 270."""
 
     VERSION = tfds.core.Version("1.1.0")
@@ -59,11 +63,7 @@ class SewDigits(tfds.core.GeneratorBasedBuilder):
         del dl_manager  # nothing to download
         GENERATION_COUNTS["sew_digits"] += 1
         splits = digits_splits(DIGITS_SEED)
-        return {name: self._generate_examples(splits[name]) for name in _SPLITS}
-
-    def _generate_examples(self, arrays: dict[str, np.ndarray]):
-        for i in range(len(arrays["label"])):
-            yield i, {"image": arrays["image"][i], "label": int(arrays["label"][i])}
+        return {name: self._generate_examples(splits[name]) for name in SPLITS}
 
 
 @dataclasses.dataclass(eq=False)
@@ -86,24 +86,21 @@ def shapes_config(task: str, *, seed: int = 0, sizes: dict[str, int] | None = No
     """
     if task not in tasks.TASKS:
         raise ValueError(f"shapes_config: unknown task={task!r}; allowed: {tuple(tasks.TASKS)}")
-    if sizes is not None and set(sizes) != set(_SPLITS):
-        raise ValueError(f"shapes_config: sizes={sizes!r} must give a size for each split {_SPLITS}")
-    name = task
-    if seed != 0:
-        name += f"_seed{seed}"
+    if sizes is not None and set(sizes) != set(SPLITS):
+        raise ValueError(f"shapes_config: sizes={sizes!r} must give a size for each split {SPLITS}")
+    name = task + (f"_seed{seed}" if seed != 0 else "")
     if sizes is not None:
-        name += "_n" + "-".join(str(int(sizes[s])) for s in _SPLITS)
-    spec = tasks.TASKS[task]
+        name += "_n" + "-".join(str(int(sizes[s])) for s in SPLITS)
     return ShapesConfig(
         name=name,
-        description=spec.description,
+        description=tasks.TASKS[task].description,
         task=task,
         seed=int(seed),
-        sizes=tuple((s, int(sizes[s])) for s in _SPLITS) if sizes is not None else (),
+        sizes=tuple((s, int(sizes[s])) for s in SPLITS) if sizes is not None else (),
     )
 
 
-class SewShapes(tfds.core.GeneratorBasedBuilder):
+class SewShapes(_ArraysBuilder):
     """Procedurally rendered 32x32 RGB shapes: an upstream pretraining set and low-data downstream tasks."""
 
     VERSION = tfds.core.Version("1.1.0")
@@ -140,11 +137,4 @@ class SewShapes(tfds.core.GeneratorBasedBuilder):
         cfg: ShapesConfig = self.builder_config
         GENERATION_COUNTS[f"sew_shapes/{cfg.name}"] += 1
         sizes = cfg.split_sizes()
-        return {s: self._generate_examples(tasks.generate(cfg.task, s, sizes[s], cfg.seed)) for s in _SPLITS}
-
-    def _generate_examples(self, arrays: dict[str, np.ndarray]):
-        keys = [k for k in ("label", "coarse_label") if k in arrays]
-        for i in range(len(arrays["label"])):
-            example = {"image": arrays["image"][i]}
-            example.update({k: int(arrays[k][i]) for k in keys})
-            yield i, example
+        return {s: self._generate_examples(tasks.generate(cfg.task, s, sizes[s], cfg.seed)) for s in SPLITS}

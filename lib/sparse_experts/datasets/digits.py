@@ -1,8 +1,4 @@
-"""scikit-learn's 8x8 handwritten digits (1,797 real images, shipped inside scikit-learn: no download).
-
-:func:`digits_splits` scales the 0..16 grey levels to 0..255 and cuts fixed stratified train / validation /
-test splits (1,257 / 270 / 270) from a fixed seed.
-"""
+"""scikit-learn's 8x8 handwritten digits (1,797 real images, shipped inside scikit-learn: no download)."""
 
 from __future__ import annotations
 
@@ -15,12 +11,11 @@ DIGITS_CLASS_NAMES = tuple(str(d) for d in range(10))
 
 
 def digits_splits(seed: int = DIGITS_SEED) -> dict[str, dict[str, np.ndarray]]:
-    """Split -> {"image": uint8 [N, 8, 8, 1], "label": int32 [N]}; stratified by label, order shuffled.
+    """Split -> {"image": uint8 [N, 8, 8, 1] (grey levels 0..16 scaled to 0..255), "label": int32 [N]}.
 
-    Per class, the examples are permuted with ``np.random.default_rng(seed)`` and dealt out so that each
-    split gets its share of every digit (rounded, with the remainder going to train).
+    Stratified: per class, the examples are permuted with ``np.random.default_rng(seed)`` and dealt out so
+    that each split gets its share of every digit (rounded, the remainder going to train); order shuffled.
     """
-
     data = load_digits()
     images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = data.target.astype(np.int32)

@@ -10,17 +10,8 @@ from PIL import Image, ImageDraw
 
 
 def image_grid(images: np.ndarray, *, cols: int = 8, scale: int = 2, pad: int = 2) -> np.ndarray:
-    """Tile images into one picture.
-
-    Args:
-      images: uint8 [B, height, width, channels] (channels 1 or 3).
-      cols: images per row.
-      scale: integer upscaling factor (nearest neighbour).
-      pad: white pixels between tiles (before scaling).
-
-    Returns:
-      uint8 [rows * (height + pad) * scale, cols * (width + pad) * scale, 3].
-    """
+    """Tile uint8 [B, height, width, 1 or 3] images, ``cols`` per row, ``pad`` white pixels apart, then
+    upscale ``scale`` times: uint8 [rows * (height + pad) * scale, cols * (width + pad) * scale, 3]."""
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"image_grid: images must be uint8 [B, height, width, channels], got {images.shape}")
@@ -36,10 +27,8 @@ def image_grid(images: np.ndarray, *, cols: int = 8, scale: int = 2, pad: int = 
 
 
 def by_class(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
-    """Indices of the first ``per_class`` examples of each class, class after class.
-
-    Returns int [num_classes * per_class] (fewer when a class has fewer examples).
-    """
+    """Indices of the first ``per_class`` examples of each class, class after class (fewer when a class has
+    fewer examples)."""
     labels = np.asarray(labels)
     return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
 
@@ -52,13 +41,9 @@ def save_grid(
     class_names: Sequence[str] | None = None,
     cols: int = 8,
     scale: int = 2,
-    palette: bool = True,
 ) -> Path:
-    """Save :func:`image_grid` as a PNG; with ``labels`` and ``class_names``, one caption row per grid row.
-
-    ``palette`` stores 256 colours (a few times smaller files) instead of full RGB.
-    """
-
+    """Save :func:`image_grid` as a 256-colour PNG; with ``labels`` and ``class_names``, one caption row per
+    grid row."""
     grid = image_grid(images, cols=cols, scale=scale)
     img = Image.fromarray(grid)
     if labels is not None and class_names is not None:
@@ -78,7 +63,7 @@ def save_grid(
         img = canvas
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if palette:  # 256 colours: a few times smaller, good enough to look at
-        img = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    # 256 colours: files a few times smaller than RGB, good enough to look at
+    img = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     img.save(path, optimize=True)
     return path

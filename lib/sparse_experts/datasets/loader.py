@@ -1,24 +1,20 @@
 """One loader for every dataset: the embedded ones (generated on first use) and TFDS catalog datasets.
 
-- :func:`info` describes a dataset without reading it (classes, hierarchy, split sizes, group, allowed
-  augmentations).
-- :func:`load_split` reads one split into memory once per process, as numpy arrays.
-- :func:`batch_at` / :func:`batches` serve shuffled, optionally augmented batches whose content is a
-  function of ``(seed, step)`` only, so a resumed run sees exactly the batches it would have seen.
+:func:`info` describes a dataset without reading it, :func:`load_split` reads one split into memory once per
+process, and :func:`batch_at` / :func:`batches` serve shuffled, optionally augmented batches that are a
+function of ``(seed, step)`` only, so a resumed run sees exactly the batches it would have seen.
 
 Embedded datasets are TFDS builders (``builders.py``) prepared into ``paths.tfds_data_dir()`` (or the given
-``data_dir``) the first time they are needed and reused afterwards. Any other name is looked up in the TFDS
-catalog with the same ``data_dir``; if it is prepared there it is read the same way, otherwise
-:class:`DatasetNotPreparedError` says how to prepare it and which embedded dataset stands in for it.
-
-Image values: ``Split.images`` are uint8 [N, height, width, channels] in 0..255; batches carry float32 in
-[-1, 1] (``x / 127.5 - 1``, see :func:`to_float`).
+``data_dir``) when first needed. Any other name is a TFDS catalog dataset read from the same ``data_dir``;
+when it is not prepared there, :class:`DatasetNotPreparedError` says how to prepare it and which embedded
+dataset stands in for it (``data/README.md``).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -40,35 +36,18 @@ log = logging.getLogger(__name__)
 SPLITS = split_plans.SPLITS
 AUGMENTATIONS = ("crop", "flip")
 
-_SHAPES_TASKS = {
-    "shapes_upstream": "upstream",
-    "shapes_upstream_small": "upstream_small",
-    "shapes_novel": "novel",
-    "shapes_finegrained": "finegrained",
-    "shapes_shift": "shift",
-    "shapes_texture": "texture",
-    "shapes_count": "count",
-    "shapes_position": "position",
-    "shapes_orientation": "orientation",
-}
+_SHAPES_TASKS = {f"shapes_{task}": task for task in tasks.TASKS}
 DATASETS: tuple[str, ...] = ("digits", *_SHAPES_TASKS)
 """Names of the embedded datasets (generated offline on first use)."""
 DOWNSTREAM_TASKS: tuple[str, ...] = tuple(n for n, t in _SHAPES_TASKS.items() if not t.startswith("upstream"))
 """The low-data downstream tasks (train 800 / validation 200 / test 200 each)."""
 
 CATALOG_STAND_INS = {
-    "cifar10": "shapes_upstream",
-    "cifar100": "shapes_upstream",
-    "imagenet2012": "shapes_upstream",
-    "imagenet_v2": "shapes_upstream",
-    "mnist": "digits",
-    "svhn_cropped": "digits",
-    "oxford_flowers102": "shapes_finegrained",
-    "oxford_iiit_pet": "shapes_finegrained",
+    **dict.fromkeys(("cifar10", "cifar100", "imagenet2012", "imagenet_v2"), "shapes_upstream"),
+    **dict.fromkeys(("mnist", "svhn_cropped"), "digits"),
+    **dict.fromkeys(("oxford_flowers102", "oxford_iiit_pet"), "shapes_finegrained"),
     "caltech101": "shapes_novel",
-    "dtd": "shapes_texture",
-    "eurosat": "shapes_texture",
-    "resisc45": "shapes_texture",
+    **dict.fromkeys(("dtd", "eurosat", "resisc45"), "shapes_texture"),
     "clevr": "shapes_count",
     "dsprites": "shapes_position",
     "smallnorb": "shapes_orientation",
@@ -76,18 +55,13 @@ CATALOG_STAND_INS = {
 """Catalog dataset -> the embedded dataset that plays its role offline."""
 
 _CATALOG_GROUPS = {
-    "imagenet2012": "upstream",
-    "imagenet_v2": "upstream",
-    "eurosat": "specialized",
-    "resisc45": "specialized",
-    "patch_camelyon": "specialized",
-    "diabetic_retinopathy_detection": "specialized",
-    "clevr": "structured",
-    "dsprites": "structured",
-    "smallnorb": "structured",
-    "kitti": "structured",
-    "dmlab": "structured",
+    **dict.fromkeys(("imagenet2012", "imagenet_v2"), "upstream"),
+    **dict.fromkeys(
+        ("eurosat", "resisc45", "patch_camelyon", "diabetic_retinopathy_detection"), "specialized"
+    ),
+    **dict.fromkeys(("clevr", "dsprites", "smallnorb", "kitti", "dmlab"), "structured"),
 }
+"""VTAB group of a catalog dataset (the others are "natural")."""
 
 
 def list_datasets() -> list[str]:
@@ -105,12 +79,10 @@ class DatasetInfo:
 
     ``image_shape`` is (height, width, channels), with None for a catalog dataset of varying image sizes
     (pass ``image_size`` to :func:`load_split`). ``fine_to_coarse`` is int32 [num_classes] (fine label ->
-    coarse label) when the dataset has a two-level hierarchy and the mapping is known ahead of the data.
-    ``augmentations`` lists what :func:`batches` may apply without changing the label ("crop", "flip").
-    ``splits`` counts the examples of the workbook's splits (train / validation / test); for a catalog
-    dataset ``split_sources`` gives the TFDS split expression each one reads (``datasets.splits.plan``:
-    CIFAR's validation is ``"train[98%:]"``, ImageNet's test its official validation split), and both are
-    empty when the dataset is neither prepared nor one whose sizes the workbook knows.
+    coarse label) when the mapping is known ahead of the data. ``augmentations`` lists what :func:`batches`
+    may apply without changing the label. ``splits`` counts the examples of the workbook's splits; for a
+    catalog dataset ``split_sources`` gives the TFDS split expression each one reads (``splits.plan``), and
+    both are empty when the dataset is neither prepared nor one whose sizes the workbook knows.
     """
 
     name: str
@@ -144,13 +116,9 @@ class Split:
         return len(self.labels)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Names, builders, info
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _is_embedded(name: str) -> bool:
-    return name in DATASETS
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _check_name(dataset: object) -> str:
@@ -163,21 +131,25 @@ def _data_dir(data_dir: str | Path | None) -> Path:
     return Path(data_dir).expanduser().resolve() if data_dir is not None else paths.tfds_data_dir()
 
 
-def _embedded_builder(name: str, data_dir: Path):
-
+def _builder(name: str, data_dir: Path):
+    """The TFDS builder of an embedded or catalog dataset."""
     if name == "digits":
         return builders.SewDigits(data_dir=str(data_dir), file_format="array_record")
-    return builders.SewShapes(config=_SHAPES_TASKS[name], data_dir=str(data_dir), file_format="array_record")
-
-
-def _catalog_builder(name: str, data_dir: Path):
-
+    if name in _SHAPES_TASKS:
+        return builders.SewShapes(
+            config=_SHAPES_TASKS[name], data_dir=str(data_dir), file_format="array_record"
+        )
     try:
         return tfds.builder(name, data_dir=str(data_dir))
     except tfds.core.registered.DatasetNotFoundError as err:
         raise ValueError(
             f"dataset={name!r} is neither an embedded dataset {DATASETS} nor a TFDS catalog dataset"
         ) from err
+
+
+def _raw_sizes(builder) -> dict[str, int]:
+    """A TFDS builder's own splits and their sizes (empty until it is prepared)."""
+    return {s: int(v.num_examples) for s, v in builder.info.splits.items()}
 
 
 def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
@@ -198,10 +170,7 @@ def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
         )
     if name in _SHAPES_TASKS:
         spec = tasks.TASKS[_SHAPES_TASKS[name]]
-        f2c = None
-        if spec.fine_to_coarse is not None:
-            f2c = np.asarray(spec.fine_to_coarse, np.int32)
-            f2c.flags.writeable = False
+        coarse = spec.coarse_names
         return DatasetInfo(
             name=name,
             image_shape=(32, 32, 3),
@@ -213,17 +182,16 @@ def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
             augmentations=spec.augmentations,
             source="embedded",
             tfds_name=f"sew_shapes/{spec.name}",
-            num_coarse_classes=None if spec.coarse_names is None else len(spec.coarse_names),
-            coarse_class_names=None if spec.coarse_names is None else list(spec.coarse_names),
-            fine_to_coarse=f2c,
+            num_coarse_classes=None if coarse is None else len(coarse),
+            coarse_class_names=None if coarse is None else list(coarse),
+            fine_to_coarse=None if coarse is None else _read_only(np.asarray(spec.fine_to_coarse, np.int32)),
         )
-    builder = _catalog_builder(name, _data_dir(data_dir))
+    builder = _builder(name, _data_dir(data_dir))
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise ValueError(
             f"dataset={name!r}: the loader needs 'image' and 'label' features, got {list(features)}"
         )
-    shape = tuple(features["image"].shape)
     coarse = features["coarse_label"] if "coarse_label" in features else None
     raw = _raw_sizes(builder) or dict(split_plans.RAW_SIZES.get(split_plans.base_name(name), {}))
     try:
@@ -234,7 +202,7 @@ def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
     group = _CATALOG_GROUPS.get(split_plans.base_name(name), "natural")
     return DatasetInfo(
         name=name,
-        image_shape=shape,
+        image_shape=tuple(features["image"].shape),
         num_classes=int(features["label"].num_classes),
         class_names=list(features["label"].names),
         splits=sizes,
@@ -247,11 +215,6 @@ def info(name: str, *, data_dir: str | Path | None = None) -> DatasetInfo:
         coarse_class_names=None if coarse is None else list(coarse.names),
         split_sources=sources,
     )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Preparing
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _not_prepared_message(name: str, data_dir: Path, reason: str) -> str:
@@ -269,26 +232,22 @@ def _not_prepared_message(name: str, data_dir: Path, reason: str) -> str:
 
 def is_prepared(name: str, *, data_dir: str | Path | None = None) -> bool:
     """Whether ``name`` is already prepared in ``data_dir``."""
-    name = _check_name(name)
-    ddir = _data_dir(data_dir)
-    builder = _embedded_builder(name, ddir) if _is_embedded(name) else _catalog_builder(name, ddir)
-    return bool(builder.is_prepared())
+    return bool(_builder(_check_name(name), _data_dir(data_dir)).is_prepared())
 
 
 def prepare(name: str, *, data_dir: str | Path | None = None) -> Path:
     """Generate (embedded) or download and prepare (catalog) ``name`` unless it is ready; returns its folder.
 
-    Embedded datasets are rendered offline and written as array_record files. Catalog datasets need network
-    and TensorFlow; without TensorFlow this raises :class:`DatasetNotPreparedError`.
+    Catalog datasets need network and TensorFlow; without TensorFlow this raises
+    :class:`DatasetNotPreparedError`.
     """
-
     name = _check_name(name)
     ddir = _data_dir(data_dir)
-    builder = _embedded_builder(name, ddir) if _is_embedded(name) else _catalog_builder(name, ddir)
+    builder = _builder(name, ddir)
     if builder.is_prepared():
         log.info("dataset %s: reusing %s", name, builder.data_dir)
         return Path(builder.data_dir)
-    if not _is_embedded(name) and importlib.util.find_spec("tensorflow") is None:
+    if name not in DATASETS and importlib.util.find_spec("tensorflow") is None:
         raise DatasetNotPreparedError(_not_prepared_message(name, ddir, "TensorFlow is not installed"))
     log.info("dataset %s: preparing into %s", name, builder.data_dir)
     start = time.perf_counter()
@@ -305,27 +264,12 @@ def prepare(name: str, *, data_dir: str | Path | None = None) -> Path:
     return Path(builder.data_dir)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Reading
-# ----------------------------------------------------------------------------------------------------------
-
 _CACHE: dict[tuple[str, str, str, int | None], Split] = {}
 
 
 def clear_cache() -> None:
     """Forget every split read in this process."""
     _CACHE.clear()
-
-
-def _check_split(split: object, allowed: Sequence[str]) -> str:
-    if not isinstance(split, str) or (allowed and split not in allowed):
-        raise ValueError(f"split={split!r} is not a split of this dataset; allowed: {tuple(allowed)}")
-    return split
-
-
-def _raw_sizes(builder) -> dict[str, int]:
-    """A TFDS builder's own splits and their sizes (empty until it is prepared)."""
-    return {s: int(v.num_examples) for s, v in builder.info.splits.items()}
 
 
 def _catalog_split(name: str, split: object, raw_sizes: dict[str, int]) -> str:
@@ -350,7 +294,6 @@ def _catalog_split(name: str, split: object, raw_sizes: dict[str, int]) -> str:
 
 def _resize(images: list[np.ndarray], size: int) -> np.ndarray:
     """Centre-crop each image to a square and resize it to [size, size] (bilinear, Pillow)."""
-
     out = []
     for im in images:
         h, w = im.shape[:2]
@@ -376,15 +319,16 @@ def _to_arrays(name: str, split: str, records: list[dict], image_size: int | Non
                 "pass image_size=... to load_split to resize them"
             )
         stacked = np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
-    stacked = stacked.astype(np.uint8, copy=False)
-    labels = np.asarray([int(r["label"]) for r in records], np.int32)
     coarse = None
     if records and "coarse_label" in records[0]:
-        coarse = np.asarray([int(r["coarse_label"]) for r in records], np.int32)
-    for arr in (stacked, labels, coarse):
-        if arr is not None:
-            arr.flags.writeable = False
-    return Split(dataset=name, split=split, images=stacked, labels=labels, coarse_labels=coarse)
+        coarse = _read_only(np.asarray([int(r["coarse_label"]) for r in records], np.int32))
+    return Split(
+        dataset=name,
+        split=split,
+        images=_read_only(stacked.astype(np.uint8, copy=False)),
+        labels=_read_only(np.asarray([int(r["label"]) for r in records], np.int32)),
+        coarse_labels=coarse,
+    )
 
 
 def load_split(
@@ -395,10 +339,6 @@ def load_split(
     Embedded datasets are generated into ``data_dir`` (default ``paths.tfds_data_dir()``) on first use.
     ``image_size`` resizes (centre crop + bilinear) every image to [image_size, image_size], needed for
     catalog datasets whose images vary in size.
-
-    Returns:
-      :class:`Split` with ``images`` uint8 [N, height, width, channels], ``labels`` int32 [N] and
-      ``coarse_labels`` int32 [N] (or None when the dataset has no coarse labels).
     """
     name = _check_name(name)
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
@@ -408,15 +348,16 @@ def load_split(
     if key in _CACHE:
         return _CACHE[key]
     start = time.perf_counter()
-    if _is_embedded(name):
-        _check_split(split, SPLITS)
+    if name in DATASETS:
+        if not isinstance(split, str) or split not in SPLITS:
+            raise ValueError(f"split={split!r} is not a split of this dataset; allowed: {SPLITS}")
         prepare(name, data_dir=ddir)
-        source = _embedded_builder(name, ddir).as_data_source(split=split)
+        source = _builder(name, ddir).as_data_source(split=split)
         records = []
         for lo in range(0, len(source), 4096):
             records.extend(source.__getitems__(list(range(lo, min(lo + 4096, len(source))))))
     else:
-        builder = _catalog_builder(name, ddir)
+        builder = _builder(name, ddir)
         if not builder.is_prepared():
             raise DatasetNotPreparedError(_not_prepared_message(name, ddir, "no prepared files found"))
         source = builder.as_data_source(split=_catalog_split(name, split, _raw_sizes(builder)))
@@ -425,11 +366,6 @@ def load_split(
     log.info("dataset %s/%s: read %d examples in %.1f s", name, split, len(out), time.perf_counter() - start)
     _CACHE[key] = out
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Batches
-# ----------------------------------------------------------------------------------------------------------
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -446,9 +382,7 @@ def _resolve_augment(name: str, augment: bool | Sequence[str] | None, data_dir) 
     allowed = info(name, data_dir=data_dir).augmentations
     if augment is True:
         return allowed
-    if isinstance(augment, str):
-        augment = (augment,)
-    augment = tuple(augment)
+    augment = (augment,) if isinstance(augment, str) else tuple(augment)
     bad = [a for a in augment if a not in AUGMENTATIONS]
     if bad:
         raise ValueError(f"augment={augment!r}: unknown augmentation(s) {bad}; known: {AUGMENTATIONS}")
@@ -464,14 +398,8 @@ def _resolve_augment(name: str, augment: bool | Sequence[str] | None, data_dir) 
 def augment_images(images: np.ndarray, augmentations: Sequence[str], rng: np.random.Generator) -> np.ndarray:
     """Random crop (reflect padding of height // 8 pixels, at least 1) and/or horizontal flip.
 
-    Args:
-      images: uint8 [B, height, width, channels].
-      augmentations: subset of ("crop", "flip").
-      rng: source of the random offsets and flips (both are always drawn, so the stream is the same
-        whatever subset is asked for).
-
-    Returns:
-      uint8 [B, height, width, channels].
+    ``images`` uint8 [B, height, width, channels] -> the same shape. ``rng`` draws the crop offsets, then
+    the flips, whatever subset of ("crop", "flip") is asked for, so the stream does not depend on it.
     """
     b, h, w, _ = images.shape
     pad = max(1, h // 8)
@@ -489,9 +417,17 @@ def augment_images(images: np.ndarray, augmentations: Sequence[str], rng: np.ran
     return out
 
 
+def _check_int(label: str, value: object, minimum: int, *, or_none: bool = False) -> None:
+    """``value`` must be an int >= ``minimum`` (0 or 1), or None when ``or_none``."""
+    if or_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        kind = "a positive int" if minimum else "a non-negative int"
+        raise ValueError(f"{label}={value!r} must be {kind}{' or None' if or_none else ''}")
+
+
 def _check_batch_size(batch_size: object, n: int, drop_remainder: bool) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    _check_int("batch_size", batch_size, 1)
     if drop_remainder and batch_size > n:
         raise ValueError(
             f"batch_size={batch_size} is larger than the split ({n} examples) with drop_remainder=True: "
@@ -507,9 +443,7 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = T
 
 @functools.lru_cache(maxsize=16)
 def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    order.flags.writeable = False
-    return order
+    return _read_only(np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n))
 
 
 def batch_at(
@@ -539,8 +473,7 @@ def batch_at(
     data = load_split(name, split, data_dir=data_dir, image_size=image_size)
     n = len(data)
     batch_size = _check_batch_size(batch_size, n, drop_remainder)
-    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-        raise ValueError(f"step={step!r} must be a non-negative int")
+    _check_int("step", step, 0)
     augs = _resolve_augment(name, augment, data_dir)
     epoch, i = divmod(int(step), steps_per_epoch(n, batch_size, drop_remainder))
     idx = _epoch_order(n, int(seed), epoch, bool(shuffle))[i * batch_size : (i + 1) * batch_size]
@@ -568,59 +501,29 @@ def batches(
     data_dir: str | Path | None = None,
     image_size: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Iterate over batches of one split (see :func:`batch_at` for content, order and augmentation).
+    """Iterate over the batches :func:`batch_at` gives for steps ``start_step, start_step + 1, ...``.
 
-    Args:
-      name, split: the dataset and split (see :func:`load_split`).
-      batch_size: B, a positive int (at most the split size when ``drop_remainder``).
-      seed: fixes the order of every epoch and the augmentation.
-      shuffle: reshuffle each epoch (False: split order, e.g. for evaluation).
-      augment: False, True (every augmentation the dataset allows) or a subset of ("crop", "flip"); asking
-        for one the dataset forbids (e.g. "flip" on ``shapes_orientation``) raises ValueError.
-      epochs: stop after this many passes; ``num_batches``: stop after this many batches (from
-        ``start_step``). Give at most one; neither means an endless stream.
-      start_step: the first step to yield (resume a run).
-      drop_remainder: skip each epoch's last partial batch (default, for training); set False to see
-        every example once per epoch (evaluation).
-
-    Yields:
-      dicts {"image": float32 [B, height, width, channels] in [-1, 1], "label": int32 [B],
-      "coarse_label": int32 [B] (when present)}.
+    ``augment``: False, True (every augmentation the dataset allows) or a subset of ("crop", "flip");
+    asking for one the dataset forbids (a flip on ``shapes_orientation``) raises ValueError. ``epochs``
+    stops after that many passes, ``num_batches`` after that many batches; at most one, neither means an
+    endless stream. ``drop_remainder=False`` (evaluation) sees every example once per epoch. Arguments are
+    checked at the call, before the first batch.
     """
     if epochs is not None and num_batches is not None:
         raise ValueError(f"give epochs={epochs!r} or num_batches={num_batches!r}, not both")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
-        raise ValueError(f"epochs={epochs!r} must be a non-negative int or None")
-    if num_batches is not None and (
-        isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0
-    ):
-        raise ValueError(f"num_batches={num_batches!r} must be a non-negative int or None")
-    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-        raise ValueError(f"start_step={start_step!r} must be a non-negative int")
-    # Validate everything before the generator starts, so that errors surface at the call.
+    _check_int("epochs", epochs, 0, or_none=True)
+    _check_int("num_batches", num_batches, 0, or_none=True)
+    _check_int("start_step", start_step, 0)
     data = load_split(name, split, data_dir=data_dir, image_size=image_size)
     batch_size = _check_batch_size(batch_size, len(data), drop_remainder)
     _resolve_augment(name, augment, data_dir)
-    per_epoch = steps_per_epoch(len(data), batch_size, drop_remainder)
     if epochs is not None:
-        stop: int | None = epochs * per_epoch
+        steps = range(start_step, epochs * steps_per_epoch(len(data), batch_size, drop_remainder))
     elif num_batches is not None:
-        stop = start_step + num_batches
+        steps = range(start_step, start_step + num_batches)
     else:
-        stop = None
-    kwargs = dict(
-        seed=seed,
-        shuffle=shuffle,
-        augment=augment,
-        drop_remainder=drop_remainder,
-        data_dir=data_dir,
-        image_size=image_size,
+        steps = itertools.count(start_step)
+    kwargs = dict(shuffle=shuffle, augment=augment, drop_remainder=drop_remainder, data_dir=data_dir)
+    return (
+        batch_at(name, split, batch_size, seed=seed, step=s, image_size=image_size, **kwargs) for s in steps
     )
-
-    def gen() -> Iterator[dict[str, np.ndarray]]:
-        step = start_step
-        while stop is None or step < stop:
-            yield batch_at(name, split, batch_size, step=step, **kwargs)
-            step += 1
-
-    return gen()

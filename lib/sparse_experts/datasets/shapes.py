@@ -1,20 +1,17 @@
 """Procedural 32x32 RGB scenes: a library of shapes, background textures and a vectorised renderer.
 
-Everything here is plain numpy and deterministic given a ``numpy.random.Generator``; ``tasks.py`` decides
-what to draw for each dataset, ``builders.py`` writes the result as TFDS records.
+Plain numpy, deterministic given a ``numpy.random.Generator``; ``tasks.py`` decides what to draw.
 
 Shapes are signed distance functions (SDFs) in an object-centred frame ``(u, v)`` where the object fits in
 the unit disc: each function maps coordinate arrays of any shape to a distance-like array that is negative
 inside the shape, zero on its outline and positive outside, in units of the object radius. Union is
 ``min``, intersection ``max``, cut-out ``max(a, -b)`` and an outline of thickness ``2t`` is ``|d| - t``. The
 renderer turns a distance into anti-aliased coverage with ``clip(0.5 - d * radius_in_pixels, 0, 1)``.
-
-Texture functions map pixel coordinates and per-image parameters to a pattern in [0, 1] that mixes two
-background colours.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,9 +23,7 @@ IMAGE_SIZE = 32
 Array = np.ndarray
 SDF = Callable[[Array, Array], Array]
 
-# ----------------------------------------------------------------------------------------------------------
 # SDF building blocks (u, v: float32 arrays of equal shape, object radius 1)
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _circle(u: Array, v: Array, r: float, cx: float = 0.0, cy: float = 0.0) -> Array:
@@ -73,10 +68,7 @@ def _strokes(u: Array, v: Array, segs: Sequence[tuple[tuple[float, float], tuple
 
 
 def _union(*ds: Array) -> Array:
-    out = ds[0]
-    for d in ds[1:]:
-        out = np.minimum(out, d)
-    return out
+    return functools.reduce(np.minimum, ds)
 
 
 def _star(u: Array, v: Array, n: int, r_out: float, r_in: float) -> Array:
@@ -130,11 +122,10 @@ def _centred(verts: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for x, y in pts]
 
 
-# ----------------------------------------------------------------------------------------------------------
 # The shape library. Canonical pose: pointing shapes point to +u; everything fits in the unit disc.
-# ----------------------------------------------------------------------------------------------------------
 
 _ARROW_HEAD = [(0.95, 0.0), (0.2, 0.5), (0.2, -0.5)]
+_F_STROKES = [((-0.55, -0.85), (-0.55, 0.85)), ((-0.55, 0.85), (0.6, 0.85)), ((-0.55, 0.0), (0.4, 0.0))]
 
 SHAPES: dict[str, SDF] = {
     # polygons (filled, convex)
@@ -194,24 +185,11 @@ SHAPES: dict[str, SDF] = {
     "glyph_h": lambda u, v: _strokes(
         u, v, [((-0.6, -0.85), (-0.6, 0.85)), ((0.6, -0.85), (0.6, 0.85)), ((-0.6, 0.0), (0.6, 0.0))], 0.13
     ),
-    "glyph_e": lambda u, v: _strokes(
-        u,
-        v,
-        [((-0.55, -0.85), (-0.55, 0.85)), ((-0.55, 0.85), (0.6, 0.85)), ((-0.55, 0.0), (0.4, 0.0))]
-        + [((-0.55, -0.85), (0.6, -0.85))],
-        0.13,
-    ),
-    "glyph_f": lambda u, v: _strokes(
-        u,
-        v,
-        [((-0.55, -0.85), (-0.55, 0.85)), ((-0.55, 0.85), (0.6, 0.85)), ((-0.55, 0.0), (0.4, 0.0))],
-        0.13,
-    ),
-    "glyph_a": lambda u, v: _strokes(
-        u,
-        v,
-        [((-0.7, -0.85), (0.0, 0.85)), ((0.0, 0.85), (0.7, -0.85)), ((-0.38, -0.15), (0.38, -0.15))],
-        0.13,
+    "glyph_e": lambda u, v: _strokes(u, v, _F_STROKES + [((-0.55, -0.85), (0.6, -0.85))], 0.13),
+    "glyph_f": lambda u, v: _strokes(u, v, _F_STROKES, 0.13),
+    "glyph_a": lambda u, v: _union(
+        _polyline(u, v, [(-0.7, -0.85), (0.0, 0.85), (0.7, -0.85)], 0.13),
+        _segment(u, v, (-0.38, -0.15), (0.38, -0.15), 0.13),
     ),
     "glyph_k": lambda u, v: _strokes(
         u, v, [((-0.55, -0.85), (-0.55, 0.85)), ((-0.5, 0.0), (0.6, 0.85)), ((-0.5, 0.0), (0.6, -0.85))], 0.13
@@ -292,22 +270,9 @@ SHAPES: dict[str, SDF] = {
 }
 """Every shape the renderer can draw, by name: an SDF in the object frame (radius 1)."""
 
-# ----------------------------------------------------------------------------------------------------------
-# Textures: pattern in [0, 1] from pixel coordinates and per-image parameters
-# ----------------------------------------------------------------------------------------------------------
+# Textures: a pattern in [0, 1] (mixing two background colours) from pixel coordinates and parameters
 
-TEXTURES: tuple[str, ...] = (
-    "stripes",
-    "checks",
-    "dots",
-    "grid",
-    "waves",
-    "rings",
-    "zigzag",
-    "speckle",
-    "blotches",
-    "gradient",
-)
+TEXTURES = tuple("stripes checks dots grid waves rings zigzag speckle blotches gradient".split())
 """The background patterns, in label order for the texture task."""
 
 
@@ -391,28 +356,16 @@ def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> Array:
     return rows[:, :, i0] * (1 - f)[None, None, :] + rows[:, :, i0 + 1] * f[None, None, :]
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Colour and compositing
-# ----------------------------------------------------------------------------------------------------------
 
 
 def hsv_to_rgb(h: Array, s: Array, v: Array) -> Array:
     """Vectorised HSV -> RGB: arrays of length n in [0, 1] -> float32 [n, 3]."""
     i = np.floor(h * 6.0).astype(np.int64) % 6
     f = h * 6.0 - np.floor(h * 6.0)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack(
-        [
-            np.stack([v, t, p], -1),
-            np.stack([q, v, p], -1),
-            np.stack([p, v, t], -1),
-            np.stack([p, q, v], -1),
-            np.stack([t, p, v], -1),
-            np.stack([v, p, q], -1),
-        ],
-        axis=1,
-    )  # [n, 6, 3]
-    return table[np.arange(len(h)), i].astype(np.float32)
+    vtpq = np.stack([v, v * (1 - (1 - f) * s), v * (1 - s), v * (1 - f * s)], -1)
+    sector_rgb = np.array([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]])  # into vtpq
+    return np.take_along_axis(vtpq, sector_rgb[i], axis=1).astype(np.float32)
 
 
 def random_colour(

@@ -1,20 +1,10 @@
-"""Which part of a TFDS catalog dataset each of the workbook's three splits reads.
+"""Which part of a TFDS catalog dataset each of the workbook's train / validation / test splits reads.
 
-Every notebook trains on ``train``, picks by ``validation`` and reports ``test``. Catalog datasets often lack
-one of these: CIFAR has no validation split, and ImageNet's test labels are not public. :func:`plan` maps the
-three names onto TFDS split expressions, following the usual practice of the papers' code bases:
-
-- CIFAR-10/100: the last 2% of train is held out as validation ("minival"), test is test.
-- ImageNet-2012: the last 1% of train is validation, the official validation split is the test split.
-- VTAB-style downstream tasks: a held-out slice of train where the dataset has no validation split
-  (pets 80/20, SVHN 90/10), and EuroSAT (train only) cut 60 / 20 / 20.
-- Any other dataset: its own splits when it has all three; otherwise the same rules applied generically
-  (:data:`FALLBACK_VALIDATION` of train as validation; with no test split, validation as test; with train
-  alone, 60 / 20 / 20).
-
-Slices are TFDS's (``"train[:98%]"``: percent boundaries rounded to the closest example), so the same plan
-gives the same examples on every machine. This module's code is part of every cache key
-(``cache.CODE_MODULES``): changing a plan retrains what was trained on it.
+Catalog datasets often lack one of the three (CIFAR has no validation split, ImageNet's test labels are not
+public): :func:`plan` maps them onto TFDS split expressions as the papers' code bases do (``KNOWN``, and
+generic rules for other datasets; the table is in ``data/README.md``). TFDS slices round percent boundaries
+to the closest example, so a plan gives the same examples on every machine. This module is part of every
+cache key (``cache.CODE_MODULES``): changing a plan retrains what was trained on it.
 """
 
 from __future__ import annotations
@@ -52,9 +42,8 @@ RAW_SIZES: dict[str, dict[str, int]] = {
     "dtd": {"train": 1_880, "validation": 1_880, "test": 1_880},
     "oxford_flowers102": {"train": 1_020, "validation": 1_020, "test": 6_149},
 }
-"""The TFDS catalog's published split sizes of the datasets in :data:`KNOWN`, so split sizes (and the
-presets' evaluation batches) can be checked before the data is prepared. :func:`plan` and :func:`sizes`
-use the prepared dataset's own sizes when it has them."""
+"""The TFDS catalog's published split sizes of the datasets in :data:`KNOWN`, so split sizes can be checked
+before the data is prepared (the prepared dataset's own sizes win)."""
 
 
 def base_name(name: str) -> str:
@@ -63,23 +52,13 @@ def base_name(name: str) -> str:
 
 
 def plan(name: str, available: Sequence[str] = ()) -> dict[str, str]:
-    """The TFDS split expression behind each workbook split of catalog dataset ``name``.
-
-    Args:
-      name: TFDS catalog name (config and version allowed: ``"eurosat/rgb"``).
-      available: the dataset's own split names once prepared; empty when unknown (then only datasets in
-        :data:`KNOWN` have a plan).
-
-    Returns:
-      ``{"train": expr, "validation": expr, "test": expr}``.
-
-    Raises:
-      ValueError: the plan reads a split the dataset does not have, or no rule fits its splits.
-    """
+    """``{"train": expr, "validation": expr, "test": expr}``: the TFDS split expressions of catalog dataset
+    ``name`` (config and version allowed: ``"eurosat/rgb"``) with its own splits ``available`` (empty when not
+    prepared: then :data:`RAW_SIZES`'s). ValueError when the plan reads a missing split or no rule fits."""
     available = tuple(available) or tuple(RAW_SIZES.get(base_name(name), ()))
     known = KNOWN.get(base_name(name))
     if known is not None:
-        missing = sorted({_split_of(e) for e in known.values()} - set(available))
+        missing = sorted({e.split("[")[0] for e in known.values()} - set(available))
         if missing:
             raise ValueError(
                 f"dataset={name!r}: the workbook's split plan {known} reads split(s) {missing}, but the "
@@ -102,13 +81,8 @@ def plan(name: str, available: Sequence[str] = ()) -> dict[str, str]:
     )
 
 
-def _split_of(expression: str) -> str:
-    return expression.split("[")[0]
-
-
 def sizes(split_plan: Mapping[str, str], raw_sizes: Mapping[str, int]) -> dict[str, int]:
     """Examples in each planned split, from the raw split sizes (TFDS's own slice arithmetic)."""
-
     infos = {
         k: tfds.core.SplitInfo(name=k, shard_lengths=[int(n)], num_bytes=0) for k, n in raw_sizes.items()
     }

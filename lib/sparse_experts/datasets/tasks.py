@@ -1,21 +1,15 @@
 """The shapes datasets: the upstream pretraining set and the low-data downstream tasks, as numpy arrays.
 
-Each task is a :class:`TaskSpec` (classes, label hierarchy, default split sizes, task group, allowed
-augmentations) plus a scene sampler. :func:`generate` renders one split deterministically: examples come
-in chunks of ``CHUNK`` images, chunk ``c`` of split ``s`` drawn from ``np.random.default_rng([seed,
-task code, split code, c])``, so the same (task, split, size, seed) gives byte-identical images, and a
-smaller size is a prefix of a larger one.
-
-Every image is 32x32 RGB uint8: a background texture in two colours (plain for some), sometimes a thin
-line across the image, small distractor specks, the main object(s) in a colour that contrasts with the
-background (solid, shaded or outlined; random scale, position, rotation and mirror image), then Gaussian
-pixel noise.
+Each task is a :class:`TaskSpec` plus a scene sampler. :func:`generate` renders one split deterministically:
+chunk ``c`` of ``CHUNK`` images of split ``s`` is drawn from ``np.random.default_rng([seed, task code, split
+code, c])``, so the same (task, split, size, seed) gives byte-identical images, and a smaller size is a
+prefix of a larger one. What each image holds is described per dataset in ``data/README.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,13 +36,11 @@ UPSTREAM_HIERARCHY: dict[str, tuple[str, ...]] = {
 }
 """Coarse class (shape family) -> its fine classes (shapes), in label order."""
 
-UPSTREAM_COARSE: tuple[str, ...] = tuple(UPSTREAM_HIERARCHY)
 UPSTREAM_FINE: tuple[str, ...] = tuple(f for fines in UPSTREAM_HIERARCHY.values() for f in fines)
 UPSTREAM_FINE_TO_COARSE: tuple[int, ...] = tuple(
     c for c, fines in enumerate(UPSTREAM_HIERARCHY.values()) for _ in fines
 )
 NOVEL_SHAPES = ("heart", "gear", "keyhole", "bowtie", "house", "lens", "teardrop", "crossed_ring")
-FINEGRAINED_FAMILY = "polygons"
 FINEGRAINED_SHAPES = ("right_triangle", "parallelogram", "kite", "trapezoid", "heptagon", "octagon")
 ORIENTATION_SHAPES = ("arrow", "block_arrow", "dart", "feathered_arrow", "pacman")
 ORIENTATION_NAMES = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
@@ -62,58 +54,51 @@ COUNT_SHAPES = (
 )
 """Compact, connected shapes only: a cluster of dots or a dashed bar would look like several objects."""
 
-_DOWNSTREAM_SIZES = {"train": 800, "validation": 200, "test": 200}
-_BOTH = ("crop", "flip")
-
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a shapes task is: classes (and hierarchy), default split sizes, group, allowed augmentations."""
+    """What a shapes task is: classes (and hierarchy), group, default split sizes, allowed augmentations."""
 
     name: str
     code: int
     class_names: tuple[str, ...]
     group: str
-    augmentations: tuple[str, ...]
-    sizes: dict[str, int]
     description: str
+    augmentations: tuple[str, ...] = ("crop", "flip")
+    sizes: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"train": 800, "validation": 200, "test": 200}
+    )
     coarse_names: tuple[str, ...] | None = None
     fine_to_coarse: tuple[int, ...] | None = None
 
 
+_UPSTREAM = TaskSpec(
+    "upstream",
+    1,
+    UPSTREAM_FINE,
+    "upstream",
+    "Upstream pretraining set: 60 shape classes in 10 families (coarse labels), with textured "
+    "backgrounds, distractor specks, lines and noise as nuisances.",
+    sizes={"train": 50_000, "validation": 5_000, "test": 5_000},
+    coarse_names=tuple(UPSTREAM_HIERARCHY),
+    fine_to_coarse=UPSTREAM_FINE_TO_COARSE,
+)
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in [
-        TaskSpec(
-            "upstream",
-            1,
-            UPSTREAM_FINE,
-            "upstream",
-            _BOTH,
-            {"train": 50_000, "validation": 5_000, "test": 5_000},
-            "Upstream pretraining set: 60 shape classes in 10 families (coarse labels), with textured "
-            "backgrounds, distractor specks, lines and noise as nuisances.",
-            UPSTREAM_COARSE,
-            UPSTREAM_FINE_TO_COARSE,
-        ),
-        TaskSpec(
-            "upstream_small",
-            1,
-            UPSTREAM_FINE,
-            "upstream",
-            _BOTH,
-            {"train": 2_000, "validation": 500, "test": 500},
-            "Smoke-test variant of the upstream set (same renderer, same streams: a prefix of it).",
-            UPSTREAM_COARSE,
-            UPSTREAM_FINE_TO_COARSE,
+        _UPSTREAM,
+        dataclasses.replace(
+            _UPSTREAM,
+            name="upstream_small",
+            sizes={"train": 2_000, "validation": 500, "test": 500},
+            description="Smoke-test variant of the upstream set (same renderer, same streams: "
+            "a prefix of it).",
         ),
         TaskSpec(
             "novel",
             2,
             NOVEL_SHAPES,
             "natural",
-            _BOTH,
-            _DOWNSTREAM_SIZES,
             "Object classes never seen upstream (8 held-out shapes): does the representation transfer?",
         ),
         TaskSpec(
@@ -121,8 +106,6 @@ TASKS: dict[str, TaskSpec] = {
             3,
             FINEGRAINED_SHAPES,
             "natural",
-            _BOTH,
-            _DOWNSTREAM_SIZES,
             "Six new polygon variants (the upstream 'polygons' family): an expert trained on that coarse "
             "class should be the right pick.",
         ),
@@ -131,8 +114,6 @@ TASKS: dict[str, TaskSpec] = {
             4,
             NOVEL_SHAPES,
             "natural",
-            _BOTH,
-            _DOWNSTREAM_SIZES,
             "The novel classes, with a distribution-shifted test split: grey objects, high-contrast "
             "backgrounds in clashing colours, more distractors and stronger noise.",
         ),
@@ -141,8 +122,6 @@ TASKS: dict[str, TaskSpec] = {
             5,
             sh.TEXTURES,
             "specialized",
-            _BOTH,
-            _DOWNSTREAM_SIZES,
             "Classify the background texture (10 patterns); the object is the nuisance (like land-cover or "
             "DTD textures: upstream treats this signal as noise).",
         ),
@@ -151,39 +130,31 @@ TASKS: dict[str, TaskSpec] = {
             6,
             tuple(str(k) for k in range(1, MAX_COUNT + 1)),
             "structured",
-            ("flip",),
-            _DOWNSTREAM_SIZES,
             f"How many objects (1 to {MAX_COUNT}), like CLEVR count; no distractor specks. Crops could cut "
             "an object off, so only flips are allowed.",
+            augmentations=("flip",),
         ),
         TaskSpec(
             "position",
             7,
             POSITION_NAMES,
             "structured",
-            (),
-            _DOWNSTREAM_SIZES,
             "Which cell of a 3x3 grid holds the object's centre, like dSprites location. Flips and crops "
             "change the answer, so no augmentation.",
+            augmentations=(),
         ),
         TaskSpec(
             "orientation",
             8,
             ORIENTATION_NAMES,
             "structured",
-            ("crop",),
-            _DOWNSTREAM_SIZES,
             "Which of 8 directions (45 degree bins) a pointing shape points to, like dSprites orientation. "
             "A flip mirrors the direction, so only crops are allowed.",
+            augmentations=("crop",),
         ),
     ]
 }
 """Every shapes task by name."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Scene sampling
-# ----------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -198,17 +169,19 @@ class _Style:
     noise: tuple[float, float] = (0.0, 0.05)
 
 
-def _background(rng: np.random.Generator, n: int, dark: np.ndarray, texture_ids: np.ndarray, style: _Style):
-    """Canvas float32 [n, height, width, 3]: two background colours mixed by a texture pattern."""
-    lo1 = np.where(dark, 0.05, 0.8)
-    hi1 = np.where(dark, 0.2, 0.97)
-    lo2 = np.where(dark, 0.28, 0.55)
-    hi2 = np.where(dark, 0.45, 0.72)
-    c1 = sh.random_colour(rng, n, lo1, hi1)
+def _backdrop(rng: np.random.Generator, n: int, style: _Style, texture_ids: np.ndarray | None = None):
+    """``(dark, canvas)``: which images have a dark background (bool [n]) and float32 [n, 32, 32, 3] holding
+    two background colours mixed by a texture (``texture_ids``, -1 plain, drawn when None), a line across
+    some images and up to ``style.max_specks`` small distractors in random colours."""
+    dark = rng.random(n) < 0.5
+    if texture_ids is None:
+        texture_ids = rng.integers(0, len(sh.TEXTURES), n)
+        texture_ids[rng.random(n) < style.plain_prob] = -1
+    c1 = sh.random_colour(rng, n, np.where(dark, 0.05, 0.8), np.where(dark, 0.2, 0.97))
     if style.shifted:  # clashing: the second colour from the other half of the value range
         c2 = sh.random_colour(rng, n, np.where(dark, 0.75, 0.0), np.where(dark, 1.0, 0.25))
     else:
-        c2 = sh.random_colour(rng, n, lo2, hi2)
+        c2 = sh.random_colour(rng, n, np.where(dark, 0.28, 0.55), np.where(dark, 0.45, 0.72))
     contrast = rng.uniform(*style.texture_contrast, n).astype(np.float32)
     params = sh.sample_texture_params(rng, n)
     mix = np.zeros((n, sh.IMAGE_SIZE, sh.IMAGE_SIZE), np.float32)
@@ -217,7 +190,28 @@ def _background(rng: np.random.Generator, n: int, dark: np.ndarray, texture_ids:
         sub = sh.TextureParams(*(getattr(params, f)[idx] for f in ("period", "angle", "phase", "cx", "cy")))
         mix[idx] = sh.texture_pattern(sh.TEXTURES[int(tid)], sub, rng)
     mix *= contrast[:, None, None]
-    return c1[:, None, None, :] + (c2 - c1)[:, None, None, :] * mix[..., None]
+    canvas = c1[:, None, None, :] + (c2 - c1)[:, None, None, :] * mix[..., None]
+    sh.draw_lines(
+        canvas,
+        rng.uniform(0, sh.IMAGE_SIZE, n),
+        rng.uniform(0, sh.IMAGE_SIZE, n),
+        rng.uniform(0, np.pi, n),
+        rng.uniform(0.3, 0.8, n),
+        sh.random_colour(rng, n, np.zeros(n), np.ones(n)),
+        rng.random(n) < style.line_prob,
+    )
+    count = rng.integers(0, style.max_specks + 1, n)
+    for k in range(style.max_specks):
+        sh.draw_specks(
+            canvas,
+            rng.uniform(1.5, sh.IMAGE_SIZE - 1.5, n),
+            rng.uniform(1.5, sh.IMAGE_SIZE - 1.5, n),
+            rng.uniform(0.7, 1.8, n),
+            rng.random(n) < 0.5,
+            sh.random_colour(rng, n, np.zeros(n), np.ones(n)),
+            k < count,
+        )
+    return dark, canvas
 
 
 def _object_colours(rng: np.random.Generator, n: int, dark: np.ndarray, style: _Style):
@@ -228,31 +222,6 @@ def _object_colours(rng: np.random.Generator, n: int, dark: np.ndarray, style: _
     return colour, edge
 
 
-def _nuisance_before(canvas: np.ndarray, rng: np.random.Generator, style: _Style, max_specks: int) -> None:
-    """A line across some images, then up to ``max_specks`` small distractors in random colours."""
-    n = len(canvas)
-    sh.draw_lines(
-        canvas,
-        rng.uniform(0, sh.IMAGE_SIZE, n),
-        rng.uniform(0, sh.IMAGE_SIZE, n),
-        rng.uniform(0, np.pi, n),
-        rng.uniform(0.3, 0.8, n),
-        sh.random_colour(rng, n, np.zeros(n), np.ones(n)),
-        rng.random(n) < style.line_prob,
-    )
-    count = rng.integers(0, max_specks + 1, n)
-    for k in range(max_specks):
-        sh.draw_specks(
-            canvas,
-            rng.uniform(1.5, sh.IMAGE_SIZE - 1.5, n),
-            rng.uniform(1.5, sh.IMAGE_SIZE - 1.5, n),
-            rng.uniform(0.7, 1.8, n),
-            rng.random(n) < 0.5,
-            sh.random_colour(rng, n, np.zeros(n), np.ones(n)),
-            k < count,
-        )
-
-
 def _finish(canvas: np.ndarray, rng: np.random.Generator, style: _Style) -> np.ndarray:
     sigma = rng.uniform(*style.noise, len(canvas)).astype(np.float32)
     noise = rng.standard_normal(canvas.shape[:3], dtype=np.float32)  # luminance noise, shared by channels
@@ -260,31 +229,41 @@ def _finish(canvas: np.ndarray, rng: np.random.Generator, style: _Style) -> np.n
     return sh.to_uint8(canvas)
 
 
-def _balanced_labels(rng: np.random.Generator, n: int, num_classes: int) -> np.ndarray:
-    return rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+def _render_chunk(task: str, split: str, rng: np.random.Generator, n: int):
+    """Render ``n`` images of ``task``: (images uint8 [n, 32, 32, 3], labels int32 [n]).
 
-
-def _single_object(
-    rng: np.random.Generator,
-    n: int,
-    style: _Style,
-    *,
-    shape_names: tuple[str, ...],
-    shape_ids: np.ndarray,
-    radius: tuple[float, float],
-    cx: np.ndarray | None = None,
-    cy: np.ndarray | None = None,
-    angle: np.ndarray | None = None,
-    mirror: bool = True,
-    texture_ids: np.ndarray | None = None,
-) -> np.ndarray:
-    """The common scene: background, nuisances, one main object, noise. Returns uint8 images."""
-    dark = rng.random(n) < 0.5
-    if texture_ids is None:
-        texture_ids = rng.integers(0, len(sh.TEXTURES), n)
-        texture_ids[rng.random(n) < style.plain_prob] = -1
-    canvas = _background(rng, n, dark, texture_ids, style)
-    _nuisance_before(canvas, rng, style, style.max_specks)
+    Every task but ``count`` draws one main object over the backdrop, then noise.
+    """
+    spec = TASKS[task]
+    labels = rng.permutation(np.arange(n) % len(spec.class_names)).astype(np.int32)  # balanced
+    if task == "count":
+        return _count_scene(rng, n, labels + 1), labels
+    style = _Style()
+    shape_names, radius = spec.class_names, (7, 12)  # the label is the shape, except in the last three tasks
+    cx = cy = angle = texture_ids = None  # random (texture_ids: random or plain)
+    mirror = True
+    if task == "finegrained":
+        radius = (9, 13)
+    elif task == "shift" and split == "test":
+        style = _Style(
+            shifted=True, texture_contrast=(0.7, 1.0), plain_prob=0.0, max_specks=6, noise=(0.06, 0.12)
+        )
+    elif task == "texture":
+        style = _Style(texture_contrast=(0.75, 1.0), plain_prob=0.0, max_specks=2)
+        shape_names, radius = UPSTREAM_FINE, (5, 8)
+        texture_ids = labels
+    elif task == "position":
+        cell = 32.0 / 3.0
+        cx = labels % 3 * cell + rng.uniform(1.5, cell - 1.5, n)
+        cy = labels // 3 * cell + rng.uniform(1.5, cell - 1.5, n)
+        style = _Style(max_specks=2)
+        shape_names, radius = UPSTREAM_FINE, (3.5, 5.0)
+    elif task == "orientation":
+        angle = np.deg2rad(labels * 45.0 + rng.uniform(-12.0, 12.0, n))
+        shape_names, radius = ORIENTATION_SHAPES, (8, 12)
+        mirror = False
+    shape_ids = labels if shape_names == spec.class_names else rng.integers(0, len(shape_names), n)
+    dark, canvas = _backdrop(rng, n, style, texture_ids)
     colour, edge = _object_colours(rng, n, dark, style)
     layer = sh.ObjectLayer(
         shape_ids=shape_ids,
@@ -299,81 +278,19 @@ def _single_object(
         edge_colour=edge,
     )
     sh.draw_objects(canvas, layer, shape_names)
-    return _finish(canvas, rng, style)
-
-
-def _render_chunk(task: str, split: str, rng: np.random.Generator, n: int):
-    """Render ``n`` images of ``task``: (images uint8 [n, 32, 32, 3], labels int32 [n])."""
-    spec = TASKS[task]
-    k = len(spec.class_names)
-    labels = _balanced_labels(rng, n, k)
-    style = _Style()
-    if task in ("upstream", "upstream_small", "novel"):
-        return _single_object(
-            rng, n, style, shape_names=spec.class_names, shape_ids=labels, radius=(7, 12)
-        ), labels
-    if task == "finegrained":
-        images = _single_object(rng, n, style, shape_names=spec.class_names, shape_ids=labels, radius=(9, 13))
-        return images, labels
-    if task == "shift":
-        if split == "test":
-            style = _Style(
-                shifted=True, texture_contrast=(0.7, 1.0), plain_prob=0.0, max_specks=6, noise=(0.06, 0.12)
-            )
-        return _single_object(
-            rng, n, style, shape_names=spec.class_names, shape_ids=labels, radius=(7, 12)
-        ), labels
-    if task == "texture":
-        style = _Style(texture_contrast=(0.75, 1.0), plain_prob=0.0, max_specks=2)
-        shape_ids = rng.integers(0, len(UPSTREAM_FINE), n)
-        images = _single_object(
-            rng, n, style, shape_names=UPSTREAM_FINE, shape_ids=shape_ids, radius=(5, 8), texture_ids=labels
-        )
-        return images, labels
-    if task == "position":
-        cell = 32.0 / 3.0
-        row, col = labels // 3, labels % 3
-        cx = col * cell + rng.uniform(1.5, cell - 1.5, n)
-        cy = row * cell + rng.uniform(1.5, cell - 1.5, n)
-        style = _Style(max_specks=2)
-        shape_ids = rng.integers(0, len(UPSTREAM_FINE), n)
-        images = _single_object(
-            rng, n, style, shape_names=UPSTREAM_FINE, shape_ids=shape_ids, radius=(3.5, 5.0), cx=cx, cy=cy
-        )
-        return images, labels
-    if task == "orientation":
-        angle = np.deg2rad(labels * 45.0 + rng.uniform(-12.0, 12.0, n))
-        shape_ids = rng.integers(0, len(ORIENTATION_SHAPES), n)
-        images = _single_object(
-            rng,
-            n,
-            style,
-            shape_names=ORIENTATION_SHAPES,
-            shape_ids=shape_ids,
-            radius=(8, 12),
-            angle=angle,
-            mirror=False,
-        )
-        return images, labels
-    if task == "count":
-        return _count_scene(rng, n, labels + 1), labels
-    raise ValueError(f"_render_chunk: unknown task={task!r}; allowed: {tuple(TASKS)}")
+    return _finish(canvas, rng, style), labels
 
 
 def _count_scene(rng: np.random.Generator, n: int, counts: np.ndarray) -> np.ndarray:
     """``counts[i]`` small objects per image, in distinct cells of a 4x4 grid (jittered), no specks."""
     style = _Style(max_specks=0)
-    dark = rng.random(n) < 0.5
-    texture_ids = rng.integers(0, len(sh.TEXTURES), n)
-    texture_ids[rng.random(n) < style.plain_prob] = -1
-    canvas = _background(rng, n, dark, texture_ids, style)
-    _nuisance_before(canvas, rng, style, 0)
+    dark, canvas = _backdrop(rng, n, style)
     cells = np.argsort(rng.random((n, 16)), axis=1)  # a random order of the 16 cells per image
-    colour, edge = _object_colours(rng, n, dark, style)
+    colour, _ = _object_colours(rng, n, dark, style)
     same_colour = rng.random(n) < 0.5
     for slot in range(MAX_COUNT):
         c = cells[:, slot]
-        own, own_edge = _object_colours(rng, n, dark, style)
+        own, _ = _object_colours(rng, n, dark, style)
         layer = sh.ObjectLayer(
             shape_ids=rng.integers(0, len(COUNT_SHAPES), n),
             cx=(c % 4) * 8.0 + 4.0 + rng.uniform(-0.8, 0.8, n),
@@ -401,32 +318,17 @@ def generate(task: str, split: str, num_examples: int, seed: int = 0) -> dict[st
     spec = TASKS[task]
 
     def chunk(c: int) -> tuple[np.ndarray, np.ndarray]:
-        return _render_chunk(
-            task, split, np.random.default_rng([seed, spec.code, SPLIT_CODES[split], c]), CHUNK
-        )
+        rng = np.random.default_rng([seed, spec.code, SPLIT_CODES[split], c])
+        return _render_chunk(task, split, rng, CHUNK)
 
     num_chunks = -(-num_examples // CHUNK)
-    workers = max(1, min(num_chunks, os.cpu_count() or 1, 8))
-    if workers > 1:  # numpy releases the GIL in the array maths; each chunk has its own stream
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(chunk, range(num_chunks)))
-    else:
-        parts = [chunk(c) for c in range(num_chunks)]
-    images = [p[0] for p in parts]
-    labels = [p[1] for p in parts]
+    # numpy releases the GIL in the array maths; each chunk has its own stream
+    with ThreadPoolExecutor(max(1, min(num_chunks, os.cpu_count() or 1, 8))) as pool:
+        parts = list(pool.map(chunk, range(num_chunks)))
     out = {
-        "image": np.concatenate(images)[:num_examples] if images else np.zeros((0, 32, 32, 3), np.uint8),
-        "label": np.concatenate(labels)[:num_examples] if labels else np.zeros((0,), np.int32),
+        "image": np.concatenate([p[0] for p in parts] or [np.zeros((0, 32, 32, 3), np.uint8)])[:num_examples],
+        "label": np.concatenate([p[1] for p in parts] or [np.zeros((0,), np.int32)])[:num_examples],
     }
     if spec.fine_to_coarse is not None:
         out["coarse_label"] = np.asarray(spec.fine_to_coarse, np.int32)[out["label"]]
     return out
-
-
-def timed_generate(
-    task: str, split: str, num_examples: int, seed: int = 0
-) -> tuple[dict[str, np.ndarray], float]:
-    """:func:`generate` and its wall time in seconds."""
-    start = time.perf_counter()
-    out = generate(task, split, num_examples, seed)
-    return out, time.perf_counter() - start
