@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
@@ -11,8 +15,8 @@ from sparse_experts.workbook import presets
 
 # Compile without XLA backend optimisation, as the smoke preset does: about 3x faster compiles on CPU. Set
 # before anything imports jax; subprocesses and notebook kernels inherit it.
-if presets.PRESET_XLA_FLAGS["smoke"] not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {presets.PRESET_XLA_FLAGS['smoke']}".strip()
+if (smoke_flags := presets.PRESET_XLA_FLAGS["smoke"]) not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {smoke_flags}".strip()
 
 # Nothing downloads in tests: every non-loopback connection fails, here and in every process the tests
 # start (papermill kernels, subprocesses) through the sitecustomize on PYTHONPATH.
@@ -21,11 +25,7 @@ offline.install()
 
 # Property tests: a bounded number of examples (each new array shape is a new XLA compile), reproducible.
 settings.register_profile(
-    "ci",
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
+    "ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -38,14 +38,8 @@ def run_on_fake_devices(script: str, devices: int = 8, timeout: int = 300, args:
     LLVM optimisation level 0 cuts the subprocess's compile time by ~3x; its single-device references are
     compiled with the same flags, so comparisons are unaffected. The script prints one JSON object last.
     """
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-    env["JAX_PLATFORMS"] = "cpu"
+    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).parent / script), *args],
         env=env,

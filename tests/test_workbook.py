@@ -173,20 +173,8 @@ def test_undeclared_parameter_is_an_error(notebooks, tmp_path):
 
 
 def test_out_of_range_value_is_an_error_before_compute(tmp_path, capsys):
-    code = runner.main(
-        [
-            "run",
-            "--preset",
-            "smoke",
-            "--only",
-            "00",
-            "--out",
-            str(tmp_path / "o"),
-            "-p",
-            "images_per_class=99",
-        ]
-    )
-    assert code == 2
+    args = ["run", "--preset", "smoke", "--only", "00", "-p", "images_per_class=99"]
+    assert runner.main([*args, "--out", str(tmp_path / "o")]) == 2
     assert "images_per_class=99" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

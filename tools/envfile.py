@@ -23,32 +23,24 @@ def requirement_pins(path: Path | None = None) -> dict[str, str]:
     path = path or paths.repo_root() / "requirements.txt"
     pins = {}
     for line in path.read_text().splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _PIN.match(line)
-        if not match:
-            raise ValueError(f"{path}: line {line!r} is not an exact pin name==version")
-        pins[_normalise(match[1])] = match[2]
+        if line.strip() and not line.lstrip().startswith("#"):
+            if not (match := _PIN.match(line)):
+                raise ValueError(f"{path}: line {line!r} is not an exact pin name==version")
+            pins[_normalise(match[1])] = match[2]
     return pins
 
 
 def environment_pins(path: Path | None = None) -> dict[str, str]:
-    """The pins listed under ``pip:`` in ``environment.yml`` (and ``python=`` under dependencies)."""
+    """The pins listed under ``pip:`` in ``environment.yml``."""
     path = path or paths.repo_root() / "environment.yml"
-    pins, in_pip = {}, False
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith("- pip:"):
-            in_pip = True
-            continue
-        if in_pip:
-            match = _PIN.match(stripped)
-            if match:
-                pins[_normalise(match[1])] = match[2]
-    return pins
+    text = path.read_text()
+    pip_section = text[text.index("- pip:") :] if "- pip:" in text else ""
+    matches = (_PIN.match(line.strip()) for line in pip_section.splitlines())
+    return {_normalise(m[1]): m[2] for m in matches if m}
 
 
 def write(path: Path | None = None) -> Path:
+    """Mirror the pins of ``requirements.txt`` into ``environment.yml``."""
     path = path or paths.repo_root() / "environment.yml"
     lines = [
         "# conda/mamba: `mamba env create -f environment.yml && conda activate sparse-experts`.",

@@ -18,8 +18,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         tmp.write_text(text)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,10 +4,7 @@ Tests and CI must never download anything. With ``SPARSE_EXPERTS_OFFLINE=1`` in 
 :func:`site_dir` on ``PYTHONPATH``, every Python process started from there (pytest, papermill's Jupyter
 kernels, subprocesses) installs the guard at start-up through a ``sitecustomize`` module. Loopback
 (127.0.0.0/8, ::1, localhost) and Unix sockets keep working: Jupyter kernels and ``jax.distributed`` talk
-over them.
-
-The guard refuses before any packet leaves: ``connect``, ``connect_ex`` and ``sendto`` check the address
-first and raise :class:`OfflineError`.
+over them. ``connect``, ``connect_ex`` and ``sendto`` check the address before any packet leaves.
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 ENV_VAR = "SPARSE_EXPERTS_OFFLINE"
@@ -45,49 +43,29 @@ def is_loopback(host: object) -> bool:
     return address.is_loopback
 
 
-def _allowed(sock: socket.socket, address: object) -> bool:
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return True  # Unix sockets, netlink, ...: not the network
-    host = address[0] if isinstance(address, tuple) and address else address
-    return is_loopback(host)
+def _guarded(original: Callable) -> Callable:
+    """The socket method ``original`` (its last argument is the address), refusing non-loopback addresses."""
 
+    def method(self: socket.socket, *args):
+        address = args[-1]
+        host = address[0] if isinstance(address, tuple) and address else address
+        # Only IP sockets reach the network (Unix sockets, netlink, ... pass).
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(host):
+            raise OfflineError(
+                f"network access to {address!r} blocked: {ENV_VAR}=1 allows loopback only "
+                "(nothing may download in tests or CI; use the embedded datasets)"
+            )
+        return original(self, *args)
 
-def _refuse(address: object) -> OfflineError:
-    return OfflineError(
-        f"network access to {address!r} blocked: {ENV_VAR}=1 allows loopback only "
-        "(nothing may download in tests or CI; use the embedded datasets)"
-    )
+    setattr(method, _MARK, True)
+    return method
 
 
 def install() -> None:
     """Install the guard in this process (idempotent)."""
-    if is_installed():
-        return
-    original_connect = socket.socket.connect
-    original_connect_ex = socket.socket.connect_ex
-    original_sendto = socket.socket.sendto
-
-    def connect(self, address):
-        if not _allowed(self, address):
-            raise _refuse(address)
-        return original_connect(self, address)
-
-    def connect_ex(self, address):
-        if not _allowed(self, address):
-            raise _refuse(address)
-        return original_connect_ex(self, address)
-
-    def sendto(self, data, *args):
-        address = args[-1]
-        if not _allowed(self, address):
-            raise _refuse(address)
-        return original_sendto(self, data, *args)
-
-    for fn in (connect, connect_ex, sendto):
-        setattr(fn, _MARK, True)
-    socket.socket.connect = connect
-    socket.socket.connect_ex = connect_ex
-    socket.socket.sendto = sendto
+    if not is_installed():
+        for name in ("connect", "connect_ex", "sendto"):
+            setattr(socket.socket, name, _guarded(getattr(socket.socket, name)))
 
 
 def is_installed() -> bool:

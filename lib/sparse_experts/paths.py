@@ -1,10 +1,7 @@
 """Where the workbook keeps things: the repository root, generated data and executed outputs.
 
-Every location can be moved with an environment variable, so a GPU/TPU runtime can point the data at a
-large disk without touching code:
-
-- ``SPARSE_EXPERTS_DATA_DIR``: root of generated data (TFDS ``data_dir`` lives in ``<root>/tfds``).
-- ``SPARSE_EXPERTS_OUTPUT_DIR``: where a notebook saves its figures (set by the runner for each run).
+``SPARSE_EXPERTS_DATA_DIR`` moves the generated data (TFDS ``data_dir`` in ``<root>/tfds``) and the
+artifact cache, so a GPU/TPU runtime can point them at a large disk without touching code.
 """
 
 from __future__ import annotations
@@ -14,12 +11,8 @@ from pathlib import Path
 
 
 def repo_root() -> Path:
-    """The checkout that holds ``lib/sparse_experts`` (the package is installed editable from there).
-
-    Falls back to the current directory when the package is installed elsewhere (a wheel).
-    """
-    here = Path(__file__).resolve()
-    candidate = here.parents[2]
+    """The checkout holding ``lib/sparse_experts`` (an editable install), else the current directory."""
+    candidate = Path(__file__).resolve().parents[2]
     if (candidate / "pyproject.toml").exists() and (candidate / "notebooks").is_dir():
         return candidate
     return Path.cwd()

@@ -1,22 +1,13 @@
 """Presets, and each notebook's config under each: the one entry the runner and :mod:`.session` use.
 
-A preset is a named bundle of knob values:
-
-- ``smoke``: CI. Seconds per notebook, tiny data and models; checks that the code runs, not the science.
-- ``cpu``: the default. Minutes per notebook on a 2-core laptop, embedded offline data.
-- ``gpu``: one accelerator. Catalog datasets (CIFAR-100 upstream, VTAB-like downstream tasks) and real sizes.
-- ``tpu``: a TPU slice. ImageNet-scale upstream data and real sizes.
-
-Each notebook's knobs, their checks, their values under every preset, its expected run time and its headline
-figures live in its own config module under :mod:`sparse_experts.workbook.configs`. Adding a notebook means
-adding such a module and listing it in :data:`NOTEBOOKS`; ``tests/test_presets.py`` checks every notebook
-has one, with values for every preset that pass the config's checks.
+A preset is a named bundle of knob values (:data:`PRESET_DESCRIPTIONS`). Adding a notebook means adding its
+config module under :mod:`sparse_experts.workbook.configs` and listing it in :data:`NOTEBOOKS`;
+``tests/test_presets.py`` checks that every notebook has one, whose values under every preset pass its checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType, ModuleType
+from types import ModuleType
 from typing import Any
 
 from sparse_experts.workbook.configs import (
@@ -31,34 +22,27 @@ from sparse_experts.workbook.configs.base import (
     PRESET_NAMES,
     NotebookConfig,
     ParameterError,
-    from_preset,
     one_of,
 )
 
-__all__ = ["DEFAULT_PRESET", "PRESET_NAMES", "NotebookConfig", "ParameterError", "from_preset"]
-
-PRESET_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
-    {
-        "smoke": "CI: seconds per notebook on embedded data; proves the code runs, not the science",
-        "cpu": "default: minutes per notebook on 2 CPU cores, embedded offline data",
-        "gpu": "one GPU: catalog datasets (CIFAR-100 upstream, VTAB-like tasks), real sizes",
-        "tpu": "TPU slice: ImageNet-scale upstream, real sizes",
-    }
-)
+PRESET_DESCRIPTIONS = {
+    "smoke": "CI: seconds per notebook on embedded data; proves the code runs, not the science",
+    "cpu": "default: minutes per notebook on 2 CPU cores, embedded offline data",
+    "gpu": "one GPU: catalog datasets (CIFAR-100 upstream, VTAB-like tasks), real sizes",
+    "tpu": "TPU slice: ImageNet-scale upstream, real sizes",
+}
 
 # Process settings the runner gives a notebook's kernel under each preset. Under smoke, XLA compiles without
 # backend optimisation: about 3x faster compiles on CPU, slower steps (smoke checks that code runs, and its
 # timings mean nothing).
-PRESET_XLA_FLAGS: Mapping[str, str] = MappingProxyType({"smoke": "--xla_backend_optimization_level=0"})
+PRESET_XLA_FLAGS = {"smoke": "--xla_backend_optimization_level=0"}
 
 # What the accelerator presets assume about the machine; the tests dry-run each gpu/tpu preset against it
 # (shapes by abstract evaluation, memory per device from models.memory_plan).
-PRESET_DEVICES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
-    {
-        "gpu": {"devices": 1, "memory_gib": 80, "example": "one A100/H100 80 GB"},
-        "tpu": {"devices": 4, "memory_gib": 32, "example": "a TPU v4-8 slice (4 chips of 32 GiB)"},
-    }
-)
+PRESET_DEVICES = {
+    "gpu": {"devices": 1, "memory_gib": 80, "example": "one A100/H100 80 GB"},
+    "tpu": {"devices": 4, "memory_gib": 32, "example": "a TPU v4-8 slice (4 chips of 32 GiB)"},
+}
 
 # Notebook name -> its config module (exporting Config, PRESETS and EXPECTED_SECONDS).
 NOTEBOOKS: dict[str, ModuleType] = {
@@ -80,8 +64,8 @@ def check_preset(preset: Any) -> str:
 def config_module(notebook: str) -> ModuleType:
     if notebook not in NOTEBOOKS:
         raise ParameterError(
-            f"notebook {notebook!r} has no config in presets.NOTEBOOKS; "
-            f"known notebooks: {', '.join(NOTEBOOKS)}"
+            f"notebook {notebook!r} has no config in presets.NOTEBOOKS; known notebooks: "
+            + ", ".join(NOTEBOOKS)
         )
     return NOTEBOOKS[notebook]
 
@@ -93,7 +77,18 @@ def resolve(notebook: str, preset: str = DEFAULT_PRESET, seed: int = 0, **knobs:
     knob, the value and what is allowed; nothing is computed before.
     """
     module = config_module(notebook)
-    return from_preset(module.Config, module.PRESETS, preset, seed=seed, **knobs)
+    given = {k: v for k, v in dict(knobs, seed=seed).items() if v is not None}
+    values = {**module.PRESETS[check_preset(preset)], **given, "preset": preset}
+    try:
+        return module.Config(**values)
+    except TypeError:  # the dataclass refuses a knob it does not have: say which, and list the valid ones
+        names = module.Config.knob_names()
+        unknown = sorted(set(values) - set(names))
+        if not unknown:
+            raise
+        raise ParameterError(
+            f"{notebook} has no parameter {unknown[0]!r}; its parameters are: {', '.join(names)}"
+        ) from None
 
 
 def knob_names(notebook: str) -> tuple[str, ...]:

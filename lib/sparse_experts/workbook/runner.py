@@ -3,17 +3,15 @@
     python -m sparse_experts.workbook run [--preset cpu] [--only 02 ...] [--out DIR] [-p name=value ...]
     python -m sparse_experts.workbook list
 
-For each notebook it prints one progress line with the elapsed time; a notebook that ran more than
-:data:`OVER_TIME_FACTOR` times the expected time its config states for the preset is flagged there and on
-the index page (a flag, not a failure). Everything is checked before the first notebook starts: the
-preset, the ``--only`` selection, and every ``-p`` parameter, which must be declared in the notebook's
-``parameters`` cell (papermill itself only warns) and hold a value its config allows.
+Everything is checked before the first notebook starts: the preset, the ``--only`` selection, and every
+``-p`` parameter, which must be declared in the notebook's ``parameters`` cell (papermill itself only warns)
+and hold a value its config allows. Each notebook gets a progress line with its run time, flagged (not
+failed) when over :data:`OVER_TIME_FACTOR` times the expected time its config states for the preset.
 
 Outputs go to ``outputs/<preset>/`` (or ``--out``): the executed notebook ``<name>.ipynb``, its figures
-``<name>.json``, ``status.json`` and ``index.html``. A notebook executes into a staging folder; only when it
-succeeds and has saved its figures are they moved into place, so a failed or interrupted run never replaces
-a previous good output. A failed notebook is kept as ``<name>.failed.ipynb`` for inspection, and the run
-stops with the notebook, cell index and error, exiting non-zero.
+``<name>.json``, ``status.json`` and ``index.html``. A notebook executes into a staging folder and only a
+success that saved its figures is moved into place, so a failed or interrupted run never replaces a good
+output; it is kept as ``<name>.failed.ipynb`` and the run stops there, exiting non-zero.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as _dt
+import functools
 import html
 import json
 import os
@@ -77,10 +76,6 @@ class Notebook:
     def name(self) -> str:
         return self.path.stem
 
-    @property
-    def number(self) -> str:
-        return self.name.split("_", 1)[0]
-
 
 def discover(notebooks_dir: Path | None = None) -> list[Notebook]:
     """Every ``NN_name.ipynb`` in the notebooks folder, in order of its number."""
@@ -95,15 +90,14 @@ def select(notebooks: list[Notebook], only: Sequence[str] | None) -> list[Notebo
     """Keep the notebooks named by number (``02``) or name (``02_train_vmoe``), in workbook order."""
     if not only:
         return notebooks
-    wanted: list[str] = [w for item in only for w in item.split(",") if w]
     chosen = []
-    for w in wanted:
-        matches = [nb for nb in notebooks if w in (nb.number, nb.name)]
+    for wanted in (w for item in only for w in item.split(",") if w):
+        matches = [nb for nb in notebooks if wanted in (nb.name.split("_", 1)[0], nb.name)]
         if not matches:
             raise WorkbookError(
-                f"--only {w!r} matches no notebook; available: " + ", ".join(nb.name for nb in notebooks)
+                f"--only {wanted!r} matches no notebook; available: " + ", ".join(nb.name for nb in notebooks)
             )
-        chosen.extend(matches)
+        chosen += matches
     return [nb for nb in notebooks if nb in chosen]
 
 
@@ -127,7 +121,6 @@ def parse_assignments(items: Sequence[str] | None) -> dict[str, Any]:
 
 def declared_parameters(notebook: Notebook) -> list[str]:
     """Names declared in the notebook's ``parameters`` cell (papermill's own parser)."""
-
     try:
         declared = papermill.inspect_notebook(str(notebook.path))
     except ValueError as err:  # e.g. no kernelspec in the notebook's metadata
@@ -138,8 +131,7 @@ def declared_parameters(notebook: Notebook) -> list[str]:
 
 
 def check_request(notebooks: list[Notebook], preset: str, params: dict[str, Any]) -> None:
-    """Every check that can fail before compute: preset, declared parameters, allowed values."""
-    presets.check_preset(preset)
+    """Every check that can fail before compute: declared parameters and allowed values (the preset too)."""
     if "preset" in params:
         raise WorkbookError("pass the preset with --preset, not -p preset=...")
     for nb in notebooks:
@@ -167,11 +159,11 @@ def run(
     log=None,
 ) -> list[dict[str, Any]]:
     """Execute the selected notebooks in order; return their status records. Raises on the first failure."""
-    log = log or _print
+    log = log or functools.partial(print, flush=True)
     params = dict(params or {})
-    presets.check_preset(preset)  # before anything touches the output folder
+    presets.check_preset(preset)  # before anything else, so that it is the first error reported
     notebooks = select(discover(notebooks_dir), only)
-    check_request(notebooks, preset, params)
+    check_request(notebooks, preset, params)  # before anything touches the output folder
 
     out = Path(out) if out is not None else paths.outputs_root() / preset
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +172,6 @@ def run(
     if offline.requested():
         offline.enable_for_subprocesses()
 
-    records = []
     total = len(notebooks)
     log(f"workbook: preset={preset}, {total} notebook(s) -> {out}")
     for i, nb in enumerate(notebooks, 1):
@@ -190,7 +181,6 @@ def run(
         status[nb.name] = record
         write_json_atomic(status_path, status)
         write_index(out, preset, status)
-        records.append(record)
         line = f"[{i}/{total}] {nb.name} {record['status']} in {record['wall_time_s']:.1f} s"
         if record["status"] != "ok":
             log(line + f"\n{record['error']}")
@@ -202,7 +192,7 @@ def run(
             )
         log(line)
     log(f"workbook: done; index at {out / 'index.html'}")
-    return records
+    return [status[nb.name] for nb in notebooks]
 
 
 def over_time(record: dict[str, Any], expected: float | None) -> dict[str, Any]:
@@ -223,13 +213,10 @@ class NotebookFailed(WorkbookError):
 
 
 def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> dict[str, Any]:
-
     staging = out / ".staging" / f"{nb.name}-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
+    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    executed = staging / f"{nb.name}.ipynb"
-    figures = staging / f"{nb.name}.json"
+    executed, figures = staging / f"{nb.name}.ipynb", staging / f"{nb.name}.json"
     previous_env = {name: os.environ.get(name) for name in (OUTPUT_DIR_ENV, "XLA_FLAGS")}
     os.environ[OUTPUT_DIR_ENV] = str(staging)
     extra_flags = presets.PRESET_XLA_FLAGS.get(preset)
@@ -241,7 +228,7 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
         "notebook": nb.name,
         "preset": preset,
         "parameters": parameters,
-        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "started": _now(),
         "status": "ok",
     }
     try:
@@ -255,8 +242,6 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
                 progress_bar=False,
                 log_output=False,
             )
-            if not figures.exists():
-                raise WorkbookError(f"{nb.name} ran but did not save its figures (call run.save(...))")
         except PapermillExecutionError as err:
             source_index = _source_cell_index(executed, err.cell_index)
             record.update(
@@ -265,21 +250,22 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
                 f"executed notebook, which holds papermill's injected parameters): {err.ename}: {err.evalue}",
                 cell_index=source_index,
             )
-        except WorkbookError as err:
-            record.update(status="failed", error=str(err), cell_index=None)
         except KeyboardInterrupt:  # never leave a half output in place of a good one
             _keep_failed(executed, out, nb)
             raise
         except Exception as err:  # a dead kernel, a kernel that never started, ...
             record.update(status="failed", error=f"{nb.name}: {type(err).__name__}: {err}", cell_index=None)
-        record["wall_time_s"] = round(time.perf_counter() - started, 2)
-        record["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        else:
+            if not figures.exists():
+                error = f"{nb.name} ran but did not save its figures (call run.save(...))"
+                record.update(status="failed", error=error, cell_index=None)
+        record.update(wall_time_s=round(time.perf_counter() - started, 2), finished=_now())
         if record["status"] == "failed":
             _keep_failed(executed, out, nb)
-            return record
-        os.replace(executed, out / executed.name)
-        os.replace(figures, out / figures.name)
-        (out / f"{nb.name}.failed.ipynb").unlink(missing_ok=True)
+        else:
+            os.replace(executed, out / executed.name)
+            os.replace(figures, out / figures.name)
+            (out / f"{nb.name}.failed.ipynb").unlink(missing_ok=True)
         return record
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -290,9 +276,12 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
                 os.environ[name] = value
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
 def _source_cell_index(executed: Path, executed_index: int) -> int:
     """Map a cell index of the executed notebook back to the source (papermill inserts one cell)."""
-
     try:
         cells = nbformat.read(executed, as_version=4).cells
     except (OSError, ValueError):
@@ -307,12 +296,10 @@ def _keep_failed(executed: Path, out: Path, nb: Notebook) -> None:
 
 
 def _read_status(path: Path) -> dict[str, Any]:
-    if path.exists():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return {}
-    return {}
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
@@ -326,8 +313,7 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
     for name in names:
         rec = status.get(name)
         figures_file = out / f"{name}.json"
-        headline = ""
-        commit = ""
+        headline = commit = ""
         if figures_file.exists():
             saved = json.loads(figures_file.read_text())
             items = [(k, saved["figures"].get(k)) for k in saved.get("headline", [])]
@@ -341,13 +327,8 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
             if rec.get("over_time"):
                 seconds += f"<div class=over>over time: expected about {rec['expected_s']:g} s</div>"
             error = html.escape(rec.get("error", "")) if state != "ok" else ""
-        links = []
-        if (out / f"{name}.ipynb").exists():
-            links.append(f'<a href="{name}.ipynb">notebook</a>')
-        if figures_file.exists():
-            links.append(f'<a href="{name}.json">figures</a>')
-        if (out / f"{name}.failed.ipynb").exists():
-            links.append(f'<a href="{name}.failed.ipynb">failed run</a>')
+        files = {f"{name}.ipynb": "notebook", f"{name}.json": "figures", f"{name}.failed.ipynb": "failed run"}
+        links = [f'<a href="{file}">{label}</a>' for file, label in files.items() if (out / file).exists()]
         note = " (last good output kept)" if state == "failed" and figures_file.exists() else ""
         rows.append(
             f'<tr class="{state.replace(" ", "-")}"><td>{html.escape(name)}'
@@ -363,30 +344,19 @@ tr.ok td:nth-child(2){{color:#17702a}} tr.failed td:nth-child(2){{color:#b00020}
 .err{{font-family:monospace;font-size:.85em;white-space:pre-wrap;max-width:40em}}
 .q{{color:#555;font-size:.85em;max-width:22em}} .over{{color:#a05a00;font-size:.85em}}</style></head>
 <body><h1>Sparse Experts Workbook: preset <code>{html.escape(preset)}</code></h1>
-<p>{html.escape(presets.PRESET_DESCRIPTIONS.get(preset, ""))}. Updated
-{_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}.</p>
+<p>{html.escape(presets.PRESET_DESCRIPTIONS.get(preset, ""))}. Updated {_now()}.</p>
 <table><tr><th>notebook</th><th>status</th><th>run time (s)</th><th>headline figures</th>
 <th>commit</th><th>files</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
-    path = out / "index.html"
-    write_text_atomic(path, page)
-    return path
+    return write_text_atomic(out / "index.html", page)
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def list_notebooks(log=print) -> None:
@@ -427,7 +397,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,12 +7,9 @@ Every notebook's second cell does::
     ...
     run.save({"test_accuracy": 0.81, ...}, headline=["test_accuracy"])
 
-The knobs are declared once, in the notebook's ``parameters`` cell (papermill overrides them there);
-``start`` reads the names its config declares (:mod:`sparse_experts.workbook.configs`) from the notebook's
-namespace and validates them before any compute. ``save`` writes
-``<output dir>/<notebook>.json`` atomically (temporary name, then rename), holding the figures and their
-provenance: package versions, git commit, device kind and count, preset, seed, parameters and wall time.
-The output directory is ``$SPARSE_EXPERTS_OUTPUT_DIR`` (set by the runner for each notebook), otherwise
+The knobs are declared once, in the notebook's ``parameters`` cell (papermill overrides them there).
+``save`` writes ``<output dir>/<notebook>.json`` atomically: the figures and their provenance. The output
+directory is ``$SPARSE_EXPERTS_OUTPUT_DIR`` (set by the runner for each notebook), otherwise
 ``outputs/interactive/<preset>/`` so interactive runs in JupyterLab never overwrite the runner's results.
 """
 
@@ -36,18 +33,8 @@ from sparse_experts.atomic import write_json_atomic
 from sparse_experts.workbook import presets
 
 OUTPUT_DIR_ENV = "SPARSE_EXPERTS_OUTPUT_DIR"
-PACKAGES = (
-    "sparse_experts",
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "orbax-checkpoint",
-    "numpy",
-    "tensorflow-datasets",
-    "papermill",
-    "plotly",
-)
+# The packages whose versions the provenance records.
+PACKAGES = "sparse_experts jax jaxlib flax optax orbax-checkpoint numpy tensorflow-datasets papermill plotly"
 
 
 class Run:
@@ -60,17 +47,11 @@ class Run:
     def __init__(self, params: presets.NotebookConfig, given: Mapping[str, Any] | None = None):
         self.params = params
         self.notebook = params.notebook
+        self.preset = params.preset
+        self.seed = params.seed
         self.given = dict(given if given is not None else params)
         self.started = time.perf_counter()
         self.started_at = _dt.datetime.now(_dt.UTC)
-
-    @property
-    def preset(self) -> str:
-        return self.params.preset
-
-    @property
-    def seed(self) -> int:
-        return self.params.seed
 
     @property
     def output_dir(self) -> Path:
@@ -99,9 +80,7 @@ class Run:
             "figures": figures,
             "provenance": provenance(self),
         }
-        out = self.output_dir / f"{self.notebook}.json"
-        write_json_atomic(out, record)
-        return out
+        return write_json_atomic(self.output_dir / f"{self.notebook}.json", record)
 
 
 def start(notebook: str, namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Run:
@@ -120,14 +99,21 @@ def start(notebook: str, namespace: Mapping[str, Any] | None = None, **knobs: An
 
 
 def provenance(run: Run | None = None) -> dict[str, Any]:
-    """Where a figure came from: versions, commit, device, preset, seed, parameters, wall time."""
+    """Where a figure came from: versions, commit, device; and the run's preset, seed, knobs, wall time."""
+    devices = jax.devices()
+    changes = _git("status", "--porcelain", "--untracked-files=no")  # None outside a git checkout
     record: dict[str, Any] = {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "packages": package_versions(),
-        "git": git_state(),
-        "devices": device_summary(),
+        "packages": {name: _version(name) for name in PACKAGES.split()},
+        "git": {"commit": _git("rev-parse", "HEAD"), "dirty": None if changes is None else bool(changes)},
+        "devices": {
+            "platform": devices[0].platform,
+            "kind": devices[0].device_kind,
+            "count": len(devices),
+            "process_count": jax.process_count(),
+        },
     }
     if run is not None:
         record.update(
@@ -142,44 +128,22 @@ def provenance(run: Run | None = None) -> dict[str, Any]:
     return record
 
 
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
-def git_state() -> dict[str, Any]:
-    """The commit of the checkout and whether it had uncommitted changes (None outside a git checkout)."""
-    root = paths.repo_root()
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def device_summary() -> dict[str, Any]:
-    """Device kind and count as JAX sees them."""
-
-    devices = jax.devices()
-    return {
-        "platform": devices[0].platform,
-        "kind": devices[0].device_kind,
-        "count": len(devices),
-        "process_count": jax.process_count(),
-    }
+def _git(*args: str) -> str | None:
+    """The output of a git command in the checkout (None when git or the checkout is missing)."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=paths.repo_root(), capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
 
 
 def _jsonable(value: Any) -> Any:
@@ -188,9 +152,7 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, bool | str) or value is None:
-        return value
-    if isinstance(value, int):
+    if value is None or isinstance(value, bool | str | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)

@@ -1,11 +1,8 @@
 """04_adaptive_compute: how much accuracy does each unit of compute buy when capacity is cut at test time,
 with and without BPR?
 
-    python -m sparse_experts.workbook run --only 04 --preset cpu
-
 Reads notebook 02's models from the artifact cache (trains them when missing). Expected run time (README,
-2-core machine): cpu about 91 s with 02's models in the cache; smoke seconds (not measured per notebook);
-gpu/tpu not yet measured.
+2-core machine): cpu about 91 s with 02's models in the cache; smoke, gpu, tpu not yet measured.
 
 Headline figures on cpu: ``claim_verdict``, ``vanilla_accuracy_at_low``, ``bpr_accuracy_at_low``: not yet
 measured (issue 12 notes 02's models are near chance today; the next issue re-measures them).
@@ -16,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sparse_experts.workbook.configs import train_vmoe
-from sparse_experts.workbook.configs.base import NotebookConfig, fail, integer, knob, positive_list, real
+from . import train_vmoe
+from .base import NotebookConfig, fail, integer, knob, positive_list, real
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,12 +43,8 @@ class Config(NotebookConfig):
         super().__post_init__()
         group = train_vmoe.PRESETS[self.preset]["group_size"]
         for name in ("eval_batch_size", "eval_images"):
-            if getattr(self, name) % group:
-                fail(
-                    name,
-                    getattr(self, name),
-                    f"a multiple of notebook 02's group_size={group} under this preset",
-                )
+            if (value := getattr(self, name)) % group:
+                fail(name, value, f"a multiple of notebook 02's group_size={group} under this preset")
 
 
 # Every factor compiles the forward pass once per sweep (3 sweeps): under cpu about 9 s per factor and sweep
@@ -66,5 +59,4 @@ PRESETS = {
     "tpu": dict(_COMMON, eval_images=50_000, eval_batch_size=1024),
 }  # fmt: skip
 
-# Seconds a run is expected to take under each preset (None: not measured); the runner flags a run well over.
 EXPECTED_SECONDS = {"smoke": None, "cpu": 91, "gpu": None, "tpu": None}

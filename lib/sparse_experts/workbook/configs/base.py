@@ -1,18 +1,10 @@
 """What every notebook config is made of: ``preset`` and ``seed``, knobs with their checks, one error type.
 
-A notebook's config is a frozen dataclass deriving from :class:`NotebookConfig`; each field is one knob,
-declared with :func:`knob` (what it means and the check its value must pass, side by side)::
-
-    @dataclass(frozen=True, kw_only=True)
-    class Config(NotebookConfig):
-        notebook: ClassVar[str] = "00_tour"
-        images_per_class: int = knob("images per class in each example grid", integer(1, 16))
-
-Constructing a config checks every field in order (then any rule across fields, in the config's own
-``__post_init__``), so an invalid config cannot exist. A check raises :class:`ParameterError` naming the
-knob, the value and what is allowed, or returns the value normalised (a list becomes a tuple, an int a
-float). :func:`from_preset` fills the knobs left at ``None`` with a preset's values, and turns an unknown
-knob (the dataclass's ``TypeError``) into an error that lists the notebook's knobs.
+A notebook's config is a frozen dataclass deriving from :class:`NotebookConfig` whose fields are knobs,
+each declared with :func:`knob`: what it means and the check its value must pass, side by side (see
+``configs/tour.py``). Constructing a config checks every field in order, then any rule across fields in the
+config's own ``__post_init__``, so an invalid config cannot exist. A check takes (knob name, value) and
+returns the value normalised (a list becomes a tuple, an int a float) or raises :class:`ParameterError`.
 """
 
 from __future__ import annotations
@@ -20,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn
 
 import tensorflow_datasets as tfds
 
@@ -30,6 +22,8 @@ from sparse_experts.models import vit_config
 PRESET_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "tpu")
 DEFAULT_PRESET = "cpu"
 
+Check = Callable[[str, Any], Any]
+
 
 class ParameterError(ValueError):
     """A notebook knob has a value outside what is allowed. The message names knob, value and allowed."""
@@ -37,10 +31,6 @@ class ParameterError(ValueError):
 
 def fail(name: str, value: Any, allowed: str) -> NoReturn:
     raise ParameterError(f"parameter {name}={value!r} is not allowed; expected {allowed}")
-
-
-# A check takes (knob name, value) and returns the value, normalised, or raises ParameterError.
-Check = Callable[[str, Any], Any]
 
 
 def one_of(*allowed: Any) -> Check:
@@ -82,7 +72,8 @@ def boolean(name: str, value: Any) -> bool:
 def dataset_name(name: str, value: Any) -> str:
     """An embedded dataset name, or a TFDS catalog name (checked against the TFDS registry, offline)."""
     embedded = datasets.list_datasets()
-    if isinstance(value, str) and (value in embedded or _is_catalog_name(value)):
+    builder = value.split(":")[0].split("/")[0] if isinstance(value, str) else None  # name[:version][/config]
+    if value in embedded or builder in tfds.list_builders(with_community_datasets=False):
         return value
     fail(name, value, f"an embedded dataset ({', '.join(embedded)}) or a TFDS catalog dataset name")
 
@@ -131,11 +122,6 @@ def positive_list(min_length: int, high: float, min_spread: float = 1.0) -> Chec
     return check
 
 
-def _is_catalog_name(value: str) -> bool:
-    base = value.split(":")[0].split("/")[0]
-    return base in set(tfds.list_builders(with_community_datasets=False))
-
-
 def knob(doc: str, check: Check, **field_options: Any) -> Any:
     """A config field: what the knob means and the check its value passes."""
     return field(metadata={"doc": doc, "check": check}, **field_options)
@@ -179,24 +165,3 @@ class NotebookConfig(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.knob_names())
-
-
-C = TypeVar("C", bound=NotebookConfig)
-
-
-def from_preset(
-    config: type[C], presets: Mapping[str, Mapping[str, Any]], preset: Any = DEFAULT_PRESET, **knobs: Any
-) -> C:
-    """``config`` with ``presets[preset]``'s values, except the knobs given here that are not ``None``."""
-    one_of(*PRESET_NAMES)("preset", preset)
-    values = {**presets[preset], **{k: v for k, v in knobs.items() if v is not None}, "preset": preset}
-    try:
-        return config(**values)
-    except TypeError:  # the dataclass refuses a knob it does not have: say which, and list the valid ones
-        unknown = sorted(set(values) - set(config.knob_names()))
-        if not unknown:
-            raise
-        raise ParameterError(
-            f"{config.notebook} has no parameter {unknown[0]!r}; its parameters are: "
-            + ", ".join(config.knob_names())
-        ) from None

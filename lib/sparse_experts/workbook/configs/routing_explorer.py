@@ -1,10 +1,7 @@
 """03_routing_explorer: which patches go to which expert, what gets dropped, and do experts specialise?
 
-    python -m sparse_experts.workbook run --only 03 --preset cpu
-
 Reads notebook 02's models from the artifact cache (trains them when missing). Expected run time (README,
-2-core machine): cpu about 71 s with 02's models in the cache; smoke seconds (not measured per notebook);
-gpu/tpu not yet measured.
+2-core machine): cpu about 71 s with 02's models in the cache; smoke, gpu, tpu not yet measured.
 
 Headline figures on cpu: ``main_dropped_fraction``, ``main_specialisation``, ``main_ablation_change``: not
 yet measured (issue 12 notes 02's models are near chance today; the next issue re-measures them).
@@ -16,16 +13,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sparse_experts.models import placement_layers
-from sparse_experts.workbook.configs import train_vmoe
-from sparse_experts.workbook.configs.base import (
-    NotebookConfig,
-    boolean,
-    fail,
-    integer,
-    knob,
-    names_from,
-    real,
-)
+
+from . import train_vmoe
+from .base import NotebookConfig, boolean, fail, integer, knob, names_from, real
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,8 +44,7 @@ class Config(NotebookConfig):
     )
 
     def __post_init__(self) -> None:
-        """Against notebook 02's preset values: the models exist, k and the ablated expert fit E, the image
-        set splits into whole routing groups, the layer is an MoE layer of every explored model."""
+        """Against notebook 02's values for the preset: its models, group size, E and MoE layers."""
         super().__post_init__()
         zoo = train_vmoe.PRESETS[self.preset]
         if any(m not in zoo["models"] for m in self.models):
@@ -87,5 +76,4 @@ PRESETS = {
     "tpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
 }
 
-# Seconds a run is expected to take under each preset (None: not measured); the runner flags a run well over.
 EXPECTED_SECONDS = {"smoke": None, "cpu": 71, "gpu": None, "tpu": None}

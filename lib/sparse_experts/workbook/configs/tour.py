@@ -1,10 +1,8 @@
 """00_tour: what is in this workbook, and what do the datasets look like?
 
-    python -m sparse_experts.workbook run --only 00 --preset cpu
-
 Expected run time (README, 2-core machine): cpu about 40 s, plus about 25 s the first time, which generates
-the embedded data (a first run may therefore be flagged as over time); smoke a few seconds (not measured
-per notebook); gpu/tpu not yet measured (catalog data that is not prepared is reported, not downloaded).
+the embedded data (a first run may therefore be flagged as over time); smoke, gpu, tpu not yet measured
+(catalog data that is not prepared is reported, not downloaded).
 
 Headline figures on cpu: ``upstream_train_examples``, ``upstream_classes``, ``upstream_coarse_classes``,
 ``downstream_tasks_ready``: counts of the embedded data, not yet recorded here from a cpu run.
@@ -15,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sparse_experts.workbook.configs.base import NotebookConfig, dataset_list, dataset_name, integer, knob
+from .base import NotebookConfig, dataset_list, dataset_name, integer, knob
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,5 +39,4 @@ PRESETS = {
     "tpu": dict(upstream="imagenet2012", downstream=CATALOG_DOWNSTREAM, images_per_class=4, classes_shown=12),
 }  # fmt: skip
 
-# Seconds a run is expected to take under each preset (None: not measured); the runner flags a run well over.
 EXPECTED_SECONDS = {"smoke": None, "cpu": 40, "gpu": None, "tpu": None}

@@ -1,11 +1,8 @@
 """02_train_vmoe: does a sparse V-MoE reach dense accuracy at lower inference compute?
 
-    python -m sparse_experts.workbook run --only 02 --preset cpu
-
 Expected run time (README, 2-core machine): cpu about 17 min, training 11 models (dense and the main V-MoE
 with 3 seeds each) into the artifact cache; a rerun reads them back in about 35 s. At 400 steps the 11
-models took about 22 minutes (dense 80-95 s, V-MoE k=2 126 s), hence 320. smoke seconds (not measured per
-notebook); gpu/tpu not yet measured.
+models took about 22 minutes (dense 80-95 s, V-MoE k=2 126 s), hence 320. smoke, gpu, tpu not yet measured.
 
 Headline figures on cpu: ``main_vmoe_test_accuracy``, ``dense_test_accuracy``, ``claim_verdict``: not yet
 measured (issue 12 notes they are near chance today; the next issue re-measures them).
@@ -17,16 +14,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sparse_experts.models import placement_layers
-from sparse_experts.workbook.configs.base import (
-    NotebookConfig,
-    dataset_name,
-    fail,
-    integer,
-    knob,
-    names_from,
-    one_of,
-    real,
-)
+
+from .base import NotebookConfig, dataset_name, fail, integer, knob, names_from, one_of, real
 
 # The models of notebook 02; sparse_experts.workbook.zoo defines each.
 MODEL_NAMES = ("dense", "vmoe_every2_k2", "vmoe_last2_k2", "vmoe_every2_k1", "expert_choice", "soft_moe",
@@ -39,9 +28,7 @@ class Config(NotebookConfig):
     notebook: ClassVar[str] = "02_train_vmoe"
 
     dataset: str = knob("upstream dataset the models are trained on", dataset_name)
-    label: str = knob(
-        "which labels to learn: 'label' (fine) or 'coarse_label'", one_of("label", "coarse_label")
-    )
+    label: str = knob("labels to learn: 'label' (fine) or 'coarse_label'", one_of("label", "coarse_label"))
     image_size: int = knob(
         "image side in pixels fed to the models (a multiple of patch_size)", integer(4, 512)
     )
@@ -55,9 +42,7 @@ class Config(NotebookConfig):
     num_experts: int = knob("experts E per MoE layer", integer(2, 1024))
     capacity_factor: float = knob("top-k capacity factor during training", real(0, 16, low_open=True))
     eval_capacity_factor: float = knob("top-k capacity factor at evaluation", real(0, 16, low_open=True))
-    group_size: int = knob(
-        "images per routing group (divides batch_size and eval_batch_size)", integer(1, 4096)
-    )
+    group_size: int = knob("images per routing group (divides batch_size, eval_batch_size)", integer(1, 4096))
     batch_size: int = knob("training batch size", integer(1, 65536))
     steps: int = knob("training steps per model", integer(1, 10_000_000))
     warmup_steps: int = knob("linear warmup steps, at most steps (then cosine decay)", integer(0, 1_000_000))
@@ -127,6 +112,5 @@ PRESETS = {
     ),
 }  # fmt: skip
 
-# Seconds a run is expected to take under each preset (None: not measured); the runner flags a run well over.
 # cpu: the first run, which trains every model (a rerun from the cache takes about 35 s).
 EXPECTED_SECONDS = {"smoke": None, "cpu": 1020, "gpu": None, "tpu": None}

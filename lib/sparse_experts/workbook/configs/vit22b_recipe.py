@@ -1,10 +1,7 @@
 """01_vit22b_recipe: what does each ViT-22B ingredient buy, why does QK-norm matter, and what would 22B
 parameters cost?
 
-    python -m sparse_experts.workbook run --only 01 --preset cpu
-
-Expected run time (README, 2-core machine): cpu about 5.5 min; smoke seconds (not measured per notebook);
-gpu/tpu not yet measured.
+Expected run time (README, 2-core machine): cpu about 5.5 min; smoke, gpu, tpu not yet measured.
 
 Headline figures on cpu: ``vit22b_params``, ``logit_ratio_at_top_lr``, ``lr_sensitivity_plain``,
 ``lr_sensitivity_qk_norm``, ``parallel_over_sequential_step_time``, ``qk_norm_verdict``: not yet recorded
@@ -17,15 +14,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sparse_experts.models import vit_config
-from sparse_experts.workbook.configs.base import (
-    NotebookConfig,
-    dataset_name,
-    fail,
-    integer,
-    knob,
-    positive_list,
-    vit_size,
-)
+
+from .base import NotebookConfig, dataset_name, fail, integer, knob, positive_list, vit_size
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +24,7 @@ class Config(NotebookConfig):
 
     dataset: str = knob("dataset for the small-scale experiments (upstream)", dataset_name)
     image_size: int = knob(
-        "image side in pixels fed to the models (a multiple of the patch size)", integer(8, 512)
+        "image side in pixels fed to the models (a multiple of the patch)", integer(8, 512)
     )
     model: str = knob("ViT size string for the experiments, e.g. 'mu/4' or 'S/16'", vit_size)
     batch_size: int = knob("training batch size", integer(1, 65536))
@@ -44,14 +34,10 @@ class Config(NotebookConfig):
     )
     sweep_steps: int = knob("training steps per learning rate in the sweep", integer(1, 1_000_000))
     compare_steps: int = knob(
-        "training steps for the parallel vs sequential comparison", integer(2, 1_000_000)
+        "training steps of the parallel vs sequential comparison", integer(2, 1_000_000)
     )
-    plan_devices: int = knob(
-        "devices of the mesh on which the 22B memory plan is computed", integer(1, 65536)
-    )
-    plan_model_axis: int = knob(
-        "size of the 'model' axis of that mesh (divides plan_devices)", integer(1, 1024)
-    )
+    plan_devices: int = knob("devices of the mesh the 22B memory plan is made for", integer(1, 65536))
+    plan_model_axis: int = knob("size of that mesh's 'model' axis (divides plan_devices)", integer(1, 1024))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,5 +66,4 @@ PRESETS = {
                 learning_rates=_SWEEP_RATES, sweep_steps=5000, compare_steps=5000),
 }  # fmt: skip
 
-# Seconds a run is expected to take under each preset (None: not measured); the runner flags a run well over.
 EXPECTED_SECONDS = {"smoke": None, "cpu": 330, "gpu": None, "tpu": None}
