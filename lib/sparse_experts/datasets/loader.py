@@ -1,13 +1,9 @@
-"""One loader for every dataset: the embedded ones (generated on first use) and TFDS catalog datasets.
+"""One loader for every dataset: the embedded ones (TFDS builders prepared into the data_dir on first use)
+and TFDS catalog datasets prepared in the same data_dir.
 
 :func:`info` describes a dataset without reading it, :func:`load_split` reads one split into memory once per
 process, and :func:`batch_at` / :func:`batches` serve shuffled, optionally augmented batches that are a
 function of ``(seed, step)`` only, so a resumed run sees exactly the batches it would have seen.
-
-Embedded datasets are TFDS builders (``builders.py``) prepared into ``paths.tfds_data_dir()`` (or the given
-``data_dir``) when first needed. Any other name is a TFDS catalog dataset read from the same ``data_dir``;
-when it is not prepared there, :class:`DatasetNotPreparedError` says how to prepare it and which embedded
-dataset stands in for it (``data/README.md``).
 """
 
 from __future__ import annotations
@@ -77,12 +73,10 @@ class DatasetNotPreparedError(RuntimeError):
 class DatasetInfo:
     """What a dataset is, without reading it.
 
-    ``image_shape`` is (height, width, channels), with None for a catalog dataset of varying image sizes
-    (pass ``image_size`` to :func:`load_split`). ``fine_to_coarse`` is int32 [num_classes] (fine label ->
-    coarse label) when the mapping is known ahead of the data. ``augmentations`` lists what :func:`batches`
-    may apply without changing the label. ``splits`` counts the examples of the workbook's splits; for a
-    catalog dataset ``split_sources`` gives the TFDS split expression each one reads (``splits.plan``), and
-    both are empty when the dataset is neither prepared nor one whose sizes the workbook knows.
+    ``image_shape`` has None for a catalog dataset of varying image sizes (pass ``image_size`` to
+    :func:`load_split`). ``fine_to_coarse``: int32 [num_classes], when known ahead of the data. ``splits``
+    counts the workbook's splits; ``split_sources`` gives the TFDS split expression each one reads (catalog
+    datasets); both are empty for a catalog dataset neither prepared nor of known sizes.
     """
 
     name: str
@@ -236,11 +230,8 @@ def is_prepared(name: str, *, data_dir: str | Path | None = None) -> bool:
 
 
 def prepare(name: str, *, data_dir: str | Path | None = None) -> Path:
-    """Generate (embedded) or download and prepare (catalog) ``name`` unless it is ready; returns its folder.
-
-    Catalog datasets need network and TensorFlow; without TensorFlow this raises
-    :class:`DatasetNotPreparedError`.
-    """
+    """Generate (embedded) or download and prepare (catalog: needs network and TensorFlow) ``name`` unless
+    it is ready; returns its folder."""
     name = _check_name(name)
     ddir = _data_dir(data_dir)
     builder = _builder(name, ddir)
@@ -336,13 +327,11 @@ def load_split(
 ) -> Split:
     """Read split ``split`` of dataset ``name`` into memory (cached per process; arrays are read-only).
 
-    Embedded datasets are generated into ``data_dir`` (default ``paths.tfds_data_dir()``) on first use.
     ``image_size`` resizes (centre crop + bilinear) every image to [image_size, image_size], needed for
     catalog datasets whose images vary in size.
     """
     name = _check_name(name)
-    if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
-        raise ValueError(f"image_size={image_size!r} must be a positive int or None")
+    _check_int("image_size", image_size, 1, or_none=True)
     ddir = _data_dir(data_dir)
     key = (str(ddir), name, split if isinstance(split, str) else repr(split), image_size)
     if key in _CACHE:
@@ -461,14 +450,11 @@ def batch_at(
 ) -> dict[str, np.ndarray]:
     """Batch number ``step`` of the stream :func:`batches` yields: a pure function of (seed, step).
 
-    Epoch ``e = step // steps_per_epoch`` visits the split in the order
-    ``np.random.default_rng([seed, e]).permutation(N)`` (identity order when ``shuffle`` is False);
-    augmentation draws from ``np.random.default_rng([seed, e, step_in_epoch])``.
-
-    Returns:
-      {"image": float32 [B, height, width, channels] in [-1, 1], "label": int32 [B]} plus
-      "coarse_label" int32 [B] when the dataset has coarse labels. B is ``batch_size`` except for the last
-      batch of an epoch when ``drop_remainder`` is False.
+    Epoch ``e`` visits the split in the order ``np.random.default_rng([seed, e]).permutation(N)`` (split
+    order without ``shuffle``); augmentation draws from ``np.random.default_rng([seed, e, step_in_epoch])``.
+    Returns {"image": float32 [B, height, width, channels] in [-1, 1], "label": int32 [B]} and
+    "coarse_label" int32 [B] when the dataset has one; the last batch of an epoch is smaller when
+    ``drop_remainder`` is False.
     """
     data = load_split(name, split, data_dir=data_dir, image_size=image_size)
     n = len(data)

@@ -359,23 +359,20 @@ def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> Array:
 # Colour and compositing
 
 
-def hsv_to_rgb(h: Array, s: Array, v: Array) -> Array:
-    """Vectorised HSV -> RGB: arrays of length n in [0, 1] -> float32 [n, 3]."""
-    i = np.floor(h * 6.0).astype(np.int64) % 6
-    f = h * 6.0 - np.floor(h * 6.0)
-    vtpq = np.stack([v, v * (1 - (1 - f) * s), v * (1 - s), v * (1 - f * s)], -1)
-    sector_rgb = np.array([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]])  # into vtpq
-    return np.take_along_axis(vtpq, sector_rgb[i], axis=1).astype(np.float32)
-
-
 def random_colour(
     rng: np.random.Generator, n: int, value_lo: Array, value_hi: Array, sat=(0.25, 1.0)
 ) -> Array:
-    """Random colours (float32 [n, 3]) with HSV value in [value_lo, value_hi] per image."""
+    """Random colours (float32 [n, 3]): uniform hue, saturation in ``sat``, HSV value in [value_lo, value_hi]
+    per image."""
     h = rng.random(n)
     s = rng.uniform(sat[0], sat[1], n)
     v = value_lo + (value_hi - value_lo) * rng.random(n)
-    return hsv_to_rgb(h, s, v)
+    # HSV -> RGB: the hue's sector (of 6) picks each channel among v, t, p, q
+    i = np.floor(h * 6.0).astype(np.int64) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    vtpq = np.stack([v, v * (1 - (1 - f) * s), v * (1 - s), v * (1 - f * s)], -1)
+    sector_rgb = np.array([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]])
+    return np.take_along_axis(vtpq, sector_rgb[i], axis=1).astype(np.float32)
 
 
 @dataclass
@@ -460,8 +457,3 @@ def draw_lines(
     d = np.abs((x - c(x0)) * np.sin(c(angle)) - (y - c(y0)) * np.cos(c(angle))) - c(width)
     alpha = np.clip(0.5 - d, 0.0, 1.0)[..., None]
     canvas[idx] = canvas[idx] * (1.0 - alpha) + alpha * colour[idx][:, None, None, :]
-
-
-def to_uint8(canvas: Array) -> Array:
-    """float [n, height, width, 3] in [0, 1] -> uint8 (rounded, clipped)."""
-    return np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)

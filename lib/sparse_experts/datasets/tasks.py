@@ -226,7 +226,7 @@ def _finish(canvas: np.ndarray, rng: np.random.Generator, style: _Style) -> np.n
     sigma = rng.uniform(*style.noise, len(canvas)).astype(np.float32)
     noise = rng.standard_normal(canvas.shape[:3], dtype=np.float32)  # luminance noise, shared by channels
     canvas += (noise * sigma[:, None, None])[..., None]
-    return sh.to_uint8(canvas)
+    return np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)
 
 
 def _render_chunk(task: str, split: str, rng: np.random.Generator, n: int):
