@@ -185,13 +185,9 @@ class Trained:
     trained_now: bool
 
 
-# ---------------------------------------------------------------------------------------------------------
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _files(root: Path) -> Iterator[Path]:
@@ -249,9 +245,8 @@ def _load_entry(entry: Path, spec: TrainSpec) -> Trained:
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
-    history = train.History.from_dict(json.loads((entry / "history.json").read_text()))
-    metrics = json.loads((entry / "metrics.json").read_text())
-    return Trained(spec=spec, model=model, history=history, metrics=metrics, path=entry, trained_now=False)
+    history, metrics = (json.loads((entry / f"{name}.json").read_text()) for name in ("history", "metrics"))
+    return Trained(spec, model, train.History.from_dict(history), metrics, entry, trained_now=False)
 
 
 def load(spec: TrainSpec, *, root: str | Path | None = None) -> Trained | None:

@@ -64,9 +64,7 @@ def image_grid(
     return fig
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Notebook 01: the learning-rate sweeps (``SweepResult`` values, one per sweep name).
-# ---------------------------------------------------------------------------------------------------------
 def sweep_logit_growth(results: dict, title: str = "Max attention logit during training") -> go.Figure:
     """One panel per sweep, one line per learning rate: the max attention logit over layers at each step
     (log scale)."""
@@ -109,9 +107,7 @@ def sweep_final_loss(results: dict, title: str = "Final training loss against le
     return fig
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Routing figures (notebooks 03 and 04).
-# ---------------------------------------------------------------------------------------------------------
 EXPERT_COLORS = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf", "#393b79", "#e7ba52", "#843c39", "#5254a3", "#31a354", "#de9ed6",
@@ -171,6 +167,8 @@ def patch_routing(
         )
     E, K = num_experts or int(chosen.max()) + 1, chosen.shape[1]
     colorscale = [[(e + i) / E, expert_color(e)] for e in range(E) for i in (0, 1)]  # z = e gets exactly e's
+    style = dict(zmin=-0.5, zmax=E - 0.5, colorscale=colorscale, opacity=0.55, hoverinfo="text")
+    style["colorbar"] = dict(title="expert", tickvals=list(range(E)))
     names = ["first choice", "second choice", "third choice"] + [f"choice {j + 1}" for j in range(3, K)]
     fig = make_subplots(rows=1, cols=K, subplot_titles=names[:K], horizontal_spacing=0.04)
     centres = np.arange(cols) * patch_size + (patch_size - 1) / 2
@@ -183,34 +181,15 @@ def patch_routing(
             for n in range(start, len(chosen))
         ]
         fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=j + 1)
-        heatmap = go.Heatmap(
-            z=chosen[start:, j].reshape(rows, cols).astype(float),
-            x=centres,
-            y=vcentres,
-            zmin=-0.5,
-            zmax=E - 0.5,
-            colorscale=colorscale,
-            opacity=0.55,
-            text=np.array(hover, dtype=object).reshape(rows, cols),
-            hoverinfo="text",
-            showscale=j == 0,
-            colorbar=dict(title="expert", tickvals=list(range(E))),
-            name=names[j],
-        )
+        z, text = chosen[start:, j].reshape(rows, cols).astype(float), np.reshape(hover, (rows, cols))
+        heatmap = go.Heatmap(z=z, x=centres, y=vcentres, text=text, showscale=j == 0, name=names[j], **style)
         fig.add_trace(heatmap, row=1, col=j + 1)
         if dropped[start:, j].any():
             r, c = np.divmod(np.flatnonzero(dropped[start:, j]), cols)
             marker = dict(symbol="x", size=max(6, PANEL_PIXELS // (3 * max(rows, cols))), color="black")
-            name = f"dropped ({names[j]})"
+            at = dict(x=centres[c], y=vcentres[r], row=1, col=j + 1)
             fig.add_scatter(
-                x=centres[c],
-                y=vcentres[r],
-                mode="markers",
-                marker=marker,
-                name=name,
-                hoverinfo="skip",
-                row=1,
-                col=j + 1,
+                mode="markers", marker=marker, name=f"dropped ({names[j]})", hoverinfo="skip", **at
             )
     fig.update_xaxes(showticklabels=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
@@ -443,9 +422,7 @@ def compute_extremes(
     return image_grid(np.asarray(images)[np.concatenate([most, least])], labels, title=title, columns=count)
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Notebook 02: models on the accuracy-compute plane, learning curves.
-# ---------------------------------------------------------------------------------------------------------
 FAMILY_COLORS = {"dense": "#636efa", "sparse": "#ef553b"}
 
 
@@ -515,9 +492,7 @@ def learning_curves(histories, smooth: int = 20, title: str = "Learning curves")
     return fig
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Notebook 00: example images of a dataset, its label hierarchy.
-# ---------------------------------------------------------------------------------------------------------
 def classes_across_groups(
     labels: np.ndarray, fine_to_coarse: np.ndarray | None, shown: int, seed: int = 0
 ) -> list[int]:

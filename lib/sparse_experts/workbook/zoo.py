@@ -1,21 +1,10 @@
 """The models notebook 02 trains, as cache specs, so notebooks 03 and 04 get the very same trained models.
 
-Every model shares one backbone (``width``, ``depth``, ``mlp_dim``, ``num_heads``, ``patch_size``, global
-average pooling) and one training recipe (AdamW, warmup + cosine, batch, steps) from the knobs of
-``02_train_vmoe`` (:mod:`sparse_experts.workbook.configs.train_vmoe`):
-
-==================  =============================================================================
-``dense``           the dense ViT
-``vmoe_every2_k2``  V-MoE, E experts, k=2, MoE in every second layer (1, 3, 5, ...): the main V-MoE
-``vmoe_last2_k2``   V-MoE, k=2, MoE in the last two odd layers only
-``vmoe_every2_k1``  V-MoE, k=1, every second layer
-``expert_choice``   experts choose tokens (Zhou et al. 2022), every second layer, capacity factor 2x the
-                    top-k one (the same expert slots as k=2; k=2 counts its active parameters)
-``soft_moe``        Soft MoE (Puigcerver et al. 2023), every second layer, about N slots per image
-``dense_large``     a wider and deeper dense ViT (``large_width``, ``large_depth``)
-==================  =============================================================================
-
-:data:`MULTI_SEED` models are trained with ``seeds`` seeds (``seed``, ``seed + 1``, ...), the others once.
+Every model (:data:`MODEL_NAMES`; notebook 02's introduction tables them) shares one backbone (``width``,
+``depth``, ``mlp_dim``, ``num_heads``, ``patch_size``, global average pooling) and one training recipe from
+the knobs of ``02_train_vmoe``; ``dense_large`` is wider and deeper (``large_width``, ``large_depth``), and
+``expert_choice`` gets twice the top-k capacity factor (the same expert slots as k=2). :data:`MULTI_SEED`
+models are trained with ``seeds`` seeds (``seed``, ``seed + 1``, ...), the others once.
 """
 
 from __future__ import annotations
@@ -84,24 +73,14 @@ def seeds_of(name: str, params: Mapping[str, Any]) -> tuple[int, ...]:
 def spec(name: str, params: Mapping[str, Any], seed: int | None = None) -> cache.TrainSpec:
     """The cache spec of model ``name`` trained with ``seed`` (default: the notebook's seed)."""
     p = params
+    knobs = "dataset batch_size preset image_size label eval_batch_size eval_every checkpoint_every".split()
+    optimiser = {k: p[k] for k in ("learning_rate", "warmup_steps", "weight_decay")}
     return cache.TrainSpec(
-        dataset=p["dataset"],
         model=model_config(name, p),
-        train=train.TrainConfig(
-            learning_rate=p["learning_rate"],
-            total_steps=p["steps"],
-            warmup_steps=p["warmup_steps"],
-            weight_decay=p["weight_decay"],
-        ),
-        batch_size=p["batch_size"],
+        train=train.TrainConfig(total_steps=p["steps"], **optimiser),
         num_steps=p["steps"],
         seed=p["seed"] if seed is None else seed,
-        preset=p["preset"],
-        image_size=p["image_size"],
-        label=p["label"],
-        eval_batch_size=p["eval_batch_size"],
-        eval_every=p["eval_every"],
-        checkpoint_every=p["checkpoint_every"],
+        **{k: p[k] for k in knobs},  # notebook 02's knobs of the same name
     )
 
 
@@ -110,9 +89,7 @@ def get(name: str, params: Mapping[str, Any], seed: int | None = None, **kwargs:
     return cache.get_or_train(spec(name, params, seed), description=f"{name} seed {seed}", **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------------------
 # What a run of notebook 02 trained, and how notebooks 03 and 04 find exactly those models and images.
-# ---------------------------------------------------------------------------------------------------------
 RECORD_FIGURE = "trained_models"
 """The figure of ``<out>/02_train_vmoe.json`` that records what notebook 02 trained (:func:`run_record`)."""
 STAGING = ".staging"
@@ -294,9 +271,7 @@ def eval_set(params: Mapping[str, Any], max_images: int, batch_size: int | None 
     return EvalSet(name, images, labels, class_names, label_sets, len(split.images), group, batch_size)
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Notebook 02's plan and training; its results: one row per model, seed spread, the claim.
-# ---------------------------------------------------------------------------------------------------------
 def plan(params: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Notebook 02's models on paper, one row per model of ``params["models"]``: seeds, width x depth, MoE
     layers, router, total and active parameters, GFLOPs per image (analytic, at the evaluation capacity)."""
