@@ -15,11 +15,9 @@ one), ``pool`` ("cls", "gap" or "map": a learned probe attends over the tokens),
 "sincos2d"), ``param_dtype``/``dtype`` (norms and softmax in float32, logits returned in float32), ``remat``
 and ``scan_layers`` (the L blocks stacked on a "layers" axis under nnx.scan; not with MoE layers).
 
-Every parameter carries logical axis names as ``out_sharding`` metadata (``eager_sharding=False``):
-"embed" (D), "mlp" (H), "heads" (A), "kv" (Q), "fused" (F, laid out [q | k | v | mlp] in, [heads | mlp]
-out), "classes" (Y), "layers" (L); None is replicated. :func:`make_mlp` chooses each layer's MLP: an
-``MoeMlp`` at the layers of :func:`moe_layers`; every MLP returns ``(y[B, N, D], record)`` and non-empty
-records come back in the stats under "moe".
+Every parameter carries logical axis names (``out_sharding`` metadata, mapped to mesh axes by
+:mod:`sparse_experts.parallel.mesh`). :func:`make_mlp` chooses each layer's MLP; every MLP returns
+``(y[B, N, D], record)``, and MoE records come back in the stats under "moe".
 """
 
 from __future__ import annotations
@@ -471,10 +469,8 @@ class Encoder(nnx.Module):
                 x, stats, _ = apply(block, x, moe_overrides)
                 return x, stats
 
-            metadata = {nnx.PARTITION_NAME: "layers"}
-            scan = nnx.scan(
-                body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), transform_metadata=metadata
-            )
+            axes, metadata = (nnx.Carry, 0), {nnx.PARTITION_NAME: "layers"}
+            scan = nnx.scan(body, in_axes=axes, out_axes=axes, transform_metadata=metadata)
             x, stats = scan(x, self.blocks)
             records = {}
         else:
