@@ -34,13 +34,8 @@ def image_grid(
     cell_pixels: int = 56,
 ) -> go.Figure:
     """A grid with one labelled row per group: ``images`` is ``[rows * columns, height, width, channels]``."""
-    images = np.asarray(images)
-    rows = len(row_labels)
-    if rows == 0:
-        raise ValueError("row_labels is empty: nothing to show")
+    images, rows = np.asarray(images), len(row_labels)
     columns = columns or len(images) // rows
-    if rows * columns != len(images):
-        raise ValueError(f"{len(images)} images do not fill {rows} rows x {columns} columns")
     # one white pixel around every image
     mosaic = np.pad(
         grid.image_grid(images, cols=columns, scale=1, pad=1), ((1, 0), (1, 0), (0, 0)), constant_values=255
@@ -347,13 +342,7 @@ def accuracy_vs_gflops(curves, points=None, title: str = "Accuracy against compu
     ``points``: {name: (gflops, accuracy)}, drawn as single large markers (e.g. the dense model, Soft MoE)."""
     fig = go.Figure()
     for name, curve in dict(curves).items():
-        if len(curve) not in (2, 3):
-            raise ValueError(
-                f"curves[{name!r}] has {len(curve)} parts; expected (gflops, accuracy[, factors])"
-            )
         x, y = np.asarray(curve[0], np.float64), np.asarray(curve[1], np.float64)
-        if x.shape != y.shape or x.ndim != 1:
-            raise ValueError(f"curves[{name!r}]: gflops {x.shape} and accuracy {y.shape} must be equal 1-D")
         order = np.argsort(x, kind="stable")
         labels = [f"{float(c):g}" for c in np.asarray(curve[2])[order]] if len(curve) == 3 else None
         fig.add_scatter(
@@ -470,8 +459,6 @@ def model_frontier(rows, title: str = "Test accuracy against inference compute")
 def learning_curves(histories, smooth: int = 20, title: str = "Learning curves") -> go.Figure:
     """Training loss (moving average over ``smooth`` steps) and validation accuracy per model, side by side.
     ``histories``: {model name: ``train.History``}."""
-    if smooth < 1:
-        raise ValueError(f"smooth={smooth} must be >= 1")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation accuracy"))
     palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
     for i, (name, history) in enumerate(dict(histories).items()):
