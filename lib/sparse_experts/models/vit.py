@@ -401,9 +401,8 @@ class ParallelBlock(nnx.Module):
         self.mlp = make_mlp(config, layer_index, rngs=rngs) if layer_index in moe_layers(config) else None
         hidden = 0 if self.mlp is not None else H  # the fused MLP width
         self.in_kernel = _param(rngs, _xavier(0, 1), (D, 3 * D + hidden), ("embed", "fused"), config)
-        self.qkv_bias = (
-            _param(rngs, _zeros, (3, A, Q), (None, "heads", "kv"), config) if config.qkv_bias else None
-        )
+        qkv_bias = config.qkv_bias
+        self.qkv_bias = _param(rngs, _zeros, (3, A, Q), (None, "heads", "kv"), config) if qkv_bias else None
         self.mlp_bias = _param(rngs, _zeros, (H,), ("mlp",), config) if config.mlp_bias and hidden else None
         self.out_kernel = _param(rngs, _xavier(0, 1), (D + hidden, D), ("fused", "embed"), config)
         self.out_bias = _param(rngs, _zeros, (D,), ("embed",), config) if config.mlp_bias else None
@@ -528,9 +527,8 @@ class ViT(nnx.Module):
         patch_init = nnx.initializers.lecun_normal((0, 1, 2), 3)
         self.patch_kernel = _param(rngs, patch_init, (p, p, C, D), (None, None, None, "embed"), config)
         self.patch_bias = _param(rngs, _zeros, (D,), ("embed",), config)
-        self.cls = (
-            _param(rngs, _zeros, (1, 1, D), (None, None, "embed"), config) if config.pool == "cls" else None
-        )
+        cls = config.pool == "cls"
+        self.cls = _param(rngs, _zeros, (1, 1, D), (None, None, "embed"), config) if cls else None
         learned = config.posemb == "learn"
         init = nnx.initializers.normal(0.02)
         self.posemb = _param(rngs, init, (config.num_tokens, D), (None, "embed"), config) if learned else None
@@ -563,9 +561,8 @@ class ViT(nnx.Module):
 
     def encode(self, images, *, train=False, return_stats=False, moe_overrides=None):
         """images [B, S, S, C] -> pooled features [B, D] (and stats when return_stats)."""
-        x, stats = self.encoder(
-            self.embed(images), train=train, with_stats=return_stats, moe_overrides=moe_overrides
-        )
+        tokens = self.embed(images)
+        x, stats = self.encoder(tokens, train=train, with_stats=return_stats, moe_overrides=moe_overrides)
         if self.config.pool == "cls":
             pooled = x[:, 0]
         elif self.config.pool == "gap":
