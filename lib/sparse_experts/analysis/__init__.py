@@ -1,7 +1,6 @@
-"""Analysis of trained models: routing records over an image set, expert/class affinity, expert ablation,
-test-time capacity sweeps.
+"""Analysis of trained models (notebooks 01, 03, 04).
 
-Layer: imports :mod:`sparse_experts.models` and :mod:`sparse_experts.routing`, nothing above.
+Layer: imports ``models``, ``parallel``, ``routing`` and ``train``, nothing above.
 """
 
 from sparse_experts.analysis import ablation, specialisation, stability
@@ -20,7 +19,6 @@ from sparse_experts.analysis.routes import (
     patch_choices,
     route,
     router_entropy,
-    top_and_bottom,
 )
 from sparse_experts.analysis.selection import overrides_for, resolve_layer, shown_choices, token_choices
 from sparse_experts.analysis.specialisation import Specialisation, class_specialisation

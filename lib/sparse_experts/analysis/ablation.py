@@ -1,11 +1,7 @@
-"""Expert ablation scan: switch each expert of one MoE layer off in turn and measure what accuracy it costs,
-overall and class by class.
+"""Expert ablation scan: switch each expert of one MoE layer off in turn (:func:`.routes.ablate_expert`) and
+measure what accuracy it costs, overall and class by class.
 
 Shape letters: B images, N tokens per image, E experts, Y classes.
-
-Switching off is :func:`sparse_experts.analysis.ablate_expert`: the expert's output is zero, routing is
-unchanged (it still takes its slots), so the tokens it processed get only the residual path (and their
-other experts) in that layer.
 """
 
 from __future__ import annotations
@@ -17,16 +13,8 @@ from typing import Any
 import numpy as np
 
 from sparse_experts import models
-from sparse_experts.analysis.routes import (
-    _check_labels,
-    _check_weights,
-    _fail,
-    _moe_block,
-    _moe_config,
-    ablate_expert,
-    accuracy_per_class,
-    route,
-)
+from sparse_experts.analysis import routes
+from sparse_experts.routing import fail
 
 # Every ablation moving accuracy by less than this (a fraction) counts as "no single expert matters".
 NEGLIGIBLE = 0.005
@@ -72,28 +60,25 @@ def ablation_scan(
     ``[B, Y]``: the intact model's logits with the same settings, if already computed (else it is routed
     once more). One forward pass per expert; the ablated copies share the intact model's compiled program.
     """
-    moe = _moe_config(model)
-    _moe_block(model, layer)  # names the valid layers
+    moe = routes._moe_config(model)
+    routes._moe_block(model, layer)  # names the valid layers
     num_classes = model.config.num_classes if num_classes is None else num_classes
-    labels = _check_labels(labels, len(np.asarray(images)), num_classes)
+    labels = routes._check_labels(labels, len(np.asarray(images)), num_classes)
     if base_logits is None:
-        base_logits, _ = route(model, images, batch_size=batch_size, moe_overrides=moe_overrides)
+        base_logits, _ = routes.route(model, images, batch_size=batch_size, moe_overrides=moe_overrides)
     base_logits = np.asarray(base_logits)
-    if base_logits.shape != (len(labels), model.config.num_classes):
-        _fail(
-            "base_logits",
-            f"<array of shape {base_logits.shape}>",
-            f"[B={len(labels)}, {model.config.num_classes}]",
-        )
+    expected = (len(labels), model.config.num_classes)
+    if base_logits.shape != expected:
+        fail("base_logits", f"<array of shape {base_logits.shape}>", f"[B={expected[0]}, {expected[1]}]")
     base = base_logits.argmax(1) == labels
-    base_per_class = accuracy_per_class(base_logits, labels, num_classes)
+    base_per_class = routes.accuracy_per_class(base_logits, labels, num_classes)
     overall, per_class = [], []
     for expert in range(moe.num_experts):
-        logits, _ = route(
-            ablate_expert(model, layer, expert), images, batch_size=batch_size, moe_overrides=moe_overrides
-        )
+        ablated = routes.ablate_expert(model, layer, expert)
+        logits, _ = routes.route(ablated, images, batch_size=batch_size, moe_overrides=moe_overrides)
+
         overall.append(float(np.mean(logits.argmax(1) == labels) - base.mean()))
-        per_class.append(accuracy_per_class(logits, labels, num_classes) - base_per_class)
+        per_class.append(routes.accuracy_per_class(logits, labels, num_classes) - base_per_class)
     return AblationScan(
         layer=int(layer),
         accuracy=float(base.mean()),
@@ -106,14 +91,9 @@ def ablation_scan(
 def reliance(combine_weights: np.ndarray, labels: np.ndarray, num_classes: int, expert: int) -> np.ndarray:
     """``[Y]``: the share of each class's routed weight (``combine_weights`` ``[B, N, E]`` summed over its
     images' tokens) that goes to ``expert`` (0 for a class with no weight)."""
-    weights = _check_weights("combine_weights", combine_weights)
-    labels = _check_labels(labels, weights.shape[0], num_classes)
-    if (
-        isinstance(expert, bool)
-        or not isinstance(expert, int | np.integer)
-        or not 0 <= expert < weights.shape[2]
-    ):
-        _fail("expert", expert, f"an integer in [0, E={weights.shape[2]})")
+    weights = routes._check_weights("combine_weights", combine_weights)
+    labels = routes._check_labels(labels, weights.shape[0], num_classes)
+    expert = routes._check_index("expert", expert, weights.shape[2], f"E={weights.shape[2]}")
     share = weights.sum(1)  # [B, E]
     to_expert = np.bincount(labels, weights=share[:, expert], minlength=num_classes)
     return to_expert / np.maximum(np.bincount(labels, weights=share.sum(1), minlength=num_classes), 1e-12)
@@ -135,11 +115,9 @@ def summary(
     ``per_expert_change``."""
     num = len(class_names)
     if len(scan.class_counts) != num:
-        _fail("class_names", f"<{num} names>", f"{len(scan.class_counts)} names (the scan's classes)")
+        fail("class_names", f"<{num} names>", f"{len(scan.class_counts)} names (the scan's classes)")
     E = len(scan.per_expert_change)
-    if isinstance(expert, bool) or not isinstance(expert, int | np.integer) or not 0 <= expert < E:
-        _fail("expert", expert, f"an integer in [0, E={E})")
-    expert = int(expert)
+    expert = routes._check_index("expert", expert, E, f"E={E}")
     delta, counts = scan.per_class_change[expert], scan.class_counts
     share = reliance(combine_weights, labels, num, expert)
     eligible = counts >= max(1, np.median(counts[counts > 0]))  # not a class of one or two images
@@ -169,6 +147,3 @@ def summary(
                      f"({100 * scan.per_expert_change[most]:+.1f} points).")  # fmt: skip
     return dict(sentence=sentence, expert=expert, accuracy_change=change, most_costly_expert=most,
                 per_expert_change=[float(d) for d in scan.per_expert_change])  # fmt: skip
-
-
-__all__ = ["NEGLIGIBLE", "AblationScan", "ablation_scan", "reliance", "summary"]

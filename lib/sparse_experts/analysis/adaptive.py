@@ -1,9 +1,8 @@
 """Adaptive per-image compute (notebook 04): the capacity factor as a test-time dial, with vanilla routing
 and with Batch Prioritized Routing (BPR), and how the compute a top-k V-MoE spends spreads over images.
 
-Shape letters: B images, N tokens per image, K choices per token, L MoE layers (see :mod:`.routes`).
-Everything runs through :func:`sparse_experts.analysis.routes.route` / :func:`.routes.capacity_sweep`,
-so the same images in the same order and batch size give the same numbers.
+Shape letters: B images. Everything runs through :func:`.routes.route`, so the same images in the same
+order and batch size give the same numbers.
 """
 
 from __future__ import annotations
@@ -12,15 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
 from sparse_experts import models
-from sparse_experts.analysis.routes import capacity_sweep, compute_per_image, route, top_and_bottom
+from sparse_experts.analysis.routes import _forward, capacity_sweep, compute_per_image, route
+from sparse_experts.routing import check_int
 
-ROUTINGS = {"vanilla": False, "BPR": True}
-"""Routing name -> ``batch_priority``."""
+ROUTINGS = {"vanilla": False, "BPR": True}  # routing name -> batch_priority
 EXPERT_CHOICE = "expert choice"
 
 
@@ -34,15 +32,14 @@ def capacity_sweeps(
     expert_choice: models.ViT | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """:func:`.routes.capacity_sweep` of the top-k ``model`` with vanilla routing (``"vanilla"``) and with
-    BPR (``"BPR"``) over ``capacity_factors``; with ``expert_choice`` also that model's sweep
-    (``"expert choice"``) at twice each factor (its factor c is the mean number of experts per token, so
-    2x a top-2 factor gives the same expert slots)."""
-    sweeps = {
-        name: capacity_sweep(
+    BPR (``"BPR"``); with ``expert_choice`` also that model's sweep (``"expert choice"``) at twice each
+    factor (its factor c is the mean number of experts per token, so 2x a top-2 factor gives the same
+    expert slots)."""
+    sweeps = {}
+    for name, bpr in ROUTINGS.items():
+        sweeps[name] = capacity_sweep(
             model, images, labels, capacity_factors, batch_size=batch_size, batch_priority=bpr
         )
-        for name, bpr in ROUTINGS.items()
-    }
     if expert_choice is not None:
         doubled = [2 * float(cf) for cf in capacity_factors]
         sweeps[EXPERT_CHOICE] = capacity_sweep(expert_choice, images, labels, doubled, batch_size=batch_size)
@@ -50,25 +47,24 @@ def capacity_sweeps(
 
 
 def sweep_table(sweeps: Mapping[str, Mapping[str, np.ndarray]]) -> list[dict[str, float]]:
-    """One row per capacity factor of the vanilla and BPR sweeps (:func:`capacity_sweeps`): accuracy of
-    each, GFLOPs per image (the same for both: the slots are allocated either way), dropped fraction of
-    each, and the expert token-choices per image (vanilla)."""
+    """One row per capacity factor of the vanilla and BPR sweeps: accuracy of each, GFLOPs per image (the
+    same for both: the slots are allocated either way), dropped fraction of each, and the expert
+    token-choices per image (vanilla)."""
     vanilla, bpr = sweeps["vanilla"], sweeps["BPR"]
-    if not np.array_equal(vanilla["capacity_factor"], bpr["capacity_factor"]):
-        raise ValueError(
-            f"sweeps: vanilla factors {vanilla['capacity_factor']} differ from BPR's {bpr['capacity_factor']}"
-        )
+    factors = vanilla["capacity_factor"]
+    if not np.array_equal(factors, bpr["capacity_factor"]):
+        raise ValueError(f"sweeps: vanilla factors {factors} differ from BPR's {bpr['capacity_factor']}")
+    columns = {
+        "capacity_factor": (vanilla, "capacity_factor"),
+        "vanilla_accuracy": (vanilla, "accuracy"),
+        "bpr_accuracy": (bpr, "accuracy"),
+        "gflops_per_image": (vanilla, "gflops"),
+        "vanilla_dropped_fraction": (vanilla, "dropped_fraction"),
+        "bpr_dropped_fraction": (bpr, "dropped_fraction"),
+        "expert_choices_per_image": (vanilla, "tokens_per_image"),
+    }
     return [
-        {
-            "capacity_factor": float(vanilla["capacity_factor"][i]),
-            "vanilla_accuracy": float(vanilla["accuracy"][i]),
-            "bpr_accuracy": float(bpr["accuracy"][i]),
-            "gflops_per_image": float(vanilla["gflops"][i]),
-            "vanilla_dropped_fraction": float(vanilla["dropped_fraction"][i]),
-            "bpr_dropped_fraction": float(bpr["dropped_fraction"][i]),
-            "expert_choices_per_image": float(vanilla["tokens_per_image"][i]),
-        }
-        for i in range(len(vanilla["capacity_factor"]))
+        {name: float(sweep[key][i]) for name, (sweep, key) in columns.items()} for i in range(len(factors))
     ]
 
 
@@ -83,11 +79,8 @@ def sweep_records(sweep: Mapping[str, np.ndarray] | None) -> list[dict[str, floa
 def sweep_curves(sweeps: Mapping[str, Mapping[str, np.ndarray]], model_name: str = "V-MoE top-2") -> dict:
     """The curves of :func:`sparse_experts.workbook.viz.accuracy_vs_gflops`: ``{label: (gflops, accuracy,
     capacity_factor)}`` per sweep, the top-k ones labelled ``"<model_name>, vanilla"`` / ``", BPR"``."""
-    labels = {
-        "vanilla": f"{model_name}, vanilla",
-        "BPR": f"{model_name}, BPR",
-        EXPERT_CHOICE: "expert choice (c)",
-    }
+    labels = {"vanilla": f"{model_name}, vanilla", "BPR": f"{model_name}, BPR"}
+    labels[EXPERT_CHOICE] = "expert choice (c)"
     return {
         labels.get(name, name): (sweep["gflops"], sweep["accuracy"], sweep["capacity_factor"])
         for name, sweep in sweeps.items()
@@ -98,33 +91,25 @@ def fixed_points(
     fixed: Mapping[str, models.ViT], images: np.ndarray, labels: np.ndarray, *, batch_size: int
 ) -> dict[str, tuple[float, float]]:
     """Models without a capacity dial (dense, Soft MoE) as single points ``{label: (GFLOPs per image,
-    accuracy)}`` on ``images`` in batches of ``batch_size`` (stored order)."""
-    labels = np.asarray(labels)
+    accuracy)}``."""
     points = {}
     for label, model in fixed.items():
-        accuracy = float(np.mean(predict(model, images, batch_size=batch_size).argmax(axis=1) == labels))
-        points[label] = (models.flops_per_image(model.config) / 1e9, accuracy)
+        correct = predict(model, images, batch_size=batch_size).argmax(axis=1) == np.asarray(labels)
+        points[label] = (models.flops_per_image(model.config) / 1e9, float(np.mean(correct)))
     return points
 
 
-# graphdef -> jitted eval forward (graphdefs are hashable: models of one structure share the compile)
-_PREDICT: dict[Any, Any] = {}
-
-
 def predict(model: models.ViT, images: np.ndarray, *, batch_size: int) -> np.ndarray:
-    """Logits ``[B, Y]`` of ``model`` in eval mode on ``images`` in order, in batches of ``batch_size``
-    (routing depends on the group: the same order and batch size give the same logits)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is not valid; expected a positive integer")
-    graphdef, state = nnx.split(model)
-    if graphdef not in _PREDICT:
-        _PREDICT[graphdef] = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False))
-    forward = _PREDICT[graphdef]
+    """Logits ``[B, Y]`` of ``model`` (with or without MoE layers) in eval mode on ``images`` in order, in
+    batches of ``batch_size``."""
+    batch_size = check_int("batch_size", batch_size)
     images = np.asarray(images)
     if len(images) == 0:
         raise ValueError("images is empty: nothing to predict")
-    return np.concatenate([np.asarray(forward(state, images[i : i + batch_size]))
-                           for i in range(0, len(images), batch_size)])  # fmt: skip
+    graphdef, state = nnx.split(model)
+    forward = _forward(graphdef, None)
+    starts = range(0, len(images), batch_size)
+    return np.concatenate([np.asarray(forward(state, images[i : i + batch_size])[0]) for i in starts])
 
 
 @dataclass(frozen=True)
@@ -143,14 +128,13 @@ class ComputeAtCapacity:
 def compute_at_capacity(
     model: models.ViT, images: np.ndarray, labels: np.ndarray, capacity_factor: float, *, batch_size: int
 ) -> dict[str, ComputeAtCapacity]:
-    """``{"vanilla": ..., "BPR": ...}``: each image's expert compute (:func:`.routes.compute_per_image`,
-    summed over the MoE layers) and correctness at ``capacity_factor``."""
-    labels = np.asarray(labels)
+    """``{"vanilla": ..., "BPR": ...}`` at ``capacity_factor``: each image's expert compute (summed over
+    the MoE layers) and correctness."""
     out = {}
     for name, bpr in ROUTINGS.items():
         overrides = dict(capacity_factor=capacity_factor, batch_priority=bpr)
         logits, records = route(model, images, batch_size=batch_size, moe_overrides=overrides)
-        out[name] = ComputeAtCapacity(compute_per_image(records), logits.argmax(axis=1) == labels)
+        out[name] = ComputeAtCapacity(compute_per_image(records), logits.argmax(axis=1) == np.asarray(labels))
     return out
 
 
@@ -170,11 +154,12 @@ def compute_spread(at_capacity: Mapping[str, ComputeAtCapacity]) -> list[dict[st
         values = np.asarray(result.per_image, np.float64)
         correct = np.asarray(result.correct, np.float64)
         if values.ndim != 1 or values.shape != correct.shape or len(values) == 0:
-            raise ValueError(
-                f"at_capacity[{name!r}]: per_image {values.shape} and correct {correct.shape} must be equal "
-                "non-empty [B] arrays"
-            )
-        most, least = top_and_bottom(values, max(1, len(values) // 4))
+            shapes = f"per_image {values.shape} and correct {correct.shape}"
+            raise ValueError(f"at_capacity[{name!r}]: {shapes} must be equal non-empty [B] arrays")
+
+        quarter = max(1, len(values) // 4)
+        most = np.argsort(-values, kind="stable")[:quarter]
+        least = np.argsort(values, kind="stable")[:quarter]
         rows.append({
             "routing": name,
             "mean": float(values.mean()),

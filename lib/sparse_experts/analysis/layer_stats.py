@@ -11,14 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from sparse_experts.analysis.routes import _check_labels, _fail, expert_load, router_entropy
+from sparse_experts.analysis.routes import _check_labels, expert_load, router_entropy
+from sparse_experts.routing import fail
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of ``logits`` ``[B, Y]`` against ``labels`` ``[B]``."""
     logits = np.asarray(logits)
     if logits.ndim != 2:
-        _fail("logits", f"<array of shape {logits.shape}>", "an array [B, Y]")
+        fail("logits", f"<array of shape {logits.shape}>", "an array [B, Y]")
     labels = _check_labels(labels, logits.shape[0], logits.shape[1])
     return float(np.mean(logits.argmax(1) == labels))
 
@@ -35,7 +36,7 @@ def layer_rows(
     token-choices, or with ``weighted=True`` of the combine weight: the measure for Soft MoE) and
     ``accuracy (these images)`` of ``logits`` ``[B, Y]``."""
     if not records:
-        _fail("records", "{}", "a non-empty mapping layer -> record")
+        fail("records", "{}", "a non-empty mapping layer -> record")
     correct = accuracy(logits, labels)
     return [
         {
@@ -61,6 +62,3 @@ def per_layer(records: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, A
         }
         for layer, record in records.items()
     }
-
-
-__all__ = ["accuracy", "layer_rows", "per_layer"]

@@ -25,30 +25,27 @@ from flax import nnx
 
 from sparse_experts import models, routing
 from sparse_experts.analysis.claims import Claim
-from sparse_experts.routing import layer_capacity
+from sparse_experts.routing import check_bool, check_int, check_number, fail, layer_capacity
 
 RECORD_KEYS = ("combine_weights", "gates", "load", "dropped_fraction", "tokens_per_image")
 _OVERRIDE_KEYS = ("k", "capacity_factor", "batch_priority")
 
-# (graphdef, overrides) -> jitted forward; graphdefs are hashable, so an ablated copy (same graph, other
-# weights) reuses the compiled function of its original.
+# (graphdef, overrides) -> jitted eval forward; graphdefs are hashable, so an ablated copy (same graph, other
+# weights) reuses the compiled function of its original, and models of one structure share the compile.
 _FORWARDS: dict[Any, Any] = {}
 
 
-def _fail(name: str, value: Any, valid: str) -> None:
-    raise ValueError(f"{name}={value!r} is not valid; expected {valid}")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        _fail(name, value, "a positive integer")
+def _check_index(name: str, value: Any, stop: int, bound: str) -> int:
+    """``value`` as an int in [0, ``stop``); ``bound`` names the stop in the message (e.g. "E=4")."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < stop:
+        fail(name, value, f"an integer in [0, {bound})")
     return int(value)
 
 
 def _moe_config(model: models.ViT) -> models.MoeConfig:
     config = getattr(model, "config", None)
     if not isinstance(config, models.VitConfig):
-        _fail("model", type(model).__name__, "a sparse_experts.models.ViT")
+        fail("model", type(model).__name__, "a sparse_experts.models.ViT")
     if config.moe is None:
         raise ValueError(f"model {config.name} has no MoE layers (config.moe is None); nothing is routed")
     return config.moe
@@ -58,32 +55,31 @@ def _check_overrides(overrides: Mapping[str, Any] | None, moe: models.MoeConfig)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(_OVERRIDE_KEYS))
     if unknown:
-        _fail("moe_overrides", overrides, f"a dict with keys among {_OVERRIDE_KEYS} (unknown: {unknown})")
+        fail("moe_overrides", overrides, f"a dict with keys among {_OVERRIDE_KEYS} (unknown: {unknown})")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if moe.router == "soft" and overrides:
-        _fail("moe_overrides", overrides, "None for a Soft MoE model (its slots are fixed parameters)")
+        fail("moe_overrides", overrides, "None for a Soft MoE model (its slots are fixed parameters)")
     if "k" in overrides:
-        k = _check_positive_int("moe_overrides['k']", overrides["k"])
-        if k > moe.num_experts:
-            _fail("moe_overrides['k']", k, f"an integer in [1, num_experts={moe.num_experts}]")
-    if "capacity_factor" in overrides:
-        cf = overrides["capacity_factor"]
-        if isinstance(cf, bool) or not isinstance(cf, numbers.Real) or not cf > 0:
-            _fail("moe_overrides['capacity_factor']", cf, "a number > 0")
-        overrides["capacity_factor"] = float(cf)
-    if "batch_priority" in overrides and not isinstance(overrides["batch_priority"], bool | np.bool_):
-        _fail("moe_overrides['batch_priority']", overrides["batch_priority"], "True or False")
+        overrides["k"] = routing.check_choices(overrides["k"], moe.num_experts, "moe_overrides['k']")
+    for key, check in (("capacity_factor", check_number), ("batch_priority", check_bool)):
+        if key in overrides:
+            overrides[key] = check(f"moe_overrides[{key!r}]", overrides[key])
     return tuple(sorted(overrides.items()))
 
 
-def _forward(graphdef, overrides: tuple):
+def _forward(graphdef, overrides: tuple | None):
+    """The jitted ``(state, images) -> (logits, {layer: record})``; ``overrides=None``: logits and ``{}``
+    (also for models without MoE layers)."""
     key = (graphdef, overrides)
     if key not in _FORWARDS:
 
         @jax.jit
         def forward(state, images):
             model = nnx.merge(graphdef, state)
+            if overrides is None:
+                return model(images, train=False), {}
             logits, stats = model(images, return_stats=True, moe_overrides=dict(overrides) or None)
+
             records = {
                 layer: {name: record[name] for name in RECORD_KEYS} for layer, record in stats["moe"].items()
             }
@@ -121,22 +117,18 @@ def route(
     - ``"capacity"``: slots per expert C of a full batch's groups (a Python int).
     """
     moe = _moe_config(model)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     overrides = _check_overrides(moe_overrides, moe)
     images = np.asarray(images)
     config = model.config
     expected = (config.image_size, config.image_size, config.channels)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected or len(images) == 0:
-        _fail(
-            "images",
-            f"<array of shape {images.shape}>",
-            f"a non-empty array [B, {', '.join(map(str, expected))}]",
-        )
+        fail("images", f"<array of shape {images.shape}>", f"a non-empty array [B, {str(expected)[1:-1]}]")
     if batch_size % moe.group_size:
-        _fail("batch_size", batch_size, f"a multiple of the model's moe.group_size={moe.group_size}")
+        fail("batch_size", batch_size, f"a multiple of the model's moe.group_size={moe.group_size}")
     last = len(images) % batch_size
     if last % moe.group_size:
-        _fail(
+        fail(
             "images",
             f"<{len(images)} images>",
             f"a number of images whose last batch ({last} images with batch_size={batch_size}) is a multiple "
@@ -144,31 +136,28 @@ def route(
         )
     graphdef, state = nnx.split(model)
     forward = _forward(graphdef, overrides)
-    logits, parts, sizes = [], [], []
+    logits, parts = [], []
     for start in range(0, len(images), batch_size):
-        batch = jnp.asarray(images[start : start + batch_size])
-        batch_logits, records = forward(state, batch)
+        batch_logits, records = forward(state, jnp.asarray(images[start : start + batch_size]))
         logits.append(np.asarray(batch_logits))
         parts.append(jax.tree.map(np.asarray, records))
-        sizes.append(len(batch))
+    sizes = [len(part) for part in logits]
     weights = np.asarray(sizes, np.float64) / sum(sizes)
-    capacity = _capacity(config, overrides, min(batch_size, len(images)))
+    capacity = _capacity(config, overrides)
     stacked = {}
     for layer in parts[0]:
         per_batch = [part[layer] for part in parts]
         stacked[layer] = {
-            "combine_weights": np.concatenate([p["combine_weights"] for p in per_batch]),
-            "gates": np.concatenate([p["gates"] for p in per_batch]),
-            "tokens_per_image": np.concatenate([p["tokens_per_image"] for p in per_batch]),
-            "load": np.sum([p["load"] for p in per_batch], axis=0),
-            "dropped_fraction": float(np.dot(weights, [float(p["dropped_fraction"]) for p in per_batch])),
-            "capacity": capacity,
+            key: np.concatenate([p[key] for p in per_batch])
+            for key in ("combine_weights", "gates", "tokens_per_image")
         }
+        stacked[layer]["load"] = np.sum([p["load"] for p in per_batch], axis=0)
+        dropped = [float(p["dropped_fraction"]) for p in per_batch]
+        stacked[layer] |= {"dropped_fraction": float(np.dot(weights, dropped)), "capacity": capacity}
     return np.concatenate(logits), stacked
 
 
-def _capacity(config: models.VitConfig, overrides: tuple, batch: int) -> int:
-
+def _capacity(config: models.VitConfig, overrides: tuple) -> int:
     moe, given = config.moe, dict(overrides)
     if moe.router == "soft":
         return layer_capacity("soft", config.num_tokens, moe.num_experts, 1, moe.capacity_factor)
@@ -180,24 +169,20 @@ def _capacity(config: models.VitConfig, overrides: tuple, batch: int) -> int:
 def _check_weights(name: str, value: Any, ndim: int = 3) -> np.ndarray:
     array = np.asarray(value, np.float64)
     if array.ndim != ndim:
-        letters = "[B, N, E]" if ndim == 3 else "[N, E]"
-        _fail(name, f"<array of shape {array.shape}>", f"an array {letters}")
+        fail(name, f"<array of shape {array.shape}>", f"an array {'[B, N, E]' if ndim == 3 else '[N, E]'}")
     return array
 
 
 def _check_labels(labels: Any, count: int, num_classes: int) -> np.ndarray:
-    num_classes = _check_positive_int("num_classes", num_classes)
+    num_classes = check_int("num_classes", num_classes)
     labels = np.asarray(labels)
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
-        _fail(
+        fail(
             "labels", f"<array of shape {labels.shape}, dtype {labels.dtype}>", f"integers of shape [{count}]"
         )
     if count and (labels.min() < 0 or labels.max() >= num_classes):
-        _fail(
-            "labels",
-            f"<values in [{labels.min()}, {labels.max()}]>",
-            f"values in [0, num_classes={num_classes})",
-        )
+        values = f"<values in [{labels.min()}, {labels.max()}]>"
+        fail("labels", values, f"values in [0, num_classes={num_classes})")
     return labels
 
 
@@ -213,8 +198,6 @@ def expert_class_affinity(
     NaN). With equal use of E experts every entry is 1/E; a specialised expert has entries far above 1/E
     for a few classes. ``relative=True`` divides each row by that expert's share of all the routed weight
     (over every class): 1 means "this class uses expert e as much as the data set does", 2 twice as much.
-
-    For coarse classes pass the coarse label of each image and the number of coarse classes.
     """
     weights = _check_weights("combine_weights", combine_weights)
     labels = _check_labels(labels, weights.shape[0], num_classes)
@@ -235,22 +218,22 @@ def router_entropy(gates: np.ndarray, *, reduce: bool = True) -> np.ndarray | fl
     over all tokens (a float), else per token ``[...]``."""
     gates = np.asarray(gates, np.float64)
     if gates.ndim < 1 or gates.shape[-1] < 1:
-        _fail("gates", f"<array of shape {gates.shape}>", "an array [..., E] with E >= 1")
+        fail("gates", f"<array of shape {gates.shape}>", "an array [..., E] with E >= 1")
     entropy = np.asarray(routing.router_entropy(gates), np.float64)
     return float(entropy.mean()) if reduce else entropy
 
 
 def expert_load(combine_weights: np.ndarray, *, weighted: bool = False) -> np.ndarray:
-    """Share of the work each expert did, ``[E]`` summing to 1 (all zeros if nothing was routed).
+    """Share of the work each expert did, ``[E]`` summing to 1 (all zeros if nothing was routed), from
+    ``combine_weights`` ``[..., E]``.
 
-    ``weighted=False``: the share of processed token-choices (a token-choice counts when its combine
-    weight is > 0: for top-k the kept choices, the ``"load"`` of the record up to normalisation).
-    ``weighted=True``: the share of the combine weight (the measure for Soft MoE, where every token mixes
-    into every expert). ``combine_weights`` may be ``[B, N, E]`` or any ``[..., E]``.
+    ``weighted=False``: the share of processed token-choices (those with a combine weight > 0: for top-k
+    the kept choices, the record's ``"load"`` normalised). ``weighted=True``: the share of the combine
+    weight (the measure for Soft MoE, where every token mixes into every expert).
     """
     weights = np.asarray(combine_weights, np.float64)
     if weights.ndim < 1:
-        _fail("combine_weights", f"<array of shape {weights.shape}>", "an array [..., E]")
+        fail("combine_weights", f"<array of shape {weights.shape}>", "an array [..., E]")
     amount = weights if weighted else (weights > 0).astype(np.float64)
     per_expert = amount.reshape(-1, weights.shape[-1]).sum(axis=0)
     total = per_expert.sum()
@@ -258,20 +241,18 @@ def expert_load(combine_weights: np.ndarray, *, weighted: bool = False) -> np.nd
 
 
 def compute_per_image(tokens_per_image: Mapping[int, Any], layers: Iterable[int] | None = None) -> np.ndarray:
-    """Token-choices processed by experts per image, summed over MoE ``layers`` (default: all): ``[B]``.
+    """Token-choices processed by experts per image, summed over MoE ``layers`` (default: all): ``[B]``, the
+    expert compute per image (each processed token-choice is one expert MLP application).
 
-    ``tokens_per_image`` maps a layer index to that layer's ``[B]`` counts, or to its whole record (as from
-    :func:`route`), whose ``"tokens_per_image"`` is used. Expert compute per image is proportional to this
-    count (each processed token-choice is one expert MLP application).
+    ``tokens_per_image`` maps a layer index to that layer's ``[B]`` counts or to its whole record (as from
+    :func:`route`).
     """
     if not isinstance(tokens_per_image, Mapping) or not tokens_per_image:
-        _fail(
-            "tokens_per_image", type(tokens_per_image).__name__, "a non-empty mapping layer -> [B] or record"
-        )
+        kind = type(tokens_per_image).__name__
+        fail("tokens_per_image", kind, "a non-empty mapping layer -> [B] or record")
     chosen = list(tokens_per_image) if layers is None else list(layers)
-    missing = [layer for layer in chosen if layer not in tokens_per_image]
-    if missing or not chosen:
-        _fail("layers", chosen, f"a non-empty subset of the MoE layers {sorted(tokens_per_image)}")
+    if not chosen or any(layer not in tokens_per_image for layer in chosen):
+        fail("layers", chosen, f"a non-empty subset of the MoE layers {sorted(tokens_per_image)}")
     counts = []
     for layer in chosen:
         value = tokens_per_image[layer]
@@ -279,7 +260,7 @@ def compute_per_image(tokens_per_image: Mapping[int, Any], layers: Iterable[int]
         counts.append(np.asarray(value, np.float64))
     shapes = {c.shape for c in counts}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
-        _fail("tokens_per_image", f"<shapes {sorted(shapes)}>", "arrays [B] of one shape")
+        fail("tokens_per_image", f"<shapes {sorted(shapes)}>", "arrays [B] of one shape")
     return np.sum(counts, axis=0)
 
 
@@ -292,20 +273,17 @@ def patch_choices(
     gates = _check_weights("gates", gates, ndim=2)
     weights = _check_weights("combine_weights", combine_weights, ndim=2)
     if gates.shape != weights.shape:
-        _fail("combine_weights", f"<array of shape {weights.shape}>", f"the shape of gates {gates.shape}")
-    k = _check_positive_int("k", k)
-    if k > gates.shape[1]:
-        _fail("k", k, f"an integer in [1, E={gates.shape[1]}]")
+        fail("combine_weights", f"<array of shape {weights.shape}>", f"the shape of gates {gates.shape}")
+    k = routing.check_choices(k, gates.shape[1])
     choices = np.argsort(-gates, axis=1, kind="stable")[:, :k]
     dropped = np.take_along_axis(weights, choices, axis=1) <= 0
     return choices, dropped
 
 
 def _moe_block(model: models.ViT, layer: Any):
-    config = model.config
-    layers = models.moe_layers(config)
+    layers = models.moe_layers(model.config)
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer not in layers:
-        _fail("layer", layer, f"one of the MoE layers {layers}")
+        fail("layer", layer, f"one of the MoE layers {layers}")
     return model.encoder.blocks[int(layer)].mlp
 
 
@@ -316,17 +294,12 @@ def ablate_expert(model: models.ViT, layer: int, expert: int) -> models.ViT:
     expert still takes its slots). ``model`` is not modified."""
     moe = _moe_config(model)
     _moe_block(model, layer)
-    if (
-        isinstance(expert, bool)
-        or not isinstance(expert, numbers.Integral)
-        or not 0 <= expert < moe.num_experts
-    ):
-        _fail("expert", expert, f"an integer in [0, num_experts={moe.num_experts})")
+    expert = _check_index("expert", expert, moe.num_experts, f"num_experts={moe.num_experts}")
     copy = nnx.clone(model)
     mlp = _moe_block(copy, layer)
-    mlp.experts.wo[...] = mlp.experts.wo[...].at[int(expert)].set(0)
+    mlp.experts.wo[...] = mlp.experts.wo[...].at[expert].set(0)
     if mlp.experts.bo is not None:
-        mlp.experts.bo[...] = mlp.experts.bo[...].at[int(expert)].set(0)
+        mlp.experts.bo[...] = mlp.experts.bo[...].at[expert].set(0)
     return copy
 
 
@@ -334,7 +307,7 @@ def accuracy_per_class(logits: np.ndarray, labels: np.ndarray, num_classes: int)
     """Top-1 accuracy of each class ``[Y]`` (NaN for a class absent from ``labels``); ``logits [B, Y']``."""
     logits = np.asarray(logits)
     if logits.ndim != 2:
-        _fail("logits", f"<array of shape {logits.shape}>", "an array [B, Y]")
+        fail("logits", f"<array of shape {logits.shape}>", "an array [B, Y]")
     labels = _check_labels(labels, logits.shape[0], num_classes)
     correct = (logits.argmax(axis=1) == labels).astype(np.float64)
     hits = np.bincount(labels, weights=correct, minlength=num_classes)
@@ -353,9 +326,8 @@ def capacity_sweep(
     batch_priority: bool = False,
     k: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Test-time capacity sweep: for each capacity factor, route ``images`` (in order, batches of
-    ``batch_size``; see :func:`route`) with ``moe_overrides=dict(capacity_factor=cf, batch_priority=...,
-    k=k)`` and measure accuracy and compute.
+    """Test-time capacity sweep: for each capacity factor, :func:`route` ``images`` with
+    ``moe_overrides=dict(capacity_factor=cf, batch_priority=..., k=k)`` and measure accuracy and compute.
 
     Returns numpy arrays, one entry per capacity factor: ``"capacity_factor"``, ``"accuracy"`` (top-1),
     ``"gflops"`` (forward GFLOPs per image: ``models.flops_per_image(config, capacity_factor=cf) / 1e9`` on
@@ -368,35 +340,28 @@ def capacity_sweep(
     """
     moe = _moe_config(model)
     if moe.router == "soft":
-        _fail(
-            "model",
-            f"<Soft MoE {model.config.name}>",
-            "a top_k or expert_choice model (Soft MoE has no capacity dial)",
-        )
+        expected = "a top_k or expert_choice model (Soft MoE has no capacity dial)"
+        fail("model", f"<Soft MoE {model.config.name}>", expected)
     if isinstance(capacity_factors, numbers.Real) or len(capacity_factors) == 0:
-        _fail("capacity_factors", capacity_factors, "a non-empty sequence of numbers > 0")
-    for cf in capacity_factors:
-        if isinstance(cf, bool) or not isinstance(cf, numbers.Real) or not cf > 0:
-            _fail("capacity_factors", list(capacity_factors), "numbers > 0")
-    if not isinstance(batch_priority, bool | np.bool_):
-        _fail("batch_priority", batch_priority, "True or False")
+        fail("capacity_factors", capacity_factors, "a non-empty sequence of numbers > 0")
+    factors = [check_number(f"capacity_factors[{i}]", cf) for i, cf in enumerate(capacity_factors)]
+    batch_priority = check_bool("batch_priority", batch_priority)
     config = model.config
     if k is not None:
         config = config.replace(moe=dataclasses.replace(moe, k=k))
     labels = _check_labels(labels, len(np.asarray(images)), config.num_classes)
-    D, H = config.width, config.mlp_dim
-    rows: dict[str, list] = {key: [] for key in ("capacity_factor", "accuracy", "gflops", "expert_gflops",
-                                                 "dropped_fraction", "tokens_per_image")}  # fmt: skip
-    for cf in capacity_factors:
-        overrides = dict(capacity_factor=float(cf), batch_priority=bool(batch_priority), k=k)
+    keys = ("capacity_factor", "accuracy", "gflops", "expert_gflops", "dropped_fraction", "tokens_per_image")
+    rows: dict[str, list] = {key: [] for key in keys}
+    for cf in factors:
+        overrides = dict(capacity_factor=cf, batch_priority=batch_priority, k=k)
         logits, records = route(model, images, batch_size=batch_size, moe_overrides=overrides)
-        tokens = compute_per_image(records)
-        rows["capacity_factor"].append(float(cf))
+        tokens = compute_per_image(records).mean()
+        rows["capacity_factor"].append(cf)
         rows["accuracy"].append(float(np.mean(logits.argmax(axis=1) == labels)))
-        rows["gflops"].append(models.flops_per_image(config, capacity_factor=float(cf)) / 1e9)
-        rows["expert_gflops"].append(float(tokens.mean()) * 2 * 2 * D * H / 1e9)
+        rows["gflops"].append(models.flops_per_image(config, capacity_factor=cf) / 1e9)
+        rows["expert_gflops"].append(float(tokens) * 2 * 2 * config.width * config.mlp_dim / 1e9)
         rows["dropped_fraction"].append(float(np.mean([r["dropped_fraction"] for r in records.values()])))
-        rows["tokens_per_image"].append(float(tokens.mean()))
+        rows["tokens_per_image"].append(float(tokens))
     return {key: np.asarray(value, np.float64) for key, value in rows.items()}
 
 
@@ -415,20 +380,19 @@ def bpr_claim_check(
     threshold: float = 0.5,
     reference: float = 1.0,
 ) -> Claim:
-    """Check V-MoE's claim "with BPR, accuracy holds up at capacity factors below 1 where vanilla routing
-    degrades quickly" against a capacity sweep of one model with vanilla routing and with BPR.
+    """Check :data:`BPR_CLAIM` against a capacity sweep of one model with vanilla routing and with BPR.
 
     The reference is the capacity factor ``reference`` if swept, else the highest swept. At each swept
     factor ``<= threshold`` the accuracy *drop* from the reference is measured for both routings. The noise
     scale is twice the binomial standard error of an accuracy on ``num_images`` images at the reference
-    (vanilla) accuracy. Verdict (:data:`VERDICTS`):
+    (vanilla) accuracy. Verdict:
 
     - ``"reproduced"``: vanilla drops by more than the noise at the lowest low factor, BPR is at least as
       accurate as vanilla at every low factor, and BPR's mean drop is smaller by more than the noise;
     - ``"contradicted"``: BPR's mean drop is larger than vanilla's by more than the noise;
     - ``"within noise"``: otherwise, when BPR's mean advantage is within the noise either way;
-    - ``"not reproduced"``: otherwise (BPR's mean advantage exceeds the noise, but vanilla does not degrade
-      beyond the noise or BPR falls below vanilla at some low factor);
+    - ``"not reproduced"``: otherwise (vanilla does not degrade beyond the noise or BPR falls below vanilla
+      at some low factor);
     - ``"not tested"``: no swept factor is ``<= threshold``.
 
     ``numbers``: ``reference_capacity_factor``, ``noise``, ``num_images``, ``threshold``, ``mean_gap`` (None
@@ -439,12 +403,10 @@ def bpr_claim_check(
     vanilla = np.asarray(vanilla_accuracy, np.float64)
     bpr = np.asarray(bpr_accuracy, np.float64)
     if factors.ndim != 1 or len(factors) == 0 or {vanilla.shape, bpr.shape} != {factors.shape}:
-        _fail(
-            "accuracies",
-            (vanilla.shape, bpr.shape),
-            f"1-D arrays of the shape {factors.shape} of the factors",
-        )
-    num_images = _check_positive_int("num_images", num_images)
+        expected = f"1-D arrays of the shape {factors.shape} of the factors"
+        fail("accuracies", (vanilla.shape, bpr.shape), expected)
+
+    num_images = check_int("num_images", num_images)
     matches = np.flatnonzero(np.isclose(factors, reference))
     ref = int(matches[0]) if len(matches) else int(np.argmax(factors))
     acc = vanilla[ref]
@@ -470,60 +432,25 @@ def bpr_claim_check(
     vanilla_degrades = rows[0]["vanilla_drop"] > noise
     bpr_never_worse = all(r["bpr_minus_vanilla"] >= 0 for r in rows)
     if vanilla_degrades and bpr_never_worse and mean_gap > noise:
-        verdict = "reproduced"
+        verdict, why = "reproduced", "BPR holds accuracy where vanilla routing loses it"
     elif mean_gap < -noise:
-        verdict = "contradicted"
+        verdict, why = "contradicted", "BPR loses more accuracy than vanilla routing"
     elif abs(mean_gap) <= noise:
-        verdict = "within noise"
+        verdict, why = "within noise", "BPR's mean advantage is within the noise"
+        if not vanilla_degrades:
+            why += ", and vanilla routing does not degrade beyond the noise"
+    elif not vanilla_degrades:
+        verdict, why = "not reproduced", "vanilla routing does not degrade beyond the noise"
     else:
-        verdict = "not reproduced"
+        verdict, why = "not reproduced", "BPR falls below vanilla routing at some low capacity factor"
     drops = "; ".join(
         f"C={r['capacity_factor']:g}: vanilla {0.0 - 100 * r['vanilla_drop']:+.1f}, "
         f"BPR {0.0 - 100 * r['bpr_drop']:+.1f}"
         for r in rows
     )
-    why = {
-        "reproduced": "BPR holds accuracy where vanilla routing loses it",
-        "contradicted": "BPR loses more accuracy than vanilla routing",
-        "within noise": "BPR's mean advantage is within the noise"
-        + ("" if vanilla_degrades else ", and vanilla routing does not degrade beyond the noise"),
-        "not reproduced": (
-            "vanilla routing does not degrade beyond the noise"
-            if not vanilla_degrades
-            else "BPR falls below vanilla routing at some low capacity factor"
-        ),
-    }[verdict]
     sentence = (
         f"{verdict.capitalize()} at this scale: {why}. Accuracy change in points from C={factors[ref]:g} "
         f"(vanilla {100 * vanilla[ref]:.1f}%, BPR {100 * bpr[ref]:.1f}%): {drops}. Mean BPR advantage "
         f"{100 * mean_gap:+.1f} points; noise (2 standard errors on {num_images} images) {100 * noise:.1f}."
     )
     return Claim(BPR_CLAIM, verdict, sentence, numbers)
-
-
-def top_and_bottom(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the ``count`` largest values (largest first) and the ``count`` smallest (smallest first);
-    ties keep the lower index first."""
-    values = np.asarray(values)
-    count = _check_positive_int("count", count)
-    if values.ndim != 1 or count > len(values):
-        _fail("count", count, f"at most the number of values ({values.size})")
-    order = np.argsort(values, kind="stable")
-    most = np.argsort(-values, kind="stable")[:count]
-    return most, order[:count]
-
-
-__all__ = [
-    "RECORD_KEYS",
-    "ablate_expert",
-    "accuracy_per_class",
-    "bpr_claim_check",
-    "capacity_sweep",
-    "compute_per_image",
-    "expert_class_affinity",
-    "expert_load",
-    "patch_choices",
-    "route",
-    "router_entropy",
-    "top_and_bottom",
-]

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from sparse_experts import models
-from sparse_experts.analysis.routes import _fail, patch_choices
+from sparse_experts.analysis.routes import _check_index, patch_choices
+from sparse_experts.routing import fail
 
 
 def overrides_for(
@@ -27,7 +28,7 @@ def overrides_for(
     - ``"soft"``: ``None`` (its slots are parameters: no dial).
     """
     if not isinstance(moe, models.MoeConfig):
-        _fail("moe", type(moe).__name__, "a sparse_experts.models.MoeConfig")
+        fail("moe", type(moe).__name__, "a sparse_experts.models.MoeConfig")
     if moe.router == "soft":
         return None
     if moe.router == "expert_choice":
@@ -39,13 +40,13 @@ def resolve_layer(config: models.VitConfig, layer: int) -> int:
     """``layer`` if it is one of ``config``'s MoE layers; ``layer < 0`` means the first MoE layer."""
     layers = models.moe_layers(config)
     if not layers:
-        _fail("config", config.name, "a model with MoE layers")
+        fail("config", config.name, "a model with MoE layers")
     if (
         isinstance(layer, bool)
         or not isinstance(layer, numbers.Integral)
         or (layer >= 0 and layer not in layers)
     ):
-        _fail("layer", layer, f"-1 (the first MoE layer) or one of the MoE layers {layers}")
+        fail("layer", layer, f"-1 (the first MoE layer) or one of the MoE layers {layers}")
     return layers[0] if layer < 0 else int(layer)
 
 
@@ -64,11 +65,7 @@ def token_choices(
     ``[B, N, E]``, as from ``analysis.route``): the first :func:`shown_choices` experts of each token by
     gate ``[N, K]``, whether each choice was dropped ``[N, K]``, and their gate values ``[N, K]``."""
     gates = np.asarray(record["gates"])
-    if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(gates):
-        _fail("index", index, f"an image index in [0, {len(gates)})")
+    index = _check_index("index", index, len(gates), f"B={len(gates)}")
     gates, weights = gates[index], np.asarray(record["combine_weights"])[index]
     chosen, dropped = patch_choices(gates, weights, k=shown_choices(moe, k))
     return chosen, dropped, np.take_along_axis(gates, chosen, axis=1)
-
-
-__all__ = ["overrides_for", "resolve_layer", "shown_choices", "token_choices"]

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from sparse_experts.analysis.routes import _check_labels, _check_weights, _fail, expert_class_affinity
+from sparse_experts.analysis.routes import _check_labels, _check_weights, expert_class_affinity
+from sparse_experts.routing import check_int, fail
 
 # Excess of the TV over its shuffled-label baseline below which a verdict says "little", then "some".
 LITTLE, SOME = 0.05, 0.15
@@ -69,11 +70,10 @@ def class_specialisation(
     """
     weights = _check_weights("combine_weights", combine_weights)
     labels = _check_labels(labels, weights.shape[0], num_classes)
-    if isinstance(shuffles, bool) or not isinstance(shuffles, int) or shuffles < 1:
-        _fail("shuffles", shuffles, "a positive integer")
+    shuffles = check_int("shuffles", shuffles)
     per_image = weights.sum(axis=1)  # [B, E]
     if not per_image.sum() > 0:
-        _fail("combine_weights", "<all zero>", "some routed weight (every token-choice was dropped)")
+        fail("combine_weights", "<all zero>", "some routed weight (every token-choice was dropped)")
     overall = per_image.sum(0) / per_image.sum()  # [E]
     rng = np.random.default_rng(seed)
     baseline = float(
@@ -121,10 +121,10 @@ def summary(
     word ``w`` (spaces as underscores), ``tv_w`` and ``tv_w_shuffled``.
     """
     if not results or set(results) != set(class_names):
-        _fail("class_names", sorted(class_names), f"names for the labellings {sorted(results)}")
+        fail("class_names", sorted(class_names), f"names for the labellings {sorted(results)}")
     judge_on = judge_on or ("coarse class" if "coarse class" in results else next(iter(results)))
     if judge_on not in results:
-        _fail("judge_on", judge_on, f"one of {sorted(results)}")
+        fail("judge_on", judge_on, f"one of {sorted(results)}")
     s, names = results[judge_on], class_names[judge_on]
     expert = s.most_specialised_expert
     top = s.top_class(expert)
@@ -144,6 +144,3 @@ def summary(
         out[f"tv_{w.replace(' ', '_')}"] = r.tv
         out[f"tv_{w.replace(' ', '_')}_shuffled"] = r.baseline
     return out
-
-
-__all__ = ["LITTLE", "SOME", "Specialisation", "class_specialisation", "summary", "verdict"]
