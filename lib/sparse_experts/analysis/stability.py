@@ -31,9 +31,6 @@ LOGIT_CLAIM = "QK-norm prevents the growth of attention logits at high learning 
 RANGE_CLAIM = "QK-norm widens the range of learning rates that train well"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The stability check.
-# ---------------------------------------------------------------------------------------------------------
 def stable_threshold(sweeps: Iterable[SweepResult], last: int = 10) -> tuple[float, float]:
     """(initial loss, threshold): the mean loss at step 0 over every copy of every sweep, and the final loss
     under which a rate counts as stable: the best final loss (mean of the last ``last`` steps, over every
@@ -82,11 +79,10 @@ def qk_norm_claims(
     top_lr = float(plain.learning_rates[-1])
     top_plain, top_qk = float(plain.max_logit()[-1]), float(qk_norm.max_logit()[-1])
     ratio = top_plain / top_qk
-    stable = {name: s.final_loss(last) <= threshold for name, s in (("plain", plain), ("qk_norm", qk_norm))}
-    sensitivity = {
-        "plain": plain.lr_sensitivity(initial, last),
-        "qk_norm": qk_norm.lr_sensitivity(initial, last),
-    }
+    pair = {"plain": plain, "qk_norm": qk_norm}
+    stable = {name: s.final_loss(last) <= threshold for name, s in pair.items()}
+    sensitivity = {name: s.lr_sensitivity(initial, last) for name, s in pair.items()}
+
     contained = ratio >= ratio_needed
     wider = bool(sensitivity["qk_norm"] < sensitivity_factor * sensitivity["plain"]
                  and stable["qk_norm"].sum() >= stable["plain"].sum())  # fmt: skip
@@ -163,9 +159,7 @@ def sweep_figures(sweeps: Mapping[str, SweepResult], claims: Mapping[str, Claim]
     }
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Parallel against sequential blocks.
-# ---------------------------------------------------------------------------------------------------------
+# -- Parallel against sequential blocks, and the paper's models on paper ----------------------------------
 def block_row(config: models.VitConfig, history: History, test: Mapping[str, Any], last: int = 10) -> dict:
     """One row of the block comparison: parameters, median step time (seconds, steps after the first,
     which compiles), final train loss (mean of the last ``last`` steps), test accuracy and loss."""
@@ -185,9 +179,6 @@ def step_time_ratio(rows: Mapping[str, Mapping[str, float]]) -> float:
     return rows["parallel"]["median step s"] / rows["sequential"]["median step s"]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The paper's models on paper.
-# ---------------------------------------------------------------------------------------------------------
 def memory_gib_per_device(
     config: models.VitConfig, mesh_shape: Mapping[str, int], batch_size: int, rules=parallel.FSDP_RULES
 ) -> dict[str, float]:

@@ -1,18 +1,11 @@
 """The optimiser: :class:`TrainConfig`, learning-rate schedules, :func:`make_tx` (AdamW) and the loss.
 
 Shape letters: B batch, Y classes.
-
-- :class:`TrainConfig`: the optimiser (AdamW), schedule ("cosine" with linear warmup, "rsqrt" as in
-  ViT-22B, or "constant"), weight decay (on matrices only, not on biases, norm scales or embeddings' 1-d
-  leaves; ``head_weight_decay`` apart for the classifier head), global-norm clipping, the weights of the MoE
-  auxiliary losses and what to do with a non-finite loss or gradient.
-- :func:`make_tx`: that optimiser as one optax transformation whose peak learning rate and weight decays
-  are *inputs* (``optax.inject_hyperparams``), so R copies of a run can each have their own (a sweep
-  compiles once) while a single run computes exactly what a fixed-rate AdamW computes.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,14 +13,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparse_experts.routing import fail
+
 SCHEDULES = ("cosine", "rsqrt", "constant")
 ON_NONFINITE = ("stop", "record")
-AUX_WEIGHTS = {
-    "importance": "importance_weight",
-    "load": "load_weight",
-    "switch": "switch_weight",
-    "z_loss": "z_loss_weight",
-}
+AUX_WEIGHTS = {aux: f"{aux}_weight" for aux in ("importance", "load", "switch", "z_loss")}
 """MoE auxiliary loss (a key of the routing record's "aux") -> the TrainConfig field holding its weight."""
 HYPERPARAMS = ("learning_rate", "weight_decay", "head_weight_decay")
 """The optimiser's per-copy inputs (``opt_state.hyperparams``): the peak learning rate and both decays."""
@@ -35,7 +25,10 @@ HYPERPARAMS = ("learning_rate", "weight_decay", "head_weight_decay")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser and loop settings. ``total_steps`` sets the length of the cosine decay."""
+    """Optimiser and loop settings: AdamW, the schedule ("cosine" with linear warmup, "rsqrt" as in ViT-22B,
+    or "constant"; ``total_steps`` sets the length of the cosine decay), weight decay (on matrices only;
+    ``head_weight_decay`` apart for the classifier head), global-norm clipping, the weights of the MoE
+    auxiliary losses and what to do with a non-finite loss or gradient."""
 
     learning_rate: float = 1e-3
     total_steps: int = 100
@@ -54,33 +47,31 @@ class TrainConfig:
     z_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(
-                f"TrainConfig.{name}={getattr(self, name)!r} is not allowed; expected {allowed}"
-            )
+        def bad(name: str, allowed: str) -> None:
+            fail(f"TrainConfig.{name}", getattr(self, name), allowed)
 
         if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
-            raise bad("learning_rate", "a number > 0")
+            bad("learning_rate", "a number > 0")
         if not (isinstance(self.total_steps, int) and self.total_steps >= 1):
-            raise bad("total_steps", "an integer >= 1")
+            bad("total_steps", "an integer >= 1")
         if not (isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.total_steps):
-            raise bad("warmup_steps", f"an integer in [0, total_steps={self.total_steps}]")
+            bad("warmup_steps", f"an integer in [0, total_steps={self.total_steps}]")
         if self.schedule not in SCHEDULES:
-            raise bad("schedule", f"one of {SCHEDULES}")
+            bad("schedule", f"one of {SCHEDULES}")
         if self.weight_decay < 0:
-            raise bad("weight_decay", "a number >= 0")
+            bad("weight_decay", "a number >= 0")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
-            raise bad("grad_clip_norm", "a number > 0 or None")
+            bad("grad_clip_norm", "a number > 0 or None")
         if not 0 <= self.label_smoothing < 1:
-            raise bad("label_smoothing", "a number in [0, 1)")
+            bad("label_smoothing", "a number in [0, 1)")
         if self.on_nonfinite not in ON_NONFINITE:
-            raise bad("on_nonfinite", f"one of {ON_NONFINITE}")
+            bad("on_nonfinite", f"one of {ON_NONFINITE}")
         if self.head_weight_decay is not None and not self.head_weight_decay >= 0:
-            raise bad("head_weight_decay", "a number >= 0, or None for the body's weight_decay")
+            bad("head_weight_decay", "a number >= 0, or None for the body's weight_decay")
         for name in AUX_WEIGHTS.values():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise bad(name, "a number >= 0")
+                bad(name, "a number >= 0")
 
     @property
     def aux_weights(self) -> dict[str, float]:
@@ -111,17 +102,14 @@ def schedule_multiplier(config: TrainConfig) -> optax.Schedule:
     return fn
 
 
-def _is_head(path) -> bool:
-    first = path[0] if path else None
-    return getattr(first, "key", getattr(first, "name", None)) == "head"
+def _decay_mask(params, *, head: bool):
+    """Matrices (not biases, norm scales or other 1-d leaves) of the classifier ``head`` or of the body."""
 
+    def is_head(path) -> bool:
+        first = path[0] if path else None
+        return getattr(first, "key", getattr(first, "name", None)) == "head"
 
-def _body_decay_mask(params):
-    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2 and not _is_head(path), params)
-
-
-def _head_decay_mask(params):
-    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2 and _is_head(path), params)
+    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2 and is_head(path) == head, params)
 
 
 def hyperparams(config: TrainConfig) -> dict[str, float]:
@@ -139,8 +127,10 @@ def make_tx(config: TrainConfig) -> optax.GradientTransformation:
     (``weight_decay`` for the body, ``head_weight_decay`` for the classifier head ``head``), and the learning
     rate times the schedule. The same update as ``optax.adamw`` when the two decays are equal.
 
-    The peak learning rate and both decays are injected hyper-parameters: they live in
-    ``opt_state.hyperparams`` (float32 scalars, or [R] for R vmapped copies) and may be set there.
+    The peak learning rate and both decays are injected hyper-parameters (``optax.inject_hyperparams``):
+    they live in ``opt_state.hyperparams`` (float32 scalars, or [R] for R vmapped copies) and may be set
+    there, so R copies of a run each have their own (a sweep compiles once) while a single run computes
+    exactly what a fixed-rate AdamW computes.
     """
     shape = schedule_multiplier(config)
 
@@ -148,8 +138,8 @@ def make_tx(config: TrainConfig) -> optax.GradientTransformation:
         parts = [] if config.grad_clip_norm is None else [optax.clip_by_global_norm(config.grad_clip_norm)]
         parts += [
             optax.scale_by_adam(b1=config.b1, b2=config.b2),
-            optax.add_decayed_weights(weight_decay, mask=_body_decay_mask),
-            optax.add_decayed_weights(head_weight_decay, mask=_head_decay_mask),
+            optax.add_decayed_weights(weight_decay, mask=functools.partial(_decay_mask, head=False)),
+            optax.add_decayed_weights(head_weight_decay, mask=functools.partial(_decay_mask, head=True)),
             optax.scale_by_learning_rate(lambda step: learning_rate * shape(step)),
         ]
         return optax.chain(*parts)

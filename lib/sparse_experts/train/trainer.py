@@ -1,18 +1,9 @@
-"""The training loop: :class:`Trainer`, one run or R copies side by side as one vmapped program.
+"""The training loop: :class:`Trainer`, one run sharded over a mesh, or R copies side by side as one
+vmapped program (:class:`Copies`).
 
 Shape letters: B batch, L layers, Y classes, R copies. A batch is a dict with "image" float32
 [B, height, width, channels] in [-1, 1] and "label" int32 [B] (what ``datasets.batch_at`` returns); for R
 copies with their own data, [R, B, ...] and [R, B] (:func:`stack_batches`).
-
-- One run: functional jitted steps sharded over a mesh, compiled once per (architecture, settings, mesh)
-  and shared by trainers (e.g. seeds); MoE aux losses in the objective; per-step and evaluation metrics;
-  :class:`~sparse_experts.train.Checkpoints` (orbax) with exact resume; router noise of step t drawn from
-  (seed, t).
-- R copies (:class:`Copies`): the same step vmapped over copies that differ in the optimiser's
-  hyper-parameters (peak learning rate, weight decay: inputs of :func:`~sparse_experts.train.make_tx`)
-  and/or in seeds (router noise; with a list of models, the initial weights; with per-copy batches, the
-  data order), compiled once. A copy whose loss or gradient goes non-finite is frozen and marked while the
-  others go on; the run returns a :class:`~sparse_experts.train.SweepResult`.
 """
 
 from __future__ import annotations
@@ -32,7 +23,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sparse_experts import parallel
-from sparse_experts.routing import router_entropy
+from sparse_experts.routing import fail, router_entropy
 from sparse_experts.train.checkpoints import Checkpoints
 from sparse_experts.train.history import History, SweepResult
 from sparse_experts.train.optim import (
@@ -46,12 +37,9 @@ from sparse_experts.train.optim import (
 )
 
 P = jax.sharding.PartitionSpec
-TIMING_METRICS = ("images_per_second",)
-"""Per-step metrics that depend on the machine's speed (left out when comparing runs)."""
-WATCHED = ("loss", "objective", "grad_norm")
-"""The per-step metrics whose non-finite value means the run (or copy) diverged."""
-ATTENTION_METRICS = ("attn_max_logit", "attn_entropy")
-"""Per-layer attention statistics [L] recorded per step with ``record_attention=True``."""
+TIMING_METRICS = ("images_per_second",)  # per-step metrics that depend on the machine's speed
+WATCHED = ("loss", "objective", "grad_norm")  # a non-finite value means the run (or copy) diverged
+ATTENTION_METRICS = ("attn_max_logit", "attn_entropy")  # [L] per step with record_attention=True
 
 
 class NonFiniteError(FloatingPointError):
@@ -84,25 +72,23 @@ class Copies:
             if values is None:
                 continue
             if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
-                raise ValueError(f"Copies.{name}={values!r} is not allowed; expected a sequence of {valid}")
+                fail(f"Copies.{name}", values, f"a sequence of {valid}")
             values = tuple(v.item() if isinstance(v, np.generic) else v for v in values)
             if not values or not all(ok(v) for v in values):
-                raise ValueError(
-                    f"Copies.{name}={list(values)!r} is not allowed; expected a non-empty sequence of {valid}"
-                )
+                fail(f"Copies.{name}", list(values), f"a non-empty sequence of {valid}")
             object.__setattr__(self, name, values)
-        sizes = {name: len(getattr(self, name)) for name in checks if getattr(self, name) is not None}
-        if len(set(sizes.values())) > 1:
+        if len(set(self._sizes().values())) > 1:
             raise ValueError(
-                f"Copies fields have different lengths {sizes}; expected one value per copy each"
+                f"Copies fields have different lengths {self._sizes()}; expected one value per copy each"
             )
+
+    def _sizes(self) -> dict[str, int]:
+        fields = ("learning_rate", "weight_decay", "seed")
+        return {name: len(getattr(self, name)) for name in fields if getattr(self, name) is not None}
 
     def count(self, models: int | None = None) -> int:
         """R: the length of the given fields (and of the list of ``models``, when one is given)."""
-        fields = ("learning_rate", "weight_decay", "seed")
-        sizes = {name: len(getattr(self, name)) for name in fields if getattr(self, name) is not None}
-        if models is not None:
-            sizes["models"] = models
+        sizes = self._sizes() | ({} if models is None else {"models": models})
         if not sizes:
             raise ValueError("Copies() gives no per-copy values; pass learning_rate, weight_decay or seed "
                              "sequences, or a list of models")  # fmt: skip
@@ -129,8 +115,8 @@ def _is_int_at_least(value: Any, minimum: int) -> bool:
 
 
 def _moe_summary(records: dict) -> dict[str, jax.Array]:
-    """Per-step MoE metrics from the records of every MoE layer: each aux loss summed over layers, the mean
-    fraction of dropped choices and the mean router entropy (nats, per token, averaged over layers)."""
+    """Per-step MoE metrics: each aux loss summed over layers, the dropped fraction and the router entropy
+    (nats, per token) averaged over layers."""
     layers = list(records.values())
     if not layers:
         return {}
@@ -254,32 +240,28 @@ class Trainer:
     of it side by side as one vmapped program.
 
     The trainable state is a plain pytree ``{"params": nested dict of arrays, "opt_state": optax state,
-    "step": int32 scalar}`` (orbax saves it as it is). The batch is split over the mesh's data axes
-    (``parallel.shard_batch``); parameters are placed by the logical-axis rules (experts over ``"expert"``,
-    and an MoE layer runs expert-parallel when that axis has more than one device).
+    "step": int32 scalar}`` (orbax saves it as it is). The batch is split over the mesh's data axes;
+    parameters are placed by the logical-axis rules (an MoE layer runs expert-parallel when the
+    ``"expert"`` axis has more than one device). Programs are compiled once per (architecture, settings,
+    mesh) and shared by trainers (e.g. seeds).
 
-    Determinism: the batch of step t is ``batch_fn(t)`` (a function of the seed and t, e.g.
-    ``datasets.batch_at``); the router noise of step t is drawn from ``fold_in(key(seed), t)`` (and the
-    layer index), so the RNG state is (seed, step), both in the checkpoint. A resumed run therefore computes
-    exactly what the uninterrupted run computes.
+    Determinism: the batch of step t is ``batch_fn(t)`` (e.g. ``datasets.batch_at``); the router noise of
+    step t is drawn from ``fold_in(key(seed), t)``, so the RNG state is (seed, step), both in the
+    checkpoint, and a resumed run computes exactly what the uninterrupted run computes.
 
     Metrics per step: "loss" (cross-entropy), "objective" (loss + weighted aux losses, what is minimised),
-    "accuracy", "grad_norm", "learning_rate", "images_per_second" (wall clock, host side) and, for models
-    with MoE layers, "aux_importance", "aux_load", "aux_switch", "aux_z_loss" (summed over layers),
-    "dropped_fraction" and "router_entropy" (means over layers); with ``record_attention=True`` also
-    "attn_max_logit" and "attn_entropy" [L] (per layer, from the same forward pass: lists of L floats).
-    Evaluations report the same quantities (loss, accuracy and the MoE ones) on the batches given, at the
-    model's evaluation capacity factor.
+    "accuracy", "grad_norm", "learning_rate", "images_per_second" and, with MoE layers, "aux_importance",
+    "aux_load", "aux_switch", "aux_z_loss" (summed over layers), "dropped_fraction" and "router_entropy"
+    (means over layers); with ``record_attention=True`` also "attn_max_logit" and "attn_entropy" [L].
+    Evaluations report loss, accuracy and the MoE metrics at the model's evaluation capacity factor.
 
-    R copies (``copies=Copies(...)``, and/or ``model`` a list of R models with the same architecture: the
-    copies' initial weights): every array gets a leading copy axis R, ``state["diverged_at"]`` [R] holds
-    the step each copy diverged at (-1: not), ``train_step`` and ``evaluate`` return R values per metric and
-    ``fit`` returns a :class:`SweepResult`. A batch is shared by every copy ([B, ...]) or one per copy
-    ([R, B, ...]). Copy r computes what a single run with that copy's learning rate, weight decay, seed,
-    initial weights and batches computes (to float rounding). R copies run on the default mesh, every
-    device holding all copies (copies and their batches are not sharded): ``mesh`` and ``rules`` must be
-    left unset. ``fit`` leaves ``model`` as it was (``write_back(copy=r)`` copies one copy into it). Any
-    non-parameter state (e.g. an MoE layer's default noise key, unused in training) is the first model's.
+    R copies (``copies=Copies(...)``, and/or ``model`` a list of R models of one architecture: the copies'
+    initial weights): every array gets a leading axis R, ``state["diverged_at"]`` [R] holds the step each
+    copy diverged at (-1: not), metrics come as R values and ``fit`` returns a :class:`SweepResult`. A
+    batch is shared ([B, ...]) or one per copy ([R, B, ...]). Copy r computes what a single run with its
+    learning rate, weight decay, seed, initial weights and batches computes (to float rounding). Copies run
+    replicated on the default mesh (``mesh`` and ``rules`` must be unset); ``fit`` leaves ``model`` as it
+    was (``write_back(copy=r)``); non-parameter state (e.g. an MoE layer's noise key) is the first model's.
     """
 
     def __init__(
@@ -472,16 +454,14 @@ class Trainer:
         """Train until the state's step reaches ``num_steps``; return the :class:`History` (a
         :class:`SweepResult` with R copies).
 
-        ``batch_fn(step)`` gives the batch of a step. With ``checkpoint_dir``, an orbax checkpoint (state and
-        history) is written every ``checkpoint_every`` steps and at the end, and a run finding checkpoints
-        there resumes from the latest one (same final parameters and non-timing metrics as an uninterrupted
-        run). ``eval_fn()`` gives evaluation batches, evaluated every ``eval_every`` steps and at the end.
+        With ``checkpoint_dir``, a checkpoint (state and history) is written every ``checkpoint_every``
+        steps and at the end, and a run finding checkpoints there resumes from the latest one. ``eval_fn()``
+        gives evaluation batches, evaluated every ``eval_every`` steps and at the end.
 
         A non-finite loss, objective or gradient norm: with ``config.on_nonfinite="stop"``
-        :class:`NonFiniteError` names the step and the quantity (and the copy) and nothing more is saved (the
-        latest checkpoint is the last good state); with ``"record"`` the run (copy) is marked diverged: one
-        run returns its history, a copy is frozen while the others go on (the run ends early once every
-        copy has diverged).
+        :class:`NonFiniteError` names the step, the quantity (and the copy), and nothing more is saved; with
+        ``"record"`` the run (copy) is marked diverged: one run returns its history, a copy is frozen while
+        the others go on (the run ends early once every copy has diverged).
         """
 
         for name, value, minimum in [("num_steps", num_steps, 0), ("checkpoint_every", checkpoint_every, 1),
