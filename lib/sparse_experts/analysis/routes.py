@@ -100,14 +100,11 @@ def route(
     routing records of every MoE layer over the whole set.
 
     ``moe_overrides``: ``dict(k=, capacity_factor=, batch_priority=)`` (any subset; ``None`` values are
-    ignored) applied to every MoE layer, as ``ViT.__call__``'s ``moe_overrides``. The forward pass is
-    jitted once per (model structure, override set); a last, shorter batch compiles once more.
+    ignored) applied to every MoE layer, as ``ViT.__call__``'s ``moe_overrides``. ``batch_size`` and the
+    last batch must be multiples of ``moe.group_size``: routing groups never mix batches, and images are
+    never padded (padding would change the routing).
 
-    ``batch_size`` must be a multiple of the model's ``moe.group_size`` and so must the last batch: routing
-    groups never mix batches, and images are never padded (padding would change the routing).
-
-    Returns ``(logits [B, Y], records)`` with ``records = {layer index: record}``, each record holding
-    numpy arrays:
+    Returns ``(logits [B, Y], {layer index: record})``, each record holding numpy arrays:
 
     - ``"combine_weights"`` ``[B, N, E]``, ``"gates"`` ``[B, N, E]``, ``"tokens_per_image"`` ``[B]``
       (kept token-choices per image), as in ``models.MoeMlp``;
@@ -194,10 +191,10 @@ def expert_class_affinity(
     ``affinity[e, y] = sum(combine_weights[b, n, e] for images b of class y, all tokens n)
     / sum(combine_weights[b, n, e'] for images b of class y, all tokens n, all experts e')``.
 
-    Each column sums to 1 (a class absent from ``labels``, or whose tokens were all dropped, is a column of
-    NaN). With equal use of E experts every entry is 1/E; a specialised expert has entries far above 1/E
-    for a few classes. ``relative=True`` divides each row by that expert's share of all the routed weight
-    (over every class): 1 means "this class uses expert e as much as the data set does", 2 twice as much.
+    Each column sums to 1 (NaN for a class absent from ``labels`` or whose tokens were all dropped).
+    ``relative=True`` divides each row by that expert's share of all the routed weight: 1 means "this class
+    uses expert e as much as the data set does", 2 twice as much.
+
     """
     weights = _check_weights("combine_weights", combine_weights)
     labels = _check_labels(labels, weights.shape[0], num_classes)
@@ -326,17 +323,14 @@ def capacity_sweep(
     batch_priority: bool = False,
     k: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Test-time capacity sweep: for each capacity factor, :func:`route` ``images`` with
-    ``moe_overrides=dict(capacity_factor=cf, batch_priority=..., k=k)`` and measure accuracy and compute.
+    """Test-time capacity sweep (not for Soft MoE, whose slots are parameters): for each capacity factor,
+    :func:`route` ``images`` with ``moe_overrides=dict(capacity_factor=cf, batch_priority=..., k=k)``.
 
-    Returns numpy arrays, one entry per capacity factor: ``"capacity_factor"``, ``"accuracy"`` (top-1),
-    ``"gflops"`` (forward GFLOPs per image: ``models.flops_per_image(config, capacity_factor=cf) / 1e9`` on
-    the config with ``moe.k`` replaced by ``k`` when given; it counts the expert buffers E x C that the
-    capacity allocates, whether or not slots are filled), ``"expert_gflops"`` (the expert MLP FLOPs per image
-    actually used: kept token-choices x 2 x 2DH, mean over images, / 1e9), ``"dropped_fraction"`` (mean over
-    the MoE layers) and ``"tokens_per_image"`` (kept token-choices per image summed over layers, mean).
-
-    Not for Soft MoE (its slots are fixed parameters: evaluate it once for a single point).
+    Returns numpy arrays, one entry per factor: ``"capacity_factor"``, ``"accuracy"`` (top-1), ``"gflops"``
+    (``models.flops_per_image`` / 1e9 at that factor, with ``moe.k`` replaced by ``k`` when given: it counts
+    the E x C expert buffers allocated, filled or not), ``"expert_gflops"`` (the expert MLP FLOPs actually
+    used: kept token-choices x 2 x 2DH, mean over images, / 1e9), ``"dropped_fraction"`` (mean over the MoE
+    layers) and ``"tokens_per_image"`` (kept token-choices per image summed over layers, mean).
     """
     moe = _moe_config(model)
     if moe.router == "soft":
@@ -395,9 +389,8 @@ def bpr_claim_check(
       at some low factor);
     - ``"not tested"``: no swept factor is ``<= threshold``.
 
-    ``numbers``: ``reference_capacity_factor``, ``noise``, ``num_images``, ``threshold``, ``mean_gap`` (None
-    when not tested) and ``rows``, one per low factor: ``capacity_factor``, ``vanilla_drop``, ``bpr_drop``,
-    ``bpr_minus_vanilla``.
+    ``numbers``: the reference factor, noise, ``num_images``, ``threshold``, ``mean_gap`` (None when not
+    tested) and ``rows``, one per low factor with both drops and ``bpr_minus_vanilla``.
     """
     factors = np.asarray(capacity_factors, np.float64)
     vanilla = np.asarray(vanilla_accuracy, np.float64)

@@ -23,7 +23,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sparse_experts import parallel
-from sparse_experts.routing import fail, router_entropy
+from sparse_experts.routing import check_int, fail, router_entropy
 from sparse_experts.train.checkpoints import Checkpoints
 from sparse_experts.train.history import History, SweepResult
 from sparse_experts.train.optim import (
@@ -106,12 +106,12 @@ def stack_batches(batches: Sequence[dict]) -> dict[str, np.ndarray]:
     return {name: np.stack([b[name] for b in batches]) for name in ("image", "label")}
 
 
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
-
-
 def _is_int_at_least(value: Any, minimum: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
 
 
 def _moe_summary(records: dict) -> dict[str, jax.Array]:
@@ -277,8 +277,7 @@ class Trainer:
     ):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ValueError(f"seed={seed!r} must be a non-negative integer")
+        check_int("seed", seed, 0)
         if copies is not None and not isinstance(copies, Copies):
             raise TypeError(f"copies must be a Copies or None, got {type(copies).__name__}")
         many = list(model) if isinstance(model, list | tuple) else None
@@ -291,9 +290,7 @@ class Trainer:
                 "copy at a time"
             )
         self.copies, self.record_attention = copies, bool(record_attention)
-        self.num_copies = (
-            copies.count(len(many) if many is not None else None) if copies is not None else None
-        )
+        self.num_copies = None if copies is None else copies.count(None if many is None else len(many))
         self.model, self.config, self.seed = (many[0] if many else model), config, int(seed)
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.graphdef, params, self.rest = nnx.split(self.model, nnx.Param, ...)
@@ -318,13 +315,9 @@ class Trainer:
                 raise ValueError("the models given as copies differ in architecture; expected R models built "
                                  "from one config (e.g. one per seed)")  # fmt: skip
         values = hyperparams(config) | {"seed": self.seed}
-        given = {
-            "learning_rate": copies.learning_rate,
-            "weight_decay": copies.weight_decay,
-            "seed": copies.seed,
-        }
-        self.per_copy = {name: np.asarray(given[name] or [values[name]] * R) for name in given}
-        head = config.head_weight_decay
+        names = ("learning_rate", "weight_decay", "seed")
+        self.per_copy = {name: np.asarray(getattr(copies, name) or [values[name]] * R) for name in names}
+        head = config.head_weight_decay  # None: the head's decay follows each copy's body decay
         self.per_copy["head_weight_decay"] = (
             self.per_copy["weight_decay"] if head is None else np.full(R, head)
         )
@@ -344,11 +337,10 @@ class Trainer:
         if self.copies is None:
             params = jax.device_put(nnx.to_pure_dict(nnx.state(model, nnx.Param)), self._param_shardings)
             devices = set(self.mesh.devices.flat)
-            opt_state = (
-                jax.tree.map(  # moments follow the params; scalars (counts) are replicated on the mesh
-                    lambda x: x if x.sharding.device_set == devices else jax.device_put(x, replicated),
-                    jax.jit(self.tx.init)(params),
-                )
+            # moments follow the params; scalars (counts) are replicated on the mesh
+            opt_state = jax.tree.map(
+                lambda x: x if x.sharding.device_set == devices else jax.device_put(x, replicated),
+                jax.jit(self.tx.init)(params),
             )
             return {"params": params, "opt_state": opt_state, "step": step}
         R = self.num_copies
@@ -391,9 +383,7 @@ class Trainer:
     def new_history(self) -> History | SweepResult:
         if self.copies is None:
             return History()
-        return SweepResult(
-            self.per_copy["learning_rate"], self.per_copy["weight_decay"], self.per_copy["seed"]
-        )
+        return SweepResult(*(self.per_copy[name] for name in ("learning_rate", "weight_decay", "seed")))
 
     def _place(self, batch: dict) -> dict:
         batch = {"image": batch["image"], "label": batch["label"]}
@@ -464,10 +454,10 @@ class Trainer:
         the others go on (the run ends early once every copy has diverged).
         """
 
-        for name, value, minimum in [("num_steps", num_steps, 0), ("checkpoint_every", checkpoint_every, 1),
-                                     ("eval_every", eval_every, 1)]:  # fmt: skip
-            if value is not None and not _is_int_at_least(value, minimum):
-                raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+        check_int("num_steps", num_steps, 0)
+        for name, value in (("checkpoint_every", checkpoint_every), ("eval_every", eval_every)):
+            if value is not None:
+                check_int(name, value)
         if checkpoint_every is not None and checkpoint_dir is None:
             raise ValueError(f"checkpoint_every={checkpoint_every} given without a checkpoint_dir")
         if eval_every is not None and eval_fn is None:
