@@ -82,44 +82,35 @@ def qk_norm_claims(
     pair = {"plain": plain, "qk_norm": qk_norm}
     stable = {name: s.final_loss(last) <= threshold for name, s in pair.items()}
     sensitivity = {name: s.lr_sensitivity(initial, last) for name, s in pair.items()}
-
     contained = ratio >= ratio_needed
     wider = bool(sensitivity["qk_norm"] < sensitivity_factor * sensitivity["plain"]
                  and stable["qk_norm"].sum() >= stable["plain"].sum())  # fmt: skip
     R = len(plain.learning_rates)
     logits = Claim(
-        claim=LOGIT_CLAIM,
-        verdict="reproduced" if contained else "not reproduced",
-        sentence=(
-            f"max attention logit at lr={top_lr:g}: plain {top_plain:.3g}, QK-norm {top_qk:.3g} (ratio "
-            f"{ratio:.3g}; {ratio_needed:g} or more counts as contained)"
-        ),  # fmt: skip
-        numbers={
-            "learning_rate": top_lr,
-            "max_logit_plain": top_plain,
-            "max_logit_qk_norm": top_qk,
-            "ratio": ratio,
-            "ratio_needed": ratio_needed,
-        },  # fmt: skip
+        LOGIT_CLAIM,
+        "reproduced" if contained else "not reproduced",
+        f"max attention logit at lr={top_lr:g}: plain {top_plain:.3g}, QK-norm {top_qk:.3g} (ratio "
+        f"{ratio:.3g}; {ratio_needed:g} or more counts as contained)",
+        dict(
+            learning_rate=top_lr,
+            max_logit_plain=top_plain,
+            max_logit_qk_norm=top_qk,
+            ratio=ratio,
+            ratio_needed=ratio_needed,
+        ),
     )
+    numbers = {"initial_loss": initial, "stable_threshold": threshold}
+    numbers |= {f"lr_sensitivity_{name}": value for name, value in sensitivity.items()}
+    numbers |= {f"stable_{name}": value.tolist() for name, value in stable.items()}
+    numbers["sensitivity_factor"] = sensitivity_factor
     stable_range = Claim(
-        claim=RANGE_CLAIM,
-        verdict="reproduced" if wider else "not reproduced",
-        sentence=(
-            f"learning-rate sensitivity: plain {sensitivity['plain']:.3f}, QK-norm "
-            f"{sensitivity['qk_norm']:.3f} (initial loss {initial:.3f}); stable rates: plain "
-            f"{stable['plain'].sum()}/{R}, QK-norm {stable['qk_norm'].sum()}/{R}; diverged: plain "
-            f"{plain.diverged().sum()}, QK-norm {qk_norm.diverged().sum()}"
-        ),  # fmt: skip
-        numbers={
-            "initial_loss": initial,
-            "stable_threshold": threshold,
-            "lr_sensitivity_plain": sensitivity["plain"],
-            "lr_sensitivity_qk_norm": sensitivity["qk_norm"],
-            "stable_plain": stable["plain"].tolist(),
-            "stable_qk_norm": stable["qk_norm"].tolist(),
-            "sensitivity_factor": sensitivity_factor,
-        },  # fmt: skip
+        RANGE_CLAIM,
+        "reproduced" if wider else "not reproduced",
+        f"learning-rate sensitivity: plain {sensitivity['plain']:.3f}, QK-norm {sensitivity['qk_norm']:.3f} "
+        f"(initial loss {initial:.3f}); stable rates: plain {stable['plain'].sum()}/{R}, QK-norm "
+        f"{stable['qk_norm'].sum()}/{R}; diverged: plain {plain.diverged().sum()}, QK-norm "
+        f"{qk_norm.diverged().sum()}",
+        numbers,
     )
     return {"logit_growth": logits, "stable_range": stable_range}
 
