@@ -99,11 +99,12 @@ def test_summary_rows_spread_and_comparison():
 
 @pytest.mark.parametrize(
     "large_accuracy, verdict",
-    [(0.58, "reproduced"), (0.625, "within noise"), (0.80, "not reproduced")],
+    [(0.55, "reproduced"), (0.58, "within noise"), (0.625, "within noise"), (0.80, "not reproduced")],
 )
 def test_claim_check_verdicts(large_accuracy, verdict):
     """V-MoE 0.61 +- 0.0141 (2 seeds); dense_large (1 seed) borrows the dense spread 0.0141:
-    se = sqrt(0.0141^2 / 2 + 0.0141^2 / 1) = 0.0173, so a shortfall below 0.035 is within noise."""
+    se = sqrt(0.0141^2 / 2 + 0.0141^2 / 1) = 0.0173, so a gap either way below 2 se = 0.035 is within noise
+    (0.58: the V-MoE is ahead by 0.03, not enough to show it reaches dense_large)."""
     rows = rows_of([("dense", 0, 0.50, 1.0), ("dense", 1, 0.52, 1.0),
                     ("vmoe_every2_k2", 0, 0.60, 1.2), ("vmoe_every2_k2", 1, 0.62, 1.2),
                     ("dense_large", 0, large_accuracy, 3.0)])  # fmt: skip
