@@ -1,11 +1,13 @@
 """04_adaptive_compute: how much accuracy does each unit of compute buy when capacity is cut at test time,
 with and without BPR?
 
-Reads notebook 02's models from the artifact cache (trains them when missing). Expected run time (README,
-2-core machine): cpu about 91 s with 02's models in the cache; smoke, gpu, tpu not yet measured.
+Reads the models notebook 02 recorded in the same output folder (trains the preset's when 02 has not run).
+Expected run time: cpu about 91 s with 02's models in the cache (measured 43-46 s on a quiet machine);
+smoke about 11 s; gpu, tpu not measured.
 
-Headline figures on cpu: ``claim_verdict``, ``vanilla_accuracy_at_low``, ``bpr_accuracy_at_low``: not yet
-measured (issue 12 notes 02's models are near chance today; the next issue re-measures them).
+Headline figures on cpu (measured 2026-11-29 with `make run PRESET=cpu OFFLINE=1` from an empty cache, 2-core
+machine): ``claim_verdict`` "within noise", ``vanilla_accuracy_at_low`` 0.0438, ``bpr_accuracy_at_low`` 0.043
+(02's models are near chance, so cutting capacity has nothing to lose).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """02_train_vmoe: does a sparse V-MoE reach dense accuracy at lower inference compute?
 
-Expected run time (README, 2-core machine): cpu about 17 min, training 11 models (dense and the main V-MoE
-with 3 seeds each) into the artifact cache; a rerun reads them back in about 35 s. At 400 steps the 11
-models took about 22 minutes (dense 80-95 s, V-MoE k=2 126 s), hence 320. smoke, gpu, tpu not yet measured.
+Expected run time: cpu about 17 min on a loaded machine, training 11 models (dense and the main V-MoE with 3
+seeds each) into the artifact cache (measured 529 s on a quiet machine: 35-56 s per model); a rerun reads
+them back in about 20-35 s. smoke about 10 s warm; gpu, tpu not measured.
 
-Headline figures on cpu: ``main_vmoe_test_accuracy``, ``dense_test_accuracy``, ``claim_verdict``: not yet
-measured (issue 12 notes they are near chance today; the next issue re-measures them).
+Headline figures on cpu (measured 2026-11-29 with `make run PRESET=cpu OFFLINE=1` from an empty cache, 2-core
+machine): ``main_vmoe_test_accuracy`` 0.0476, ``dense_test_accuracy`` 0.0455 (chance is 0.017: the cpu
+preset's models learn almost nothing), ``claim_verdict`` "within noise".
 """
 
 from __future__ import annotations
