@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from flax import nnx
 from hypothesis import HealthCheck, settings
 
-from sparse_experts import offline
+from sparse_experts import models, offline
 from sparse_experts.workbook import presets
 
 # Compile without XLA backend optimisation, as the smoke preset does: about 3x faster compiles on CPU. Set
@@ -49,3 +51,15 @@ def run_on_fake_devices(script: str, devices: int = 8, timeout: int = 300, args:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny_vmoe():
+    """A tiny real V-MoE for the analysis tests: 2 layers, MoE at layer 1, E=4 experts (k=2), 8x8 images, Y=5
+    classes, a non-zero head so that logits differ between images."""
+    config = models.vit_config(
+        "mu/4", image_size=8, num_classes=5, depth=2, width=16, mlp_dim=32, num_heads=2,
+        head_zero_init=False,
+        moe=models.MoeConfig(num_experts=4, k=2, placement=(1,), capacity_factor=8.0, group_size=1),
+    )  # fmt: skip
+    return models.ViT(config, rngs=nnx.Rngs(0))

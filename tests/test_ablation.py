@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flax import nnx
 
-from sparse_experts import analysis, models
+from sparse_experts import analysis
 from sparse_experts.analysis import ablation
 
 E, Y = 4, 5
 
 
 @pytest.fixture(scope="module")
-def model():
-    config = models.vit_config(
-        "mu/4", image_size=8, num_classes=Y, depth=2, width=16, mlp_dim=32, num_heads=2,
-        head_zero_init=False,
-        moe=models.MoeConfig(num_experts=E, k=2, placement=(1,), capacity_factor=8.0, group_size=1),
-    )  # fmt: skip
-    return models.ViT(config, rngs=nnx.Rngs(0))
+def model(tiny_vmoe):  # conftest: 2 layers, MoE at layer 1, E experts, Y classes, 8x8 images
+    return tiny_vmoe
 
 
 @pytest.fixture(scope="module")
