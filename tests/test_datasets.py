@@ -6,6 +6,8 @@ Everything is generated into pytest's tmp folders (``data_dir=``), offline, with
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import io
 import os
 import socket
@@ -19,6 +21,7 @@ import tensorflow_datasets as tfds
 from sparse_experts import datasets as ds
 from sparse_experts.datasets import builders, tasks
 from sparse_experts.datasets.__main__ import main as cli_main
+from sparse_experts.workbook import cache
 
 TINY = {"train": 40, "validation": 10, "test": 10}
 
@@ -457,3 +460,41 @@ def test_default_data_dir_follows_the_environment(tmp_path):
     with mock.patch.dict(os.environ, {"SPARSE_EXPERTS_DATA_DIR": str(tmp_path)}):
         assert not ds.is_prepared("digits")
         assert ds.prepare("digits") == tmp_path / "tfds" / "sew_digits" / "1.1.0"
+
+
+# The code that renders each embedded builder's data, and its hash (as the artifact cache hashes code: parsed,
+# without comments, docstrings or layout) recorded for the builder's current VERSION. TFDS reuses prepared
+# data of the same version, so a renderer change without a version bump would leave stale data on disk.
+RENDERERS = {
+    "SewShapes": (
+        "sparse_experts.datasets.shapes",
+        "sparse_experts.datasets.tasks",
+        "sparse_experts.datasets.builders",
+    ),
+    "SewDigits": ("sparse_experts.datasets.digits", "sparse_experts.datasets.builders"),
+}
+RENDERER_HASHES = {
+    ("SewShapes", "1.1.0"): "a18f07ba91632563d95d2d4062d947a99dface2d98473bf54415c482977b3a41",
+    ("SewDigits", "1.1.0"): "6f9c3f34b1fc240766a984996d9d2c56f38f4eb8597794aec659e95c65d6e426",
+}
+
+
+@pytest.mark.parametrize("builder", sorted(RENDERERS))
+def test_a_changed_renderer_bumps_the_builder_version(builder):
+    digest = hashlib.sha256()
+    for name in RENDERERS[builder]:
+        digest.update(name.encode())
+        digest.update(cache.code_text(inspect.getsource(importlib.import_module(name))).encode())
+    version = str(getattr(builders, builder).VERSION)
+    recorded = RENDERER_HASHES.get((builder, version))
+    assert recorded == digest.hexdigest(), (
+        f"the code that renders {builder} changed (hash {digest.hexdigest()}) but its VERSION is still "
+        f"{version} (recorded hash {recorded}): bump {builder}.VERSION and RELEASE_NOTES so prepared data is "
+        "regenerated, then record the new (builder, version) hash in RENDERER_HASHES"
+    )
+
+
+def test_the_data_code_is_part_of_every_cache_key():
+    """A model trained on other data must not be reused: the renderer is hashed into the cache keys."""
+    hashed = cache.code_module_names()
+    assert all(name in hashed for modules in RENDERERS.values() for name in modules)

@@ -57,8 +57,13 @@ CODE_MODULES = (
     "sparse_experts.routing",
     "sparse_experts.parallel",
     "sparse_experts.datasets.splits",
+    "sparse_experts.datasets.builders",
+    "sparse_experts.datasets.shapes",
+    "sparse_experts.datasets.tasks",
+    "sparse_experts.datasets.digits",
 )
-"""Modules whose code is part of every cache key; a package stands for every module in it."""
+"""Modules whose code is part of every cache key (the training code, and the code that renders the embedded
+data the models train on); a package stands for every module in it."""
 LABELS = ("label", "coarse_label")
 FILES = ("spec.json", "history.json", "metrics.json")
 
