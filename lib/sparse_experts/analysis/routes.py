@@ -14,6 +14,7 @@ routing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -32,7 +33,6 @@ _OVERRIDE_KEYS = ("k", "capacity_factor", "batch_priority")
 
 # (graphdef, overrides) -> jitted eval forward; graphdefs are hashable, so an ablated copy (same graph, other
 # weights) reuses the compiled function of its original, and models of one structure share the compile.
-_FORWARDS: dict[Any, Any] = {}
 
 
 def _check_index(name: str, value: Any, stop: int, bound: str) -> int:
@@ -67,26 +67,24 @@ def _check_overrides(overrides: Mapping[str, Any] | None, moe: models.MoeConfig)
     return tuple(sorted(overrides.items()))
 
 
+@functools.cache
 def _forward(graphdef, overrides: tuple | None):
-    """The jitted ``(state, images) -> (logits, {layer: record})``; ``overrides=None``: logits and ``{}``
-    (also for models without MoE layers)."""
-    key = (graphdef, overrides)
-    if key not in _FORWARDS:
+    """The jitted ``(state, images) -> (logits, {layer: record})``, one per (architecture, overrides);
+    ``overrides=None``: logits and ``{}`` (also for models without MoE layers)."""
 
-        @jax.jit
-        def forward(state, images):
-            model = nnx.merge(graphdef, state)
-            if overrides is None:
-                return model(images, train=False), {}
-            logits, stats = model(images, return_stats=True, moe_overrides=dict(overrides) or None)
+    @jax.jit
+    def forward(state, images):
+        model = nnx.merge(graphdef, state)
+        if overrides is None:
+            return model(images, train=False), {}
+        logits, stats = model(images, return_stats=True, moe_overrides=dict(overrides) or None)
 
-            records = {
-                layer: {name: record[name] for name in RECORD_KEYS} for layer, record in stats["moe"].items()
-            }
-            return logits, records
+        records = {
+            layer: {name: record[name] for name in RECORD_KEYS} for layer, record in stats["moe"].items()
+        }
+        return logits, records
 
-        _FORWARDS[key] = forward
-    return _FORWARDS[key]
+    return forward
 
 
 def route(

@@ -50,12 +50,6 @@ NOTEBOOKS: dict[str, ModuleType] = {
     for module in (tour, vit22b_recipe, train_vmoe, routing_explorer, adaptive_compute)
 }
 
-# The type of a notebook's resolved knobs (the name zoo and older code use).
-Params = NotebookConfig
-
-# Notebook 02's model names (sparse_experts.workbook.zoo defines each).
-ZOO_MODELS = train_vmoe.MODEL_NAMES
-
 
 def check_preset(preset: Any) -> str:
     return one_of(*PRESET_NAMES)("preset", preset)

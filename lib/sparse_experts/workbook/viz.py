@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from sparse_experts import analysis
 from sparse_experts.datasets import grid
+from sparse_experts.routing import check_int
 
 PANEL_PIXELS = 300  # the side of one image panel of the routing figures
 
@@ -486,8 +487,7 @@ def classes_across_groups(
     """``shown`` classes present in ``labels`` (at most as many as there are), sorted. With a hierarchy
     (``fine_to_coarse [Y]``) they are taken round-robin over the coarse groups, so that every group appears
     before any appears twice; within a group, and without a hierarchy, the choice is random by ``seed``."""
-    if isinstance(shown, bool) or not isinstance(shown, int) or shown < 1:
-        raise ValueError(f"shown={shown!r} is not valid; expected a positive integer")
+    check_int("shown", shown)
     rng = np.random.default_rng(seed)
     present = np.unique(np.asarray(labels))
     shown = min(shown, len(present))

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from sparse_experts import analysis, datasets, models, train
+from sparse_experts.routing import check_int
 from sparse_experts.workbook import cache, presets
+from sparse_experts.workbook.configs import train_vmoe
 
-MODEL_NAMES = presets.ZOO_MODELS
+MODEL_NAMES = train_vmoe.MODEL_NAMES
 MULTI_SEED = ("dense", "vmoe_every2_k2")
 NOTEBOOK = "02_train_vmoe"
 
@@ -251,8 +253,7 @@ def eval_set(params: Mapping[str, Any], max_images: int, batch_size: int | None 
     """The first ``max_images`` test images of notebook 02's dataset at its image size and labels
     (``params``: 02's knobs, e.g. :attr:`ZooRun.params`), cut down to whole routing groups of
     ``params["group_size"]``, in batches of ``batch_size`` (default 02's ``eval_batch_size``; at most all)."""
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-        raise ValueError(f"max_images={max_images!r} is not valid; expected a positive integer")
+    check_int("max_images", max_images)
     name, group = params["dataset"], params["group_size"]
     split = datasets.load_split(name, "test", image_size=params["image_size"])
     count = min(max_images, len(split.images)) // group * group
