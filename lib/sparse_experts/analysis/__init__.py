@@ -3,7 +3,7 @@
 Layer: imports ``models``, ``parallel``, ``routing`` and ``train``, nothing above.
 """
 
-from sparse_experts.analysis import ablation, specialisation, stability
+from sparse_experts.analysis import ablation, bootstrap, specialisation, stability
 from sparse_experts.analysis.ablation import AblationScan, ablation_scan
 from sparse_experts.analysis.claims import VERDICTS, Claim
 from sparse_experts.analysis.layer_stats import accuracy, layer_rows, per_layer
