@@ -112,8 +112,8 @@ def test_bad_values_name_parameter_value_and_allowed(kwargs, message):
         ("02_train_vmoe", dict(width=66), "width=66 is not allowed; expected a multiple of num_heads=4"),
         (
             "02_train_vmoe",
-            dict(warmup_steps=400),
-            "warmup_steps=400 is not allowed; expected at most steps=320",
+            dict(warmup_steps=2000),
+            "warmup_steps=2000 is not allowed; expected at most steps=1200",
         ),
         ("02_train_vmoe", dict(models=["dense", "nosuch"]), "models=['dense', 'nosuch']"),
         ("02_train_vmoe", dict(label="fine"), "label='fine' is not allowed; expected one of 'label'"),

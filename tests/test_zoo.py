@@ -65,7 +65,7 @@ def test_models_differ_as_documented():
 
 def test_depth_too_small_for_distinct_placements_is_rejected():
     with pytest.raises(presets.ParameterError, match="parameter depth=4 .*every-2 and last-2 both give"):
-        presets.resolve(zoo.NOTEBOOK, "cpu", depth=4)
+        presets.resolve(zoo.NOTEBOOK, "cpu", depth=4, models=list(zoo.MODEL_NAMES))
     presets.resolve(zoo.NOTEBOOK, "cpu", depth=4, models=["dense", "vmoe_every2_k2"])  # fine without last-2
 
 
@@ -264,8 +264,8 @@ def test_plan_and_backbone_notes():
                     ("vmoe_every2_k2", 2, 0.64, 1.2), ("dense_large", 0, 0.55, 3.0)])  # fmt: skip
     notes = zoo.backbone_notes(rows)
     assert notes[0] == (
-        "Same backbone: the main V-MoE is +10.0 points against the dense ViT (standard error 1.6; the gap is "
-        "larger than twice the seed noise). It costs 1.20x the dense GFLOPs per image."
+        "Same backbone: the main V-MoE is +10.0 points against the dense ViT (standard error 1.6 points "
+        "(seed spread); the gap is larger than twice that). It costs 1.20x the dense GFLOPs per image."
     )
     assert notes[1:] == [
         "dense_large is dominated by vmoe_every2_k2 (as accurate or more, for no more compute)"
@@ -273,3 +273,29 @@ def test_plan_and_backbone_notes():
     assert (
         zoo.test_accuracy_of(rows, "dense") == pytest.approx(0.52) and zoo.test_accuracy_of(rows, "x") is None
     )
+
+
+def test_paired_noise_from_the_saved_test_predictions(run_02):
+    """Each cache entry keeps its test predictions: per-image correctness matches the stored accuracy, and
+    a comparison with correctness matrices takes its noise from the paired bootstrap."""
+    out, root, saved, results = run_02
+    params = zoo.models_of_run(out, "smoke", seed=0).params
+    correct = zoo.correct_matrices(results, params)
+    trained = results[("dense", 0)]
+    assert correct["dense"].shape == (1, trained.metrics["test"]["count"])
+    assert correct["dense"].mean() == pytest.approx(trained.metrics["test"]["accuracy"], abs=1e-6)
+    # two synthetic models on 2,000 images that disagree on 100 of them: pairing sees only those 100
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 2000)) < 0.6
+    b = a.copy()
+    b[:, :100] = ~b[:, :100]
+    rows = rows_of([("dense", s, b[s].mean(), 1.0) for s in range(3)]
+                   + [("vmoe_every2_k2", s, a[s].mean(), 1.2) for s in range(3)])  # fmt: skip
+    dense, vmoe = rows
+    gap = zoo.compare(vmoe, dense, correct={"dense": b, "vmoe_every2_k2": a})
+    assert gap["noise"] == "paired bootstrap over test images and seeds"
+    assert gap["accuracy_gap"] == pytest.approx(a.mean() - b.mean(), abs=1e-6)
+    assert gap["resolved"] == (abs(gap["accuracy_gap"]) > 2 * gap["standard_error"] > 0)
+    main = zoo.main_gap({"dense": b, "vmoe_every2_k2": a})
+    assert main.seeds == (3, 3) and main.gap_se == pytest.approx(gap["standard_error"])
+    assert zoo.main_gap({"dense": b}) is None

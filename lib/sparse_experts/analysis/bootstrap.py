@@ -39,11 +39,12 @@ class Paired:
 
     def __str__(self) -> str:
         size = "more than" if self.resolved else "within"
+        (ka, kb), pa, pb = self.seeds, 100 * self.mean_a, 100 * self.mean_b
         return (
-            f"a {100 * self.mean_a:.2f}% ({self.seeds[0]} seeds) - b {100 * self.mean_b:.2f}% ({self.seeds[1]} "
-            f"seeds) = {100 * self.gap:+.2f} points; standard errors (paired bootstrap over images and seeds, "
-            f"{self.samples} samples): a {100 * self.se_a:.2f}, b {100 * self.se_b:.2f}, gap "
-            f"{100 * self.gap_se:.2f} points: the gap is {size} two standard errors ({200 * self.gap_se:.2f})"
+            f"a {pa:.2f}% ({ka} seeds) - b {pb:.2f}% ({kb} seeds) = {100 * self.gap:+.2f} points; standard "
+            f"errors (paired bootstrap over images and seeds, {self.samples} samples): a "
+            f"{100 * self.se_a:.2f}, b {100 * self.se_b:.2f}, gap {100 * self.gap_se:.2f} points: the gap is "
+            f"{size} two standard errors ({200 * self.gap_se:.2f})"
         )
 
     def to_dict(self) -> dict[str, float | int | bool | list[int]]:

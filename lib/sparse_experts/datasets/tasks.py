@@ -66,7 +66,7 @@ class TaskSpec:
     description: str
     augmentations: tuple[str, ...] = ("crop", "flip")
     sizes: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"train": 800, "validation": 200, "test": 200}
+        default_factory=lambda: {"train": 800, "validation": 200, "test": 2_000}
     )
     coarse_names: tuple[str, ...] | None = None
     fine_to_coarse: tuple[int, ...] | None = None
@@ -77,9 +77,9 @@ _UPSTREAM = TaskSpec(
     1,
     UPSTREAM_FINE,
     "upstream",
-    "Upstream pretraining set: 60 shape classes in 10 families (coarse labels), with textured "
-    "backgrounds, distractor specks, lines and noise as nuisances.",
-    sizes={"train": 50_000, "validation": 5_000, "test": 5_000},
+    "Upstream pretraining set: 60 shape classes in 10 families (coarse labels), turned up to 30 degrees, "
+    "on plain or faintly textured backgrounds with faint noise.",
+    sizes={"train": 50_000, "validation": 5_000, "test": 20_000},
     coarse_names=tuple(UPSTREAM_HIERARCHY),
     fine_to_coarse=UPSTREAM_FINE_TO_COARSE,
 )
@@ -159,14 +159,24 @@ TASKS: dict[str, TaskSpec] = {
 
 @dataclass
 class _Style:
-    """Nuisance settings: the standard look, or the shifted look of the ``shift`` task's test split."""
+    """Nuisance settings. The default is the clean look of the upstream set and the natural tasks (faint
+    textures on half the backgrounds, no distractors, faint noise, objects turned at most 30 degrees and
+    never mirrored); tasks whose label is not the object, and the ``shift`` test split, use their own."""
 
     shifted: bool = False
-    texture_contrast: tuple[float, float] = (0.15, 0.6)
-    plain_prob: float = 0.1
-    max_specks: int = 3
-    line_prob: float = 0.35
-    noise: tuple[float, float] = (0.0, 0.05)
+    texture_contrast: tuple[float, float] = (0.0, 0.25)
+    plain_prob: float = 0.5
+    max_specks: int = 0
+    line_prob: float = 0.0
+    noise: tuple[float, float] = (0.0, 0.02)
+    max_turn: float = 30.0  # degrees either way from the canonical pose; 180 = any
+    mirror: bool = False
+    max_offset: float = 2.0  # pixels the object's centre may lie from the image centre, each way
+
+
+_BUSY = dict(texture_contrast=(0.15, 0.6), plain_prob=0.1, max_specks=3, line_prob=0.35, noise=(0.0, 0.05),
+             max_turn=180.0, mirror=True, max_offset=5.0)  # fmt: skip
+"""The busy look (the standard look up to version 1.1.0): the texture, position and count tasks' backdrop."""
 
 
 def _backdrop(rng: np.random.Generator, n: int, style: _Style, texture_ids: np.ndarray | None = None):
@@ -239,39 +249,34 @@ def _render_chunk(task: str, split: str, rng: np.random.Generator, n: int):
     if task == "count":
         return _count_scene(rng, n, labels + 1), labels
     style = _Style()
-    shape_names, radius = spec.class_names, (7, 12)  # the label is the shape, except in the last three tasks
+    shape_names, radius = spec.class_names, (9, 13)  # the label is the shape, except in the last four tasks
     cx = cy = angle = texture_ids = None  # random (texture_ids: random or plain)
-    mirror = True
-    if task == "finegrained":
-        radius = (9, 13)
-    elif task == "shift" and split == "test":
-        style = _Style(
-            shifted=True, texture_contrast=(0.7, 1.0), plain_prob=0.0, max_specks=6, noise=(0.06, 0.12)
-        )
+    if task == "shift" and split == "test":
+        style = _Style(**dict(_BUSY, shifted=True, texture_contrast=(0.7, 1.0), plain_prob=0.0, max_specks=6,
+                              noise=(0.06, 0.12), max_turn=30.0, mirror=False))  # fmt: skip
     elif task == "texture":
-        style = _Style(texture_contrast=(0.75, 1.0), plain_prob=0.0, max_specks=2)
+        style = _Style(**dict(_BUSY, texture_contrast=(0.75, 1.0), plain_prob=0.0, max_specks=2))
         shape_names, radius = UPSTREAM_FINE, (5, 8)
         texture_ids = labels
     elif task == "position":
         cell = 32.0 / 3.0
         cx = labels % 3 * cell + rng.uniform(1.5, cell - 1.5, n)
         cy = labels // 3 * cell + rng.uniform(1.5, cell - 1.5, n)
-        style = _Style(max_specks=2)
+        style = _Style(**dict(_BUSY, max_specks=2))
         shape_names, radius = UPSTREAM_FINE, (3.5, 5.0)
     elif task == "orientation":
         angle = np.deg2rad(labels * 45.0 + rng.uniform(-12.0, 12.0, n))
         shape_names, radius = ORIENTATION_SHAPES, (8, 12)
-        mirror = False
     shape_ids = labels if shape_names == spec.class_names else rng.integers(0, len(shape_names), n)
     dark, canvas = _backdrop(rng, n, style, texture_ids)
     colour, edge = _object_colours(rng, n, dark, style)
     layer = sh.ObjectLayer(
         shape_ids=shape_ids,
-        cx=rng.uniform(11.0, 21.0, n) if cx is None else cx,
-        cy=rng.uniform(11.0, 21.0, n) if cy is None else cy,
+        cx=rng.uniform(16.0 - style.max_offset, 16.0 + style.max_offset, n) if cx is None else cx,
+        cy=rng.uniform(16.0 - style.max_offset, 16.0 + style.max_offset, n) if cy is None else cy,
         radius=rng.uniform(*radius, n),
-        angle=rng.uniform(0.0, 2 * np.pi, n) if angle is None else angle,
-        mirror=(rng.random(n) < 0.5) if mirror else np.zeros(n, bool),
+        angle=np.deg2rad(rng.uniform(-style.max_turn, style.max_turn, n)) if angle is None else angle,
+        mirror=(rng.random(n) < 0.5) if style.mirror else np.zeros(n, bool),
         colour=colour,
         present=np.ones(n, bool),
         style=rng.integers(0, 3, n),
@@ -283,7 +288,7 @@ def _render_chunk(task: str, split: str, rng: np.random.Generator, n: int):
 
 def _count_scene(rng: np.random.Generator, n: int, counts: np.ndarray) -> np.ndarray:
     """``counts[i]`` small objects per image, in distinct cells of a 4x4 grid (jittered), no specks."""
-    style = _Style(max_specks=0)
+    style = _Style(**dict(_BUSY, max_specks=0))
     dark, canvas = _backdrop(rng, n, style)
     cells = np.argsort(rng.random((n, 16)), axis=1)  # a random order of the 16 cells per image
     colour, _ = _object_colours(rng, n, dark, style)

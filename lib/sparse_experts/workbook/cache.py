@@ -12,6 +12,8 @@ interrupted attempt), evaluates on the validation and test splits, and stores th
     params/         the trained parameters (orbax)
     history.json    per-step metrics and periodic validation metrics (sparse_experts.train.History)
     metrics.json    validation and test metrics, training time, parameter counts, GFLOPs per image
+    test_predictions.npy  the predicted class of every test image, int16 [N] in stored order (paired
+                    comparisons of models on the same images: ``analysis.bootstrap``)
     manifest.json   sha256 of every other file; written last
 
 Training and assembly happen under ``<cache>/.partial/<key>/``; the finished folder is moved into place
@@ -65,7 +67,7 @@ CODE_MODULES = (
 """Modules whose code is part of every cache key (the training code, and the code that renders the embedded
 data the models train on); a package stands for every module in it."""
 LABELS = ("label", "coarse_label")
-FILES = ("spec.json", "history.json", "metrics.json")
+FILES = ("spec.json", "history.json", "metrics.json", "test_predictions.npy")
 
 
 class CorruptEntryError(RuntimeError):
@@ -189,6 +191,11 @@ class Trained:
     path: Path
     trained_now: bool
 
+    @property
+    def test_predictions(self) -> np.ndarray:
+        """The predicted class of every test image, int [N] in the split's stored order."""
+        return np.load(self.path / "test_predictions.npy")
+
 
 def _sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
@@ -308,7 +315,7 @@ def _train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, descript
     )
     if history.diverged:
         raise train.NonFiniteError(f"training diverged: {history.message}; nothing was cached")
-    test = trainer.evaluate(_eval_batches(spec, "test"))
+    test, logits = trainer.evaluate(_eval_batches(spec, "test"), return_logits=True)
     validation = history.evals[-1]  # fit always evaluates at the last step when given an eval_fn
     steps = np.asarray(history.step_seconds[1:] or history.step_seconds)
     metrics = {
@@ -327,6 +334,7 @@ def _train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, descript
     entry.mkdir(parents=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save((entry / "params").absolute(), trainer.state["params"])
+    np.save(entry / "test_predictions.npy", np.asarray(logits).argmax(-1).astype(np.int16))
     write_json_atomic(entry / "spec.json", {"spec": spec.to_dict(), "code": code_hash()})
     write_json_atomic(entry / "history.json", history.to_dict())
     write_json_atomic(entry / "metrics.json", metrics)

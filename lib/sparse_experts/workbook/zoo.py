@@ -345,20 +345,54 @@ def test_accuracy_of(rows: list[Mapping[str, Any]], name: str) -> float | None:
     return next((r["test_accuracy"] for r in rows if r["model"] == name), None)
 
 
+def correct_matrices(
+    results: Mapping[tuple[str, int], cache.Trained], params: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """``{name: bool [K, N]}``: whether each seed of each model in ``results`` was right on each test image
+    (stored order; the labels notebook 02 trained on), for paired comparisons (:func:`compare`)."""
+    split = datasets.load_split(params["dataset"], "test", image_size=params["image_size"])
+    labels = split.coarse_labels if params["label"] == "coarse_label" else split.labels
+    by_name: dict[str, dict[int, np.ndarray]] = {}
+    for (name, seed), trained in results.items():
+        by_name.setdefault(name, {})[seed] = trained.test_predictions
+    return {name: analysis.bootstrap.correct_matrix(preds, labels) for name, preds in by_name.items()}
+
+
+def main_gap(
+    correct: Mapping[str, np.ndarray], main: str = "vmoe_every2_k2", dense: str = "dense"
+) -> analysis.bootstrap.Paired | None:
+    """The main comparison of notebook 02, ``main`` against ``dense`` on the same test images, with the
+    paired bootstrap's noise over images and seeds (None when either was not trained)."""
+    if main not in correct or dense not in correct:
+        return None
+    return analysis.bootstrap.paired(correct[main], correct[dense])
+
+
 def compare(
-    row_a: Mapping[str, Any], row_b: Mapping[str, Any], borrowed_std: Mapping[str, float] | None = None
+    row_a: Mapping[str, Any],
+    row_b: Mapping[str, Any],
+    borrowed_std: Mapping[str, float] | None = None,
+    correct: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Test accuracy of model a minus model b, with the standard error of that difference from the seed
-    spread (sample std / sqrt(seeds), combined), and the GFLOPs ratio a / b. A one-seed model takes
-    ``borrowed_std[its family]`` when given (:func:`family_spread`), otherwise it contributes nothing.
-    ``resolved``: whether the gap exceeds twice its standard error (None when no spread is known)."""
+    """Test accuracy of model a minus model b, the standard error of that difference, and the GFLOPs ratio
+    a / b. With ``correct`` (:func:`correct_matrices`) the error comes from a paired bootstrap over the
+    test images and each model's seeds (:func:`analysis.bootstrap.paired`); without it, from the seed
+    spread alone (sample std / sqrt(seeds), combined). A one-seed model adds ``borrowed_std[its family]``
+    as its seed noise when given (:func:`family_spread`). ``resolved``: whether the gap exceeds twice its
+    standard error (None when no noise is known)."""
     diff = row_a["test_accuracy"] - row_b["test_accuracy"]
     variance, known, borrowed = 0.0, False, []
+    paired = correct is not None and row_a["model"] in correct and row_b["model"] in correct
+    if paired:
+        boot = analysis.bootstrap.paired(correct[row_a["model"]], correct[row_b["model"]])
+        variance, known, diff = boot.gap_se**2, True, boot.gap
     for row in (row_a, row_b):
         std = row["test_accuracy_std"]
         if std is None and borrowed_std and row["family"] in borrowed_std:
             std = borrowed_std[row["family"]]
             borrowed.append(row["model"])
+        elif paired:
+            continue  # the bootstrap already counted this model's seeds
         if std is not None:
             variance += std**2 / len(row["seeds"])
             known = True
@@ -371,6 +405,7 @@ def compare(
         "resolved": None if se is None else abs(diff) > 2 * se,
         "gflops_ratio": row_a["gflops_per_image"] / row_b["gflops_per_image"],
         "borrowed_spread": borrowed,
+        "noise": "paired bootstrap over test images and seeds" if paired else "seed spread",
     }
 
 
@@ -398,9 +433,14 @@ def dominated_by(rows: list[Mapping[str, Any]], row: Mapping[str, Any]) -> list[
 CLAIM_02 = "V-MoE reaches the accuracy of dense ViTs at lower inference compute (Riquelme et al. 2021)."
 
 
-def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> analysis.Claim:
+def claim_check(
+    rows: list[Mapping[str, Any]],
+    main: str = "vmoe_every2_k2",
+    correct: Mapping[str, np.ndarray] | None = None,
+) -> analysis.Claim:
     """:data:`CLAIM_02` checked on ``rows``: the main V-MoE against the most accurate dense model that needs
-    more GFLOPs per image (one-seed models borrow their family's seed spread, :func:`family_spread`).
+    more GFLOPs per image; the noise of each gap is :func:`compare`'s (paired over test images and seeds
+    with ``correct``; one-seed models borrow their family's seed spread, :func:`family_spread`).
 
     - "reproduced": the main V-MoE is more accurate than that costlier dense model by more than twice the
       standard error of the gap (a gap inside the noise does not show that it reaches it);
@@ -422,18 +462,21 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
     costlier = [r for r in dense if r["gflops_per_image"] > vmoe["gflops_per_image"]]
     same_backbone = by_name.get("dense")
     spread = family_spread(rows)
-    comparisons = [compare(vmoe, r, spread) for r in ([same_backbone] if same_backbone else []) + costlier]
+    others = ([same_backbone] if same_backbone else []) + costlier
+    comparisons = [compare(vmoe, r, spread, correct) for r in others]
     numbers: dict[str, Any] = {"main": main, "comparisons": comparisons}
     if not costlier:
         sentence = f"No dense model here costs more GFLOPs per image than {main}: claim not tested."
         return analysis.Claim(CLAIM_02, "not tested", sentence, numbers)
     best = max(costlier, key=lambda r: r["test_accuracy"])
-    gap = compare(vmoe, best, spread)
+    gap = compare(vmoe, best, spread, correct)
     numbers.update(best_costlier_dense=best["model"], gap=gap)
     pct = 100 * gap["gflops_ratio"]
     cheaper = [r for r in dense if r["gflops_per_image"] <= vmoe["gflops_per_image"]]
     cheaper_better = [
-        c for c in (compare(vmoe, r, spread) for r in cheaper) if c["resolved"] and c["accuracy_gap"] < 0
+        c
+        for c in (compare(vmoe, r, spread, correct) for r in cheaper)
+        if c["resolved"] and c["accuracy_gap"] < 0
     ]
     noise = None if gap["standard_error"] is None else 2 * gap["standard_error"]
     if noise is not None and gap["accuracy_gap"] > noise:
@@ -447,7 +490,7 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
     elif noise is not None and abs(gap["accuracy_gap"]) <= noise:
         verdict = "within noise"
         sentence = (
-            f"Within seed noise: {main} is {100 * gap['accuracy_gap']:+.1f} points against "
+            f"Within noise: {main} is {100 * gap['accuracy_gap']:+.1f} points against "
             f"{best['model']} (2 standard errors = {100 * noise:.1f} points) at {pct:.0f}% of its GFLOPs "
             "per image; neither reached nor clearly missed."
         )
@@ -469,19 +512,24 @@ def claim_check(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> 
     return analysis.Claim(CLAIM_02, verdict, sentence, numbers)
 
 
-def backbone_notes(rows: list[Mapping[str, Any]], main: str = "vmoe_every2_k2") -> list[str]:
+def backbone_notes(
+    rows: list[Mapping[str, Any]],
+    main: str = "vmoe_every2_k2",
+    correct: Mapping[str, np.ndarray] | None = None,
+) -> list[str]:
     """Sentences on the same-backbone comparison (the main V-MoE against ``dense``: gap, seed noise, GFLOPs
     ratio) and on every model that a model of the other family dominates (:func:`dominated_by`)."""
     by_name = {r["model"]: r for r in rows}
     notes = []
     if main in by_name and "dense" in by_name:
-        gap = compare(by_name[main], by_name["dense"])
+        gap = compare(by_name[main], by_name["dense"], correct=correct)
         if gap["standard_error"] is None:
             noise = "one seed each: no spread to compare the gap with (raise `seeds`)"
         else:
             size = "larger than" if gap["resolved"] else "within"
             noise = (
-                f"standard error {100 * gap['standard_error']:.1f}; the gap is {size} twice the seed noise"
+                f"standard error {100 * gap['standard_error']:.1f} points ({gap['noise']}); the gap is "
+                f"{size} twice that"
             )
         notes.append(
             f"Same backbone: the main V-MoE is {100 * gap['accuracy_gap']:+.1f} points against the dense ViT "

@@ -73,7 +73,7 @@ class Config(NotebookConfig):
 _COMMON = dict(image_index=0, layer=-1, k=2, capacity_factor=1.05, batch_priority=False, ablate_expert=-1)
 PRESETS = {
     "smoke": dict(_COMMON, eval_images=250, models=("vmoe_every2_k2", "expert_choice", "soft_moe")),
-    "cpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
+    "cpu": dict(_COMMON, eval_images=2000, models=("vmoe_every2_k2", "expert_choice", "soft_moe")),
     "gpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
     "tpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
 }
