@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -181,3 +182,31 @@ def test_concurrent_requests_train_once(tmp_path):
     assert not errors, errors
     assert sorted(r.trained_now for r in results) == [False, True]
     assert results[0].metrics == results[1].metrics
+
+
+def test_seeds_trained_together_equal_seeds_trained_alone(trained, tmp_path):
+    """Seeds 0 and 1 of SPEC (an MoE model, so router noise is per seed too) as one vmapped program: seed 0
+    equals the entry trained alone (to float rounding), and each seed lands under its own key."""
+    root, alone = trained
+    both = [SPEC, dataclasses.replace(SPEC, seed=1)]
+    together = cache.get_or_train_seeds(both, root=tmp_path, progress=False)
+    assert [t.spec.seed for t in together] == [0, 1] and all(t.trained_now for t in together)
+    assert [t.path.name for t in together] == [s.key() for s in both]
+    assert together[0].metrics["trained_with_seeds"] == [0, 1]
+    for a, b in zip(params_of(together[0].model), params_of(alone.model), strict=True):
+        # atol: the key bias has no gradient but rounding, which Adam scales up to ~1e-5
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(params_of(together[0].model)[0], params_of(together[1].model)[0])
+    assert together[0].test_predictions.shape == (270,)
+    np.testing.assert_allclose(
+        together[0].history.series("loss"), alone.history.series("loss"), rtol=1e-4, atol=1e-5
+    )
+    # Again: both from the cache. With seed 2 added, only seed 2 trains.
+    again = cache.get_or_train_seeds(both, root=tmp_path, progress=False)
+    assert not any(t.trained_now for t in again)
+    three = cache.get_or_train_seeds([*both, dataclasses.replace(SPEC, seed=2)], root=tmp_path, progress=False)
+    assert [t.trained_now for t in three] == [False, False, True]
+    with pytest.raises(ValueError, match="differ in more than their seed"):
+        cache.get_or_train_seeds([SPEC, dataclasses.replace(SPEC, seed=1, num_steps=3)], root=tmp_path)
+    with pytest.raises(ValueError, match="repeat a seed"):
+        cache.get_or_train_seeds([SPEC, SPEC], root=tmp_path)

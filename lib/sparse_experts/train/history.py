@@ -145,7 +145,7 @@ class SweepResult:
             message=self.messages[copy],
             seconds=self.seconds,
             step_seconds=list(self.step_seconds[: len(steps)]),
-            evals=[{k: (v if k == "step" else v[copy]) for k, v in e.items()} for e in self.evals],
+            evals=[{k: _of_copy(v, copy) for k, v in e.items()} for e in self.evals],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,3 +157,8 @@ class SweepResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepResult:
         return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
+
+
+def _of_copy(value: Any, copy: int) -> Any:
+    """A per-copy evaluation value ([R] list or array) -> copy ``copy``'s; shared values (step, count) as is."""
+    return value[copy] if isinstance(value, list | tuple | np.ndarray) else value

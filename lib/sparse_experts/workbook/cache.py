@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -290,56 +291,139 @@ def check_eval_split(spec: TrainSpec, split: str, num_examples: int | None = Non
         )
 
 
-def _train_entry(spec: TrainSpec, work: Path, *, progress: bool = True, description: str = "") -> Path:
-    """Train ``spec`` with checkpoints under ``work/checkpoints`` (resuming there), evaluate, and assemble
-    the entry folder ``work/entry`` (with its manifest). Returns that folder. The caller has checked the
-    evaluation splits (:func:`get_or_train`, before anything is written)."""
-    model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
-    trainer = train.Trainer(model, spec.train, seed=spec.seed)
+def _train_entries(specs: list[TrainSpec], work: Path, *, progress: bool, description: str) -> list[Path]:
+    """Train ``specs`` (one spec, or the same spec with R seeds: side by side as one vmapped program,
+    ``train.Copies``) with checkpoints under ``work/checkpoints`` (resuming there), evaluate, and assemble
+    one entry folder per spec, ``work/entry-<r>`` (with its manifest). The caller has checked the
+    evaluation splits (before anything is written)."""
+    first, many = specs[0], len(specs) > 1
+    nets = [models.ViT(s.model, rngs=nnx.Rngs(s.seed)) for s in specs]
+    if many:
+        trainer = train.Trainer(nets, first.train, copies=train.Copies(seed=[s.seed for s in specs]))
+    else:
+        trainer = train.Trainer(nets[0], first.train, seed=first.seed)
+
+    def one_batch(seed: int, step: int) -> dict:
+        batch = loader.batch_at(
+            first.dataset, "train", first.batch_size, seed=seed, step=step, image_size=first.image_size
+        )
+        return {"image": batch["image"], "label": batch[first.label]}
 
     def batch_fn(step: int) -> dict:
-        batch = loader.batch_at(
-            spec.dataset, "train", spec.batch_size, seed=spec.seed, step=step, image_size=spec.image_size
-        )
-        return {"image": batch["image"], "label": batch[spec.label]}
+        batches = [one_batch(s.seed, step) for s in specs]
+        return train.stack_batches(batches) if many else batches[0]
 
+    seeds = ", ".join(str(s.seed) for s in specs)
     history = trainer.fit(
         batch_fn,
-        spec.num_steps,
+        first.num_steps,
         checkpoint_dir=work / "checkpoints",
-        checkpoint_every=spec.checkpoint_every,
-        eval_fn=lambda: _eval_batches(spec, "validation"),
-        eval_every=spec.eval_every,
+        checkpoint_every=first.checkpoint_every,
+        eval_fn=lambda: _eval_batches(first, "validation"),
+        eval_every=first.eval_every,
         progress=progress,
-        description=description or f"train {spec.dataset} seed {spec.seed}",
+        description=description or f"train {first.dataset} seed {seeds}",
     )
-    if history.diverged:
-        raise train.NonFiniteError(f"training diverged: {history.message}; nothing was cached")
-    test, logits = trainer.evaluate(_eval_batches(spec, "test"), return_logits=True)
-    validation = history.evals[-1]  # fit always evaluates at the last step when given an eval_fn
+    diverged = history.diverged().any() if many else history.diverged
+    if diverged:
+        why = "; ".join(m for m in history.messages if m) if many else history.message
+        raise train.NonFiniteError(f"training diverged (seeds {seeds}): {why}; nothing was cached")
+    test, logits = trainer.evaluate(_eval_batches(first, "test"), return_logits=True)
+    logits = np.asarray(logits) if many else np.asarray(logits)[None]
     steps = np.asarray(history.step_seconds[1:] or history.step_seconds)
-    metrics = {
-        "validation": validation,
-        "test": test,
-        "train_seconds": history.seconds,
-        "median_step_seconds": float(np.median(steps)),
-        "params_total": models.param_count(spec.model),
-        "params_active": models.param_count(spec.model, active=True),
-        "gflops_per_image": models.flops_per_image(spec.model) / 1e9,
-        "final_train_loss": float(np.mean(history.series("loss")[-10:])),
-    }
-    entry = work / "entry"
-    if entry.exists():
-        shutil.rmtree(entry)
-    entry.mkdir(parents=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save((entry / "params").absolute(), trainer.state["params"])
-    np.save(entry / "test_predictions.npy", np.asarray(logits).argmax(-1).astype(np.int16))
-    write_json_atomic(entry / "spec.json", {"spec": spec.to_dict(), "code": code_hash()})
-    write_json_atomic(entry / "history.json", history.to_dict())
-    write_json_atomic(entry / "metrics.json", metrics)
-    _write_manifest(entry)
-    return entry
+    built = []
+    for r, spec in enumerate(specs):
+        own = history.history(r) if many else history
+        metrics = {
+            "validation": own.evals[-1],  # fit always evaluates at the last step when given an eval_fn
+            "test": {k: v if k == "count" else float(v[r]) for k, v in test.items()} if many else test,
+            "train_seconds": history.seconds,
+            "median_step_seconds": float(np.median(steps)),
+            "trained_with_seeds": [s.seed for s in specs],  # one program: the time is theirs together
+            "params_total": models.param_count(spec.model),
+            "params_active": models.param_count(spec.model, active=True),
+            "gflops_per_image": models.flops_per_image(spec.model) / 1e9,
+            "final_train_loss": float(np.mean(own.series("loss")[-10:])),
+        }
+        params = (
+            jax.tree.map(lambda x, r=r: x[r], trainer.state["params"]) if many else trainer.state["params"]
+        )
+        entry = work / f"entry-{r}"
+        if entry.exists():
+            shutil.rmtree(entry)
+        entry.mkdir(parents=True)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save((entry / "params").absolute(), params)
+        np.save(entry / "test_predictions.npy", logits[r].argmax(-1).astype(np.int16))
+        write_json_atomic(entry / "spec.json", {"spec": spec.to_dict(), "code": code_hash()})
+        write_json_atomic(entry / "history.json", own.to_dict())
+        write_json_atomic(entry / "metrics.json", metrics)
+        _write_manifest(entry)
+        built.append(entry)
+    return built
+
+
+def get_or_train_seeds(
+    specs: list[TrainSpec],
+    *,
+    root: str | Path | None = None,
+    progress: bool = True,
+    retrain: bool = False,
+    description: str = "",
+) -> list[Trained]:
+    """The trained models of ``specs``, the same spec with different seeds, in that order: verified
+    entries from the cache, and the missing ones trained now side by side as one vmapped program
+    (``train.Copies``; on 2 CPU cores about 1.3x the throughput of one seed after another for a small dense
+    ViT), each stored under its own key. Copy r computes what :func:`get_or_train` of its spec computes, to
+    float rounding; an interrupted attempt resumes from its checkpoints. ``retrain=True`` sets existing
+    entries aside and trains them all again."""
+    specs = list(specs)
+    if not specs:
+        raise ValueError("specs is empty; expected at least one TrainSpec")
+    base = dataclasses.replace(specs[0], seed=0)
+    for spec in specs:
+        if dataclasses.replace(spec, seed=0) != base:
+            raise ValueError(
+                f"specs differ in more than their seed (seed {spec.seed} against seed {specs[0].seed}); "
+                "train them one by one with get_or_train"
+            )
+    if len({s.seed for s in specs}) != len(specs):
+        raise ValueError(f"specs repeat a seed: {[s.seed for s in specs]}; expected distinct seeds")
+    if len(specs) == 1:
+        one = get_or_train(specs[0], root=root, progress=progress, retrain=retrain, description=description)
+        return [one]
+    for split in ("validation", "test"):  # before anything is written
+        check_eval_split(specs[0], split)
+    root = Path(root or cache_dir())
+    keys = [s.key() for s in specs]
+    (root / ".partial").mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:  # one process trains a key at a time; locks in a fixed order
+        for key in sorted(keys):
+            stack.enter_context(_exclusive(root / ".partial" / f"{key}.lock"))
+        found: dict[str, Trained] = {}
+        for spec, key in zip(specs, keys, strict=True):
+            entry = root / key
+            if entry.exists() and retrain:
+                _set_aside(entry, root, "retrain=True")
+            elif entry.exists():
+                try:
+                    found[key] = _load_entry(entry, spec)
+                except CorruptEntryError as error:
+                    _set_aside(entry, root, str(error))
+        missing = [(spec, key) for spec, key in zip(specs, keys, strict=True) if key not in found]
+        if missing:
+            group = hashlib.sha256("".join(k for _, k in missing).encode()).hexdigest()
+            work = root / ".partial" / f"seeds-{group}"
+            work.mkdir(parents=True, exist_ok=True)
+            built = _train_entries(
+                [spec for spec, _ in missing], work, progress=progress, description=description
+            )
+            for (spec, key), folder in zip(missing, built, strict=True):
+                os.replace(folder, root / key)
+                found[key] = _load_entry(root / key, spec)
+                found[key].trained_now = True
+            shutil.rmtree(work, ignore_errors=True)
+    return [found[key] for key in keys]
 
 
 def get_or_train(
@@ -371,7 +455,7 @@ def get_or_train(
                     _set_aside(entry, root, str(error))
         work = root / ".partial" / key
         work.mkdir(parents=True, exist_ok=True)
-        built = _train_entry(spec, work, progress=progress, description=description)
+        (built,) = _train_entries([spec], work, progress=progress, description=description)
         os.replace(built, entry)
         shutil.rmtree(work, ignore_errors=True)
     trained = _load_entry(entry, spec)

@@ -294,12 +294,17 @@ def plan(params: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def train_all(params: Mapping[str, Any], log=print, **kwargs: Any) -> dict[tuple[str, int], cache.Trained]:
-    """Every model of ``params["models"]`` with each of its seeds, from the cache or trained now
-    (:func:`get`); ``log`` gets one line per model and seed."""
+    """Every model of ``params["models"]`` with each of its seeds, from the cache or trained now (the
+    missing seeds of one model side by side as one program, :func:`cache.get_or_train_seeds`); ``log`` gets
+    one line per model and seed."""
     results = {}
     for name in params["models"]:
-        for seed in seeds_of(name, params):
-            trained = results[(name, seed)] = get(name, params, seed=seed, **kwargs)
+        seeds = seeds_of(name, params)
+        specs = [spec(name, params, s) for s in seeds]
+        what = f"{name} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        trained_seeds = cache.get_or_train_seeds(specs, description=what, **kwargs)
+        for seed, trained in zip(seeds, trained_seeds, strict=True):
+            results[(name, seed)] = trained
             how = "trained now" if trained.trained_now else "from the cache"
             log(f"{name:16s} seed {seed}: test accuracy {trained.metrics['test']['accuracy']:.3f} "
                 f"({how}, {trained.metrics['train_seconds']:.0f} s of training)")  # fmt: skip

@@ -56,7 +56,7 @@ _COMMON = dict(capacity_factors=_FACTORS, low_capacity_factor=0.25, claim_thresh
 PRESETS = {
     "smoke": dict(_COMMON, capacity_factors=(0.5, 1.0), low_capacity_factor=0.5, eval_images=250,
                   eval_batch_size=250, extremes_shown=6),
-    "cpu": dict(_COMMON, eval_images=5000, eval_batch_size=1000),
+    "cpu": dict(_COMMON, eval_images=20_000, eval_batch_size=1000),
     "gpu": dict(_COMMON, eval_images=10_000, eval_batch_size=1000),
     "tpu": dict(_COMMON, eval_images=50_000, eval_batch_size=1024),
 }  # fmt: skip
