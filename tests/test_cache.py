@@ -204,7 +204,8 @@ def test_seeds_trained_together_equal_seeds_trained_alone(trained, tmp_path):
     # Again: both from the cache. With seed 2 added, only seed 2 trains.
     again = cache.get_or_train_seeds(both, root=tmp_path, progress=False)
     assert not any(t.trained_now for t in again)
-    three = cache.get_or_train_seeds([*both, dataclasses.replace(SPEC, seed=2)], root=tmp_path, progress=False)
+    more = [*both, dataclasses.replace(SPEC, seed=2)]
+    three = cache.get_or_train_seeds(more, root=tmp_path, progress=False)
     assert [t.trained_now for t in three] == [False, False, True]
     with pytest.raises(ValueError, match="differ in more than their seed"):
         cache.get_or_train_seeds([SPEC, dataclasses.replace(SPEC, seed=1, num_steps=3)], root=tmp_path)

@@ -160,5 +160,5 @@ class SweepResult:
 
 
 def _of_copy(value: Any, copy: int) -> Any:
-    """A per-copy evaluation value ([R] list or array) -> copy ``copy``'s; shared values (step, count) as is."""
+    """A per-copy evaluation value ([R] list or array) -> copy ``copy``'s; shared ones (step, count) as is."""
     return value[copy] if isinstance(value, list | tuple | np.ndarray) else value
