@@ -107,9 +107,11 @@ def test_selection_overrides_layers_and_choices():
     assert analysis.shown_choices(expert_choice, 3) == 2
     config = models.vit_config("mu/4", image_size=8, depth=4, width=16, mlp_dim=32, num_heads=2, moe=top_k)
     assert models.moe_layers(config) == (1, 3)
-    assert analysis.resolve_layer(config, -1) == 1 and analysis.resolve_layer(config, 3) == 3
-    with pytest.raises(ValueError, match=r"layer=2 .*\(1, 3\)"):
-        analysis.resolve_layer(config, 2)
+    assert analysis.resolve_layer(config, -1) == 3 and analysis.resolve_layer(config, -2) == 1
+    assert analysis.resolve_layer(config, 3) == 3
+    for bad in (2, -3):
+        with pytest.raises(ValueError, match=rf"layer={bad} .*\(1, 3\)"):
+            analysis.resolve_layer(config, bad)
     gates = np.array([[[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]]])  # one image, 2 tokens, 3 experts
     weights = np.array([[[0.0, 0.6, 0.0], [0.5, 0.0, 0.0]]])  # token 0's second choice dropped
     chosen, dropped, g = analysis.token_choices(models.MoeConfig(num_experts=3), {"gates": gates,

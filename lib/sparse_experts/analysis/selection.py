@@ -37,7 +37,8 @@ def overrides_for(
 
 
 def resolve_layer(config: models.VitConfig, layer: int) -> int:
-    """``layer`` if it is one of ``config``'s MoE layers; ``layer < 0`` means the first MoE layer."""
+    """``layer`` if it is one of ``config``'s MoE layers; ``-1`` means the last MoE layer (as in Python, and
+    where V-MoE sees experts specialise most), ``-2`` the one before it, and so on."""
     layers = models.moe_layers(config)
     if not layers:
         fail("config", config.name, "a model with MoE layers")
@@ -45,9 +46,10 @@ def resolve_layer(config: models.VitConfig, layer: int) -> int:
         isinstance(layer, bool)
         or not isinstance(layer, numbers.Integral)
         or (layer >= 0 and layer not in layers)
+        or layer < -len(layers)
     ):
-        fail("layer", layer, f"-1 (the first MoE layer) or one of the MoE layers {layers}")
-    return layers[0] if layer < 0 else int(layer)
+        fail("layer", layer, f"one of the MoE layers {layers}, or -1 (the last) to -{len(layers)} (first)")
+    return layers[layer] if layer < 0 else int(layer)
 
 
 def shown_choices(moe: models.MoeConfig, k: int) -> int:
