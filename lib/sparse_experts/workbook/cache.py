@@ -389,9 +389,6 @@ def get_or_train_seeds(
             )
     if len({s.seed for s in specs}) != len(specs):
         raise ValueError(f"specs repeat a seed: {[s.seed for s in specs]}; expected distinct seeds")
-    if len(specs) == 1:
-        one = get_or_train(specs[0], root=root, progress=progress, retrain=retrain, description=description)
-        return [one]
     for split in ("validation", "test"):  # before anything is written
         check_eval_split(specs[0], split)
     root = Path(root or cache_dir())
@@ -411,9 +408,9 @@ def get_or_train_seeds(
                 except CorruptEntryError as error:
                     _set_aside(entry, root, str(error))
         missing = [(spec, key) for spec, key in zip(specs, keys, strict=True) if key not in found]
-        if missing:
+        if missing:  # one missing: its key names the work folder; several: a hash of their keys
             group = hashlib.sha256("".join(k for _, k in missing).encode()).hexdigest()
-            work = root / ".partial" / f"seeds-{group}"
+            work = root / ".partial" / (missing[0][1] if len(missing) == 1 else f"seeds-{group}")
             work.mkdir(parents=True, exist_ok=True)
             built = _train_entries(
                 [spec for spec, _ in missing], work, progress=progress, description=description
@@ -437,30 +434,8 @@ def get_or_train(
     """The trained model of ``spec``: from the cache when a verified entry exists, otherwise trained now
     (resuming an interrupted attempt from its checkpoints) and stored. ``retrain=True`` sets an existing
     entry aside and trains again."""
-    for split in ("validation", "test"):  # before anything is written
-        check_eval_split(spec, split)
-    root = Path(root or cache_dir())
-    key = spec.key()
-    entry = root / key
-    (root / ".partial").mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / ".partial" / f"{key}.lock"):  # one process trains a key at a time; others wait
-        if entry.exists():
-            if retrain:
-                _set_aside(entry, root, "retrain=True")
-                retrain = False
-            else:
-                try:
-                    return _load_entry(entry, spec)
-                except CorruptEntryError as error:
-                    _set_aside(entry, root, str(error))
-        work = root / ".partial" / key
-        work.mkdir(parents=True, exist_ok=True)
-        (built,) = _train_entries([spec], work, progress=progress, description=description)
-        os.replace(built, entry)
-        shutil.rmtree(work, ignore_errors=True)
-    trained = _load_entry(entry, spec)
-    trained.trained_now = True
-    return trained
+    kwargs = dict(root=root, progress=progress, retrain=retrain, description=description)
+    return get_or_train_seeds([spec], **kwargs)[0]
 
 
 @contextlib.contextmanager

@@ -468,20 +468,19 @@ def claim_check(
     same_backbone = by_name.get("dense")
     spread = family_spread(rows)
     others = ([same_backbone] if same_backbone else []) + costlier
-    comparisons = [compare(vmoe, r, spread, correct) for r in others]
+    gaps = {r["model"]: compare(vmoe, r, spread, correct) for r in dense}  # one bootstrap per dense model
+    comparisons = [gaps[r["model"]] for r in others]
     numbers: dict[str, Any] = {"main": main, "comparisons": comparisons}
     if not costlier:
         sentence = f"No dense model here costs more GFLOPs per image than {main}: claim not tested."
         return analysis.Claim(CLAIM_02, "not tested", sentence, numbers)
     best = max(costlier, key=lambda r: r["test_accuracy"])
-    gap = compare(vmoe, best, spread, correct)
+    gap = gaps[best["model"]]
     numbers.update(best_costlier_dense=best["model"], gap=gap)
     pct = 100 * gap["gflops_ratio"]
     cheaper = [r for r in dense if r["gflops_per_image"] <= vmoe["gflops_per_image"]]
     cheaper_better = [
-        c
-        for c in (compare(vmoe, r, spread, correct) for r in cheaper)
-        if c["resolved"] and c["accuracy_gap"] < 0
+        c for c in (gaps[r["model"]] for r in cheaper) if c["resolved"] and c["accuracy_gap"] < 0
     ]
     noise = None if gap["standard_error"] is None else 2 * gap["standard_error"]
     if noise is not None and gap["accuracy_gap"] > noise:
