@@ -51,6 +51,24 @@ def test_the_spread_over_seeds_counts():
     assert three.to_dict()["gap_two_se"] == pytest.approx(2 * three.gap_se)
 
 
+def test_seed_pairs_remove_the_luck_two_models_share():
+    rng = np.random.default_rng(3)
+    n, k = 20_000, 6
+    base = rng.random(n)
+    luck = np.array([0.60, 0.66, 0.70, 0.72, 0.76, 0.80])  # seed k's luck, shared by both models
+    a = np.stack([base < p + 0.02 for p in luck])  # a: 2 points better on every seed
+    b = np.stack([base < p for p in luck])
+    apart = bootstrap.paired(a, b, samples=2000)
+    pairs = bootstrap.paired(a, b, samples=2000, paired_seeds=True)
+    assert pairs.paired_seeds and pairs.to_dict()["paired_seeds"] and "seed pairs" in str(pairs)
+    assert pairs.gap == pytest.approx(apart.gap) == pytest.approx(0.02, abs=0.005)
+    # seeds redrawn apart: the shared luck (std 7 points) swamps the gap; in pairs it cancels exactly
+    assert apart.gap_se > 0.02 and not apart.resolved
+    assert pairs.gap_se < 0.002 and pairs.resolved
+    with pytest.raises(ValueError, match="paired_seeds=True needs the same seeds"):
+        bootstrap.paired(a, b[:3], paired_seeds=True)
+
+
 def test_correct_matrix_and_bad_input():
     labels = np.array([0, 1, 2, 1])
     correct = bootstrap.correct_matrix({1: [0, 1, 0, 0], 0: [0, 1, 2, 1]}, labels)

@@ -113,7 +113,7 @@ def test_bad_values_name_parameter_value_and_allowed(kwargs, message):
         (
             "02_train_vmoe",
             dict(warmup_steps=2000),
-            "warmup_steps=2000 is not allowed; expected at most steps=1200",
+            "warmup_steps=2000 is not allowed; expected at most steps=1800",
         ),
         ("02_train_vmoe", dict(models=["dense", "nosuch"]), "models=['dense', 'nosuch']"),
         ("02_train_vmoe", dict(label="fine"), "label='fine' is not allowed; expected one of 'label'"),

@@ -5,6 +5,13 @@ their accuracy gap is known far better than each accuracy alone. Each bootstrap 
 images with replacement (the same draw for every model: paired) and, for each model, its K seeds with
 replacement, so the spread over seeds counts as well. With one seed a model's seed noise is not seen.
 
+Seed pairs: where seed k gives both models the same training batches (the workbook's batch t is a function
+of (seed, t) alone, whatever the model) and the same initial random stream, the two runs of seed k share
+luck: a seed whose batches suit one model tends to suit the other. ``paired_seeds=True`` then redraws the
+same seed indices for both models (common random numbers, as the images are), so the gap's noise is the
+spread of the per-seed gaps rather than of each model's accuracy. It needs the same K seeds for both, in the
+same order; it estimates the same mean gap, only with the pairing the experiment has.
+
 Shape letters: K seeds of a model, N test images, S bootstrap samples.
 """
 
@@ -31,6 +38,7 @@ class Paired:
     gap_se: float
     samples: int
     seeds: tuple[int, int]
+    paired_seeds: bool = False
 
     @property
     def resolved(self) -> bool:
@@ -40,9 +48,10 @@ class Paired:
     def __str__(self) -> str:
         size = "more than" if self.resolved else "within"
         (ka, kb), pa, pb = self.seeds, 100 * self.mean_a, 100 * self.mean_b
+        over = "images and seed pairs" if self.paired_seeds else "images and seeds"
         return (
             f"a {pa:.2f}% ({ka} seeds) - b {pb:.2f}% ({kb} seeds) = {100 * self.gap:+.2f} points; standard "
-            f"errors (paired bootstrap over images and seeds, {self.samples} samples): a "
+            f"errors (paired bootstrap over {over}, {self.samples} samples): a "
             f"{100 * self.se_a:.2f}, b {100 * self.se_b:.2f}, gap {100 * self.gap_se:.2f} points: the gap is "
             f"{size} two standard errors ({200 * self.gap_se:.2f})"
         )
@@ -50,7 +59,8 @@ class Paired:
     def to_dict(self) -> dict[str, float | int | bool | list[int]]:
         return {"mean_a": self.mean_a, "mean_b": self.mean_b, "se_a": self.se_a, "se_b": self.se_b,
                 "gap": self.gap, "gap_se": self.gap_se, "gap_two_se": 2 * self.gap_se,
-                "resolved": self.resolved, "samples": self.samples, "seeds": list(self.seeds)}  # fmt: skip
+                "resolved": self.resolved, "samples": self.samples, "seeds": list(self.seeds),
+                "paired_seeds": self.paired_seeds}  # fmt: skip
 
 
 def _as_correct(name: str, value) -> np.ndarray:
@@ -64,14 +74,23 @@ def _as_correct(name: str, value) -> np.ndarray:
     return correct.astype(np.float32)
 
 
-def paired(correct_a, correct_b, *, samples: int = 2000, seed: int = 0) -> Paired:
+def paired(
+    correct_a, correct_b, *, samples: int = 2000, seed: int = 0, paired_seeds: bool = False
+) -> Paired:
     """The paired bootstrap of models a and b: ``correct_a [Ka, N]``, ``correct_b [Kb, N]`` (0/1 or bool:
-    was seed k right on image n; a 1-D array is one seed), the same N images in the same order."""
+    was seed k right on image n; a 1-D array is one seed), the same N images in the same order. With
+    ``paired_seeds`` row k of both is the same training seed, and each sample redraws one set of seed
+    indices for both (module docstring); otherwise each model's seeds are redrawn on their own."""
     a, b = _as_correct("correct_a", correct_a), _as_correct("correct_b", correct_b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"correct_a has {a.shape[1]} images and correct_b {b.shape[1]}: a paired bootstrap needs the "
             "same test images for both"
+        )
+    if paired_seeds and len(a) != len(b):
+        raise ValueError(
+            f"paired_seeds=True needs the same seeds for both models; correct_a has {len(a)} seeds and "
+            f"correct_b {len(b)}: give rows of the same seeds in the same order, or paired_seeds=False"
         )
     check_int("samples", samples, 2)
     rng = np.random.default_rng(seed)
@@ -81,9 +100,10 @@ def paired(correct_a, correct_b, *, samples: int = 2000, seed: int = 0) -> Paire
         chunk = min(250, samples - start)
         draws = rng.integers(0, n, (chunk, n))
         weights = np.stack([np.bincount(row, minlength=n) for row in draws]).astype(np.float32) / n
+        shared = rng.integers(0, len(a), (chunk, len(a))) if paired_seeds else None
         for key, c in (("a", a), ("b", b)):
             per_seed = c @ weights.T  # [K, chunk]: each seed's accuracy on each redrawn set
-            pick = rng.integers(0, len(c), (chunk, len(c)))  # seeds redrawn per sample
+            pick = shared if paired_seeds else rng.integers(0, len(c), (chunk, len(c)))  # seeds redrawn
             acc[key].append(np.take_along_axis(per_seed.T, pick, axis=1).mean(axis=1))
     acc_a, acc_b = np.concatenate(acc["a"]), np.concatenate(acc["b"])
     return Paired(
@@ -95,6 +115,7 @@ def paired(correct_a, correct_b, *, samples: int = 2000, seed: int = 0) -> Paire
         gap_se=float((acc_a - acc_b).std(ddof=1)),
         samples=samples,
         seeds=(len(a), len(b)),
+        paired_seeds=paired_seeds,
     )
 
 

@@ -367,10 +367,13 @@ def main_gap(
     correct: Mapping[str, np.ndarray], main: str = "vmoe_every2_k2", dense: str = "dense"
 ) -> analysis.bootstrap.Paired | None:
     """The main comparison of notebook 02, ``main`` against ``dense`` on the same test images, with the
-    paired bootstrap's noise over images and seeds (None when either was not trained)."""
+    paired bootstrap's noise over images and seed pairs (None when either was not trained). Both are
+    :data:`MULTI_SEED` models trained on the same seeds, and seed s gives both the same batches, so seed s
+    of one is paired with seed s of the other (:mod:`analysis.bootstrap`)."""
     if main not in correct or dense not in correct:
         return None
-    return analysis.bootstrap.paired(correct[main], correct[dense])
+    same = len(correct[main]) == len(correct[dense]) > 1
+    return analysis.bootstrap.paired(correct[main], correct[dense], paired_seeds=same)
 
 
 def compare(
@@ -381,16 +384,21 @@ def compare(
 ) -> dict[str, Any]:
     """Test accuracy of model a minus model b, the standard error of that difference, and the GFLOPs ratio
     a / b. With ``correct`` (:func:`correct_matrices`) the error comes from a paired bootstrap over the
-    test images and each model's seeds (:func:`analysis.bootstrap.paired`); without it, from the seed
+    test images and each model's seeds (:func:`analysis.bootstrap.paired`; seed pairs when both were
+    trained on the same seeds, which give both the same batches); without it, from the seed
     spread alone (sample std / sqrt(seeds), combined). A one-seed model adds ``borrowed_std[its family]``
     as its seed noise when given (:func:`family_spread`). ``resolved``: whether the gap exceeds twice its
     standard error (None when no noise is known)."""
     diff = row_a["test_accuracy"] - row_b["test_accuracy"]
-    variance, known, borrowed = 0.0, False, []
+    variance, known, borrowed, noise = 0.0, False, [], "seed spread"
     paired = correct is not None and row_a["model"] in correct and row_b["model"] in correct
     if paired:
-        boot = analysis.bootstrap.paired(correct[row_a["model"]], correct[row_b["model"]])
+        same_seeds = row_a["seeds"] == row_b["seeds"] and len(row_a["seeds"]) > 1
+        boot = analysis.bootstrap.paired(
+            correct[row_a["model"]], correct[row_b["model"]], paired_seeds=same_seeds
+        )
         variance, known, diff = boot.gap_se**2, True, boot.gap
+        noise = "paired bootstrap over test images and " + ("seed pairs" if same_seeds else "seeds")
     for row in (row_a, row_b):
         std = row["test_accuracy_std"]
         if std is None and borrowed_std and row["family"] in borrowed_std:
@@ -410,7 +418,7 @@ def compare(
         "resolved": None if se is None else abs(diff) > 2 * se,
         "gflops_ratio": row_a["gflops_per_image"] / row_b["gflops_per_image"],
         "borrowed_spread": borrowed,
-        "noise": "paired bootstrap over test images and seeds" if paired else "seed spread",
+        "noise": noise,
     }
 
 
