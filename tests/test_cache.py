@@ -211,3 +211,34 @@ def test_seeds_trained_together_equal_seeds_trained_alone(trained, tmp_path):
         cache.get_or_train_seeds([SPEC, dataclasses.replace(SPEC, seed=1, num_steps=3)], root=tmp_path)
     with pytest.raises(ValueError, match="repeat a seed"):
         cache.get_or_train_seeds([SPEC, SPEC], root=tmp_path)
+
+
+def test_a_class_subset_with_augmentation_trains_and_evaluates_on_its_classes(tmp_path):
+    """``classes`` keeps only those digits (relabelled 0, 1, 2) for training and evaluation; ``augment``
+    changes the training batches; neither changes the key of a spec that leaves them at their defaults."""
+    subset = dataclasses.replace(
+        SPEC,
+        model=SPEC.model.replace(num_classes=3),
+        classes=(1, 4, 7),
+        augment=("crop",),
+        checkpoint_every=None,
+    )
+    plain = {k: v for k, v in SPEC.to_dict().items()}
+    assert "classes" not in plain and "augment" not in plain  # the defaults stay out of the key
+    assert subset.to_dict()["classes"] == [1, 4, 7] and subset.to_dict()["augment"] == ["crop"]
+    assert dataclasses.replace(subset, augment=()).key() != subset.key()
+    out = cache.get_or_train(subset, root=tmp_path, progress=False)
+    from sparse_experts.datasets import loader
+
+    test = loader.load_split("digits", "test", classes=(1, 4, 7))
+    full = loader.load_split("digits", "test")
+    assert out.metrics["test"]["count"] == len(test) == int(np.isin(full.labels, (1, 4, 7)).sum())
+    assert set(np.unique(test.labels)) == {0, 1, 2} and out.test_predictions.max() <= 2
+    with pytest.raises(ValueError, match="TrainSpec.classes has 3 classes but the model's num_classes=10"):
+        dataclasses.replace(SPEC, classes=(1, 4, 7))
+    with pytest.raises(ValueError, match="a class subset is of the fine classes"):
+        dataclasses.replace(subset, label="coarse_label")
+    with pytest.raises(ValueError, match="TrainSpec.augment=\\('spin',\\): unknown"):
+        dataclasses.replace(SPEC, augment=("spin",))
+    with pytest.raises(ValueError, match="classes=\\[7, 1\\] is not allowed for dataset='digits'"):
+        loader.load_split("digits", "test", classes=[7, 1])

@@ -322,16 +322,59 @@ def _to_arrays(name: str, split: str, records: list[dict], image_size: int | Non
     )
 
 
+def _check_classes(name: str, classes: Sequence[int] | None, data_dir) -> tuple[int, ...] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, str | bytes) or not isinstance(classes, Sequence | np.ndarray):
+        raise ValueError(f"classes={classes!r} must be a sequence of class indices (or None: every class)")
+    kept = tuple(int(c) for c in classes)
+    total = info(name, data_dir=data_dir).num_classes
+    if not kept or list(kept) != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= total:
+        raise ValueError(
+            f"classes={list(kept)} is not allowed for dataset={name!r}; expected a non-empty, strictly "
+            f"increasing list of class indices in [0, {total})"
+        )
+    return kept
+
+
+def _subset(data: Split, classes: tuple[int, ...]) -> Split:
+    lookup = np.full(int(data.labels.max(initial=0)) + 1, -1, np.int32)
+    lookup[list(classes)] = np.arange(len(classes), dtype=np.int32)
+    keep = np.flatnonzero(lookup[data.labels] >= 0) if len(data) else np.zeros(0, np.int64)
+    coarse = None if data.coarse_labels is None else _read_only(data.coarse_labels[keep])
+    return Split(
+        dataset=data.dataset,
+        split=data.split,
+        images=_read_only(data.images[keep]),
+        labels=_read_only(lookup[data.labels[keep]]),
+        coarse_labels=coarse,
+    )
+
+
 def load_split(
-    name: str, split: str, *, data_dir: str | Path | None = None, image_size: int | None = None
+    name: str,
+    split: str,
+    *,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+    classes: Sequence[int] | None = None,
 ) -> Split:
     """Read split ``split`` of dataset ``name`` into memory (cached per process; arrays are read-only).
 
     ``image_size`` resizes (centre crop + bilinear) every image to [image_size, image_size], needed for
-    catalog datasets whose images vary in size.
+    catalog datasets whose images vary in size. ``classes`` (strictly increasing fine-class indices) keeps
+    only the examples of those classes, in stored order, relabelled 0, 1, ... in the order given (coarse
+    labels are kept as they are): an upstream subset such as one family's classes.
     """
     name = _check_name(name)
     _check_int("image_size", image_size, 1, or_none=True)
+    kept = _check_classes(name, classes, data_dir)
+    if kept is not None:
+        whole = load_split(name, split, data_dir=data_dir, image_size=image_size)
+        key = (str(_data_dir(data_dir)), name, split, image_size, kept)
+        if key not in _CACHE:
+            _CACHE[key] = _subset(whole, kept)
+        return _CACHE[key]
     ddir = _data_dir(data_dir)
     key = (str(ddir), name, split if isinstance(split, str) else repr(split), image_size)
     if key in _CACHE:
@@ -447,8 +490,10 @@ def batch_at(
     drop_remainder: bool = True,
     data_dir: str | Path | None = None,
     image_size: int | None = None,
+    classes: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Batch number ``step`` of the stream :func:`batches` yields: a pure function of (seed, step).
+    ``classes``: only those fine classes, relabelled (:func:`load_split`).
 
     Epoch ``e`` visits the split in the order ``np.random.default_rng([seed, e]).permutation(N)`` (split
     order without ``shuffle``); augmentation draws from ``np.random.default_rng([seed, e, step_in_epoch])``.
@@ -456,7 +501,7 @@ def batch_at(
     "coarse_label" int32 [B] when the dataset has one; the last batch of an epoch is smaller when
     ``drop_remainder`` is False.
     """
-    data = load_split(name, split, data_dir=data_dir, image_size=image_size)
+    data = load_split(name, split, data_dir=data_dir, image_size=image_size, classes=classes)
     n = len(data)
     batch_size = _check_batch_size(batch_size, n, drop_remainder)
     _check_int("step", step, 0)
@@ -486,6 +531,7 @@ def batches(
     drop_remainder: bool = True,
     data_dir: str | Path | None = None,
     image_size: int | None = None,
+    classes: Sequence[int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Iterate over the batches :func:`batch_at` gives for steps ``start_step, start_step + 1, ...``.
 
@@ -500,7 +546,7 @@ def batches(
     _check_int("epochs", epochs, 0, or_none=True)
     _check_int("num_batches", num_batches, 0, or_none=True)
     _check_int("start_step", start_step, 0)
-    data = load_split(name, split, data_dir=data_dir, image_size=image_size)
+    data = load_split(name, split, data_dir=data_dir, image_size=image_size, classes=classes)
     batch_size = _check_batch_size(batch_size, len(data), drop_remainder)
     _resolve_augment(name, augment, data_dir)
     if epochs is not None:
@@ -509,7 +555,9 @@ def batches(
         steps = range(start_step, start_step + num_batches)
     else:
         steps = itertools.count(start_step)
-    kwargs = dict(shuffle=shuffle, augment=augment, drop_remainder=drop_remainder, data_dir=data_dir)
+    kwargs = dict(
+        shuffle=shuffle, augment=augment, drop_remainder=drop_remainder, data_dir=data_dir, classes=classes
+    )
     return (
         batch_at(name, split, batch_size, seed=seed, step=s, image_size=image_size, **kwargs) for s in steps
     )

@@ -17,12 +17,18 @@ from sparse_experts.routing import check_int
 
 
 @functools.cache
-def _encoder(graphdef):
-    """The jitted ``(state, images [B, S, S, C]) -> pooled features [B, D]`` of one architecture."""
+def _encoder(graphdef, with_logits: bool = False):
+    """The jitted ``(state, images [B, S, S, C]) -> pooled features [B, D]`` of one architecture (and the
+    head's logits [B, Y] with ``with_logits``)."""
 
     @jax.jit
     def encode(state, images):
-        return nnx.merge(graphdef, state).encode(images, train=False)
+        model = nnx.merge(graphdef, state)
+        pooled = model.encode(images, train=False)
+        if not with_logits:
+            return pooled
+        logits = pooled @ model.head[...].astype(pooled.dtype) + model.head_bias[...].astype(pooled.dtype)
+        return pooled, logits.astype(jax.numpy.float32)
 
     return encode
 
@@ -46,20 +52,49 @@ def features(
     """
     if not isinstance(model, models.ViT):
         raise TypeError(f"model={type(model).__name__} is not allowed; expected a sparse_experts.models.ViT")
+    feats, labels, _ = _run(model, dataset, split, image_size, batch_size, data_dir, with_logits=False)
+    return feats, labels
+
+
+def outputs(
+    model: models.ViT,
+    dataset: str,
+    split: str,
+    *,
+    image_size: int | None = None,
+    batch_size: int = 500,
+    data_dir: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`features` together with the model's own head on the same pass: ``(features float32 [N, D],
+    logits float32 [N, Y], labels int32 [N])``; ``Y`` is the model's (upstream) classes, the source
+    predictions that LEEP and NCE read. The model must have a head (``num_classes`` > 0)."""
+    if not isinstance(model, models.ViT):
+        raise TypeError(f"model={type(model).__name__} is not allowed; expected a sparse_experts.models.ViT")
+    if model.head is None:
+        raise ValueError("model has no head (num_classes=0): no source logits; use features() instead")
+    feats, labels, logits = _run(model, dataset, split, image_size, batch_size, data_dir, with_logits=True)
+    return feats, logits, labels
+
+
+def _run(model, dataset, split, image_size, batch_size, data_dir, *, with_logits: bool):
     batch_size = check_int("batch_size", batch_size)
     graphdef, state = nnx.split(model)
-    encode = _encoder(graphdef)
+    encode = _encoder(graphdef, with_logits)
     stream = datasets.batches(
         dataset, split, batch_size, shuffle=False, epochs=1, drop_remainder=False,
         image_size=image_size, data_dir=data_dir,
     )  # fmt: skip
-    feats, labels = [], []
+    feats, labels, logits = [], [], []
     for batch in stream:
         images, n = batch["image"], len(batch["label"])
         if n < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
-        feats.append(np.asarray(encode(state, images), dtype=np.float32)[:n])
+        out = encode(state, images)
+        if with_logits:
+            out, head = out
+            logits.append(np.asarray(head, dtype=np.float32)[:n])
+        feats.append(np.asarray(out, dtype=np.float32)[:n])
         labels.append(np.asarray(batch["label"], dtype=np.int32))
     if not feats:
         raise ValueError(f"split={split!r} of dataset={dataset!r} holds no images: nothing to encode")
-    return np.concatenate(feats), np.concatenate(labels)
+    return np.concatenate(feats), np.concatenate(labels), (np.concatenate(logits) if with_logits else None)

@@ -130,7 +130,9 @@ class TrainSpec:
     """Everything that makes one trained model. ``model`` is a ``models.VitConfig``, ``train`` a
     ``train.TrainConfig``. Evaluation uses the validation and test splits in their stored order, in batches
     of ``eval_batch_size`` (part of the spec: with capacity limits and BPR a token's routing depends on the
-    other images in its group)."""
+    other images in its group). ``classes`` trains (and evaluates) on a subset of the fine classes,
+    relabelled 0, 1, ... (``datasets.load_split``); ``augment`` names training augmentations ("crop",
+    "flip"). Both are left out of the key at their defaults."""
 
     dataset: str
     model: Any
@@ -144,8 +146,13 @@ class TrainSpec:
     eval_batch_size: int = 500
     eval_every: int | None = None
     checkpoint_every: int | None = None
+    classes: tuple[int, ...] | None = None
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+        object.__setattr__(self, "augment", tuple(self.augment))
         if not isinstance(self.model, models.VitConfig):
             raise TypeError(f"TrainSpec.model must be a VitConfig, got {type(self.model).__name__}")
         if not isinstance(self.train, train.TrainConfig):
@@ -160,6 +167,22 @@ class TrainSpec:
                 raise ValueError(f"TrainSpec.{name}={value!r} is not allowed; expected {allowed}")
         if self.label not in LABELS:
             raise ValueError(f"TrainSpec.label={self.label!r} is not allowed; expected one of {LABELS}")
+        if self.classes is not None:
+            if self.label != "label":
+                raise ValueError(
+                    f"TrainSpec.classes={list(self.classes)} with label={self.label!r}: a class subset is "
+                    "of the fine classes; use label='label'"
+                )
+            if self.model.num_classes != len(self.classes):
+                raise ValueError(
+                    f"TrainSpec.classes has {len(self.classes)} classes but the model's "
+                    f"num_classes={self.model.num_classes}; they must agree"
+                )
+        bad = [a for a in self.augment if a not in loader.AUGMENTATIONS]
+        if bad:
+            raise ValueError(
+                f"TrainSpec.augment={self.augment!r}: unknown {bad}; known {loader.AUGMENTATIONS}"
+            )
         group = self.model.moe.group_size if self.model.moe is not None else 1
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) % group:
@@ -170,6 +193,9 @@ class TrainSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, default in (("classes", None), ("augment", ())):  # left out at their defaults: the keys
+            if out[name] == default:  # of specs made before these fields existed do not change
+                del out[name]
         out["model"] = self.model.to_dict()
         out["train"] = self.train.to_dict()
         return json.loads(canonical_json(out))  # tuples -> lists, as stored
@@ -270,7 +296,8 @@ def load(spec: TrainSpec, *, root: str | Path | None = None) -> Trained | None:
 
 
 def _eval_batches(spec: TrainSpec, split: str):
-    options = dict(shuffle=False, epochs=1, drop_remainder=False, image_size=spec.image_size)
+    options = dict(shuffle=False, epochs=1, drop_remainder=False, image_size=spec.image_size,
+                   classes=spec.classes)  # fmt: skip
     batches = loader.batches(spec.dataset, split, spec.eval_batch_size, **options)
     return [{"image": b["image"], "label": b[spec.label]} for b in batches]
 
@@ -281,7 +308,7 @@ def check_eval_split(spec: TrainSpec, split: str, num_examples: int | None = Non
     writes anything."""
     n = num_examples
     if n is None:
-        n = len(loader.load_split(spec.dataset, split, image_size=spec.image_size))
+        n = len(loader.load_split(spec.dataset, split, image_size=spec.image_size, classes=spec.classes))
     group = spec.model.moe.group_size if spec.model.moe is not None else 1
     if (n % spec.eval_batch_size) % group:
         raise ValueError(
@@ -305,8 +332,9 @@ def _train_entries(specs: list[TrainSpec], work: Path, *, progress: bool, descri
 
     def one_batch(seed: int, step: int) -> dict:
         batch = loader.batch_at(
-            first.dataset, "train", first.batch_size, seed=seed, step=step, image_size=first.image_size
-        )
+            first.dataset, "train", first.batch_size, seed=seed, step=step, image_size=first.image_size,
+            classes=first.classes, augment=first.augment,
+        )  # fmt: skip
         return {"image": batch["image"], "label": batch[first.label]}
 
     def batch_fn(step: int) -> dict:
