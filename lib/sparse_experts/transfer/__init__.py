@@ -11,5 +11,5 @@ Y classes.
 Layer 5 (like ``analysis``): imports ``datasets``, ``models``, ``routing`` and below, never ``workbook``.
 """
 
-from sparse_experts.transfer.features import features
+from sparse_experts.transfer.features import encode_images, features, outputs
 from sparse_experts.transfer.probe import ProbeResult, linear_probe

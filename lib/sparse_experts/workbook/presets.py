@@ -12,6 +12,7 @@ from typing import Any
 
 from sparse_experts.workbook.configs import (
     adaptive_compute,
+    ensembles,
     routing_explorer,
     tour,
     train_vmoe,
@@ -47,7 +48,7 @@ PRESET_DEVICES = {
 # Notebook name -> its config module (exporting Config, PRESETS and EXPECTED_SECONDS).
 NOTEBOOKS: dict[str, ModuleType] = {
     module.Config.notebook: module
-    for module in (tour, vit22b_recipe, train_vmoe, routing_explorer, adaptive_compute)
+    for module in (tour, vit22b_recipe, train_vmoe, routing_explorer, adaptive_compute, ensembles)
 }
 
 

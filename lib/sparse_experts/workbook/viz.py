@@ -545,3 +545,51 @@ def label_treemap(rows, root: str, title: str = "") -> go.Figure:
     )
     fig.update_layout(title=title, margin=dict(t=30, l=10, r=10, b=10), height=520)
     return fig
+
+
+def ranking_scatter(tables, estimator: str = "knn", title: str = "") -> go.Figure:
+    """Notebook 05: one panel per task, each pool member a point at (its ``estimator`` value, its
+    fine-tuned test accuracy). ``tables``: ``{task: rows}`` with "member", the estimator and
+    "test_accuracy" (``TaskResult.table()``)."""
+    tasks = list(tables)
+    cols = min(4, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=tasks, horizontal_spacing=0.06,
+                        vertical_spacing=0.18)  # fmt: skip
+    for i, task in enumerate(tasks):
+        table = tables[task]
+        fig.add_trace(go.Scatter(
+            x=[r[estimator] for r in table], y=[100 * r["test_accuracy"] for r in table], mode="markers",
+            text=[r["member"] for r in table], hovertemplate="%{text}<br>%{x:.3f}, %{y:.1f}%<extra></extra>",
+            marker=dict(size=8, color="#1f77b4"), showlegend=False,
+        ), row=i // cols + 1, col=i % cols + 1)  # fmt: skip
+    fig.update_xaxes(title_text=estimator, title_font_size=11)
+    fig.update_yaxes(title_text="fine-tuned test accuracy (%)", title_font_size=11, col=1)
+    fig.update_layout(title=title or f"{estimator} against fine-tuned accuracy, per task",
+                      height=300 * rows + 80, width=1100)  # fmt: skip
+    return fig
+
+
+def ensemble_frontier(rows, title: str = "Test accuracy against inference GFLOPs per image") -> go.Figure:
+    """Notebook 05: singles and ensembles, one panel per task: each method a point at (its members' summed
+    GFLOPs per image, its test accuracy). ``rows``: :func:`transfer_study.ensembles_for_task` rows."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cols = min(4, len(tasks))
+    nrows = -(-len(tasks) // cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=tasks, horizontal_spacing=0.06,
+                        vertical_spacing=0.18)  # fmt: skip
+    palette = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#7f7f7f"]
+    for i, task in enumerate(tasks):
+        for j, method in enumerate(methods):
+            r = next(r for r in rows if r["task"] == task and r["method"] == method)
+            hover = f"{method}<br>{', '.join(r['members'])}<br>%{{x:.4f}} GFLOPs, %{{y:.1f}}%<extra></extra>"
+            fig.add_trace(go.Scatter(
+                x=[r["gflops_per_image"]], y=[100 * r["accuracy"]], mode="markers", name=method,
+                legendgroup=method, showlegend=i == 0, marker=dict(size=10, color=palette[j % len(palette)]),
+                hovertemplate=hover,
+            ), row=i // cols + 1, col=i % cols + 1)  # fmt: skip
+    fig.update_xaxes(title_text="GFLOPs / image", title_font_size=11)
+    fig.update_yaxes(title_text="test accuracy (%)", title_font_size=11, col=1)
+    fig.update_layout(title=title, height=300 * nrows + 100, width=1100)
+    return fig
