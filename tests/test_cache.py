@@ -242,3 +242,43 @@ def test_a_class_subset_with_augmentation_trains_and_evaluates_on_its_classes(tm
         dataclasses.replace(SPEC, augment=("spin",))
     with pytest.raises(ValueError, match="classes=\\[7, 1\\] is not allowed for dataset='digits'"):
         loader.load_split("digits", "test", classes=[7, 1])
+
+
+def test_get_or_make_reuses_verified_folders_and_remakes_corrupt_ones(tmp_path):
+    calls = []
+
+    def make(work):
+        calls.append(work)
+        np.save(work / "values.npy", np.arange(3))
+
+    required = ("payload.json", "values.npy")
+    first, made = cache.get_or_make(
+        "sweeps", {"task": "a", "lr": [1, 2]}, make, required=required, root=tmp_path
+    )
+    assert (
+        made and first.parent == tmp_path / "sweeps" and np.load(first / "values.npy").tolist() == [0, 1, 2]
+    )
+    again, made = cache.get_or_make(
+        "sweeps", {"task": "a", "lr": [1, 2]}, make, required=required, root=tmp_path
+    )
+    assert again == first and not made and len(calls) == 1
+    other, _ = cache.get_or_make(
+        "sweeps", {"task": "b", "lr": [1, 2]}, make, required=required, root=tmp_path
+    )
+    assert other != first
+    np.save(first / "values.npy", np.arange(4))  # tampered: set aside and made again
+    remade, made = cache.get_or_make(
+        "sweeps", {"task": "a", "lr": [1, 2]}, make, required=required, root=tmp_path
+    )
+    assert remade == first and made and np.load(first / "values.npy").tolist() == [0, 1, 2]
+    assert len(list((tmp_path / "sweeps" / ".corrupt").iterdir())) == 1
+
+    def broken(work):
+        (work / "half.txt").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        cache.get_or_make("sweeps", {"task": "c"}, broken, root=tmp_path)
+    kept = sorted(p.name for p in (tmp_path / "sweeps").iterdir() if not p.name.startswith("."))
+    assert kept == sorted([first.name, other.name])  # no folder for the failed payload
+    assert not [p for p in (tmp_path / "sweeps" / ".partial").iterdir() if p.is_dir()]  # nothing left behind

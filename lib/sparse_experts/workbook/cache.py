@@ -38,7 +38,7 @@ import pkgutil
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,9 +240,9 @@ def _write_manifest(root: Path) -> None:
     write_json_atomic(root / "manifest.json", manifest, sort_keys=True)
 
 
-def verify(entry: Path, spec: TrainSpec | None = None) -> None:
-    """Raise :class:`CorruptEntryError` unless every file of ``entry`` matches its manifest (and, given a
-    spec, ``spec.json`` holds that spec)."""
+def verify(entry: Path, spec: TrainSpec | None = None, required: tuple[str, ...] = FILES) -> None:
+    """Raise :class:`CorruptEntryError` unless every file of ``entry`` matches its manifest, the manifest
+    lists every ``required`` file (and, given a spec, ``spec.json`` holds that spec)."""
     entry = Path(entry)
     manifest_path = entry / "manifest.json"
     if not manifest_path.is_file():
@@ -258,7 +258,7 @@ def verify(entry: Path, spec: TrainSpec | None = None) -> None:
     for name, expected in manifest.items():
         if _sha256_file(entry / name) != expected:
             raise CorruptEntryError(f"{entry}: {name} does not match its sha256 in the manifest")
-    for name in FILES:
+    for name in required:
         if name not in manifest:
             raise CorruptEntryError(f"{entry}: {name} is not in the manifest")
     if spec is not None:
@@ -478,3 +478,44 @@ def _exclusive(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def get_or_make(
+    kind: str,
+    payload: Any,
+    make: Callable[[Path], None],
+    *,
+    required: tuple[str, ...] = ("payload.json",),
+    root: str | Path | None = None,
+) -> tuple[Path, bool]:
+    """A folder of derived results (e.g. a fine-tuning sweep) under ``<cache>/<kind>/<key>/``, the key the
+    sha256 of the canonical JSON of ``payload`` and :func:`code_hash`: ``(folder, made_now)``. A verified
+    folder is reused; otherwise ``make(work)`` writes its files into an empty work folder, ``payload.json``
+    and the manifest are added and the folder is renamed into place (a failure leaves nothing behind). A
+    folder that fails verification (``required`` files listed in its manifest) is set aside and made again.
+    """
+    record = {"payload": json.loads(canonical_json(payload)), "code": code_hash()}
+    key = hashlib.sha256(canonical_json(record).encode()).hexdigest()
+    root = Path(root or cache_dir()) / kind
+    entry = root / key
+    (root / ".partial").mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / ".partial" / f"{key}.lock"):
+        if entry.exists():
+            try:
+                verify(entry, required=required)
+                return entry, False
+            except CorruptEntryError as error:
+                _set_aside(entry, root, str(error))
+        work = root / ".partial" / key
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            make(work)
+            write_json_atomic(work / "payload.json", record)
+            _write_manifest(work)
+            verify(work, required=required)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        os.replace(work, entry)
+    return entry, True

@@ -530,7 +530,8 @@ def backbone_notes(
     correct: Mapping[str, np.ndarray] | None = None,
 ) -> list[str]:
     """Sentences on the same-backbone comparison (the main V-MoE against ``dense``: gap, seed noise, GFLOPs
-    ratio) and on every model that a model of the other family dominates (:func:`dominated_by`)."""
+    ratio) and on every model that a model of the other family dominates (:func:`dominated_by`) by more than
+    twice the standard error of their gap (:func:`compare`; one-seed models borrow their family's spread)."""
     by_name = {r["model"]: r for r in rows}
     notes = []
     if main in by_name and "dense" in by_name:
@@ -547,11 +548,13 @@ def backbone_notes(
             f"Same backbone: the main V-MoE is {100 * gap['accuracy_gap']:+.1f} points against the dense ViT "
             f"({noise}). It costs {gap['gflops_ratio']:.2f}x the dense GFLOPs per image."
         )
+    spread = family_spread(rows)
     for row in rows:
-        beaten = dominated_by(rows, row)
-        if beaten:
-            notes.append(
-                f"{row['model']} is dominated by {', '.join(beaten)} (as accurate or more, for no more "
-                "compute)"
-            )
+        for other in (by_name[name] for name in dominated_by(rows, row)):
+            gap = compare(other, row, spread, correct)
+            if gap["resolved"]:  # a tie inside the noise dominates nothing
+                notes.append(
+                    f"{row['model']} is dominated by {other['model']}: {100 * gap['accuracy_gap']:+.1f} points "
+                    f"(more than 2 standard errors, {200 * gap['standard_error']:.1f}) for no more compute"
+                )
     return notes
