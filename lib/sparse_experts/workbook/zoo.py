@@ -553,8 +553,9 @@ def backbone_notes(
         for other in (by_name[name] for name in dominated_by(rows, row)):
             gap = compare(other, row, spread, correct)
             if gap["resolved"]:  # a tie inside the noise dominates nothing
+                points, noise = 100 * gap["accuracy_gap"], 200 * gap["standard_error"]
                 notes.append(
-                    f"{row['model']} is dominated by {other['model']}: {100 * gap['accuracy_gap']:+.1f} points "
-                    f"(more than 2 standard errors, {200 * gap['standard_error']:.1f}) for no more compute"
+                    f"{row['model']} is dominated by {other['model']}: {points:+.1f} points (more than 2 "
+                    f"standard errors, {noise:.1f}) for no more compute"
                 )
     return notes
