@@ -113,6 +113,10 @@ def test_study_numbers_and_saved_figures(routes):
     assert figures["main_dropped_fraction"] == main.records[1]["dropped_fraction"]
     assert set(figures["per_layer"]["soft"]["1"]) == {"dropped_fraction", "entropy", "load"}
     json.dumps(figures["summary"])  # plain numbers and strings
+    sentence = explorer.entropy_sentence(main)
+    entropy = analysis.router_entropy(main.records[1]["gates"])
+    assert f"router entropy is {entropy:.2f} nats against log 4 = 1.39 nats" in sentence
+    assert f"class TV {100 * main.affinity['tv_class']:.1f}%" in sentence
 
 
 def test_inputs_are_checked(routes):
@@ -142,3 +146,42 @@ def test_eval_set_with_coarse_labels():
     )
     fine_set = zoo.eval_set(dict(params, label="label"), 6, batch_size=2)
     assert fine_set.class_names == list(info.class_names) and fine_set.batch_size == 2
+
+
+def test_image_with_drops_prefers_the_asked_image_then_its_group():
+    # 6 images in routing groups of 3: image 0 (first of its group) lost nothing, image 2 lost most
+    assert explorer.image_with_drops(np.array([0, 1, 3, 0, 5, 0]), 0, 3) == 2
+    assert explorer.image_with_drops(np.array([0, 1, 3, 0, 5, 0]), 1, 3) == 1  # it has drops: kept
+    assert explorer.image_with_drops(np.array([0, 0, 0, 0, 5, 2]), 0, 3) == 4  # none in its group
+    assert explorer.image_with_drops(np.zeros(6, int), 3, 3) == 3  # nothing dropped anywhere
+
+
+@pytest.mark.parametrize("router", ["top_k", "expert_choice"])
+def test_the_default_view_shows_dropped_choices_when_the_layer_drops_any(router):
+    """Routing groups of 3 images at a low capacity factor: whatever image is asked for, the static patch
+    view shows crosses when the layer dropped anything, and keeps the asked image when it has drops."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(B, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    names = ["cat", "dog", "fox"]
+    data = zoo.EvalSet(
+        "toy", images, labels, names, {"class": (labels, names)}, B, group_size=3, batch_size=3
+    )
+    config = models.vit_config(
+        "mu/4", image_size=8, num_classes=Y, depth=2, width=16, mlp_dim=32, num_heads=2, head_zero_init=False,
+        moe=models.MoeConfig(num_experts=E, k=2, placement=(1,), router=router, group_size=3),
+    )  # fmt: skip
+    routes = explorer.Routes({"m": models.ViT(config, rngs=nnx.Rngs(0))}, data)
+    study = explorer.Study(routes, "m", layer=-1, k=2, capacity_factor=1.0, batch_priority=False)
+    counts = study.dropped_per_image()
+    assert counts.sum() > 0 and (router != "top_k" or study.records[1]["dropped_fraction"] > 0)
+    assert counts[0] == 0  # image 0 comes first in its group: it kept every choice
+    for asked in range(B):
+        shown = study.showcase_image(asked)
+        marks = [t for t in study.patch_figure(shown).data if (t.name or "").startswith("dropped")]
+        assert marks and counts[shown] > 0
+        assert shown == asked or counts[asked] == 0
+        assert f"image {shown}" in study.showcase_note(asked, shown).lower()
+    # the counts are the patch view's crosses
+    chosen, dropped, _ = analysis.token_choices(config.moe, study.records[1], 4, 2)
+    assert counts[4] == dropped[1:].sum()

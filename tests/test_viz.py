@@ -179,3 +179,86 @@ def test_expert_ablation_bars():
     np.testing.assert_allclose(bar.y, [-2.0, 0.0, 1.0])
     assert list(bar.marker.color) == [viz.expert_color(e) for e in range(3)]
     assert fig.layout.yaxis.title.text == "change in accuracy (points)"
+
+
+def test_sweep_logit_growth_is_logarithmic_with_one_range_and_visible_ticks():
+    """Notebook 01: a QK-norm curve that peaks at 100 must sit visibly lower than a plain one at 1e5."""
+    from types import SimpleNamespace
+
+    steps = np.arange(1, 5, dtype=float)
+    # attn_max_logit [rates, steps, layers]; a diverged step (inf) is left out
+    plain = np.stack([np.stack([steps, 10 * steps], -1), np.stack([steps, 10.0 ** (steps + 1)], -1)])
+    plain[1, 3, 0] = np.inf
+    qk = np.stack([np.stack([steps, steps], -1), np.stack([steps, 25 * steps], -1)])
+    results = {
+        "plain attention": SimpleNamespace(learning_rates=np.array([1e-3, 1e-1]), attn_max_logit=plain),
+        "QK-norm": SimpleNamespace(learning_rates=np.array([1e-3, 1e-1]), attn_max_logit=qk),
+    }
+    fig = viz.sweep_logit_growth(results)
+    axes = [fig.layout.yaxis, fig.layout.yaxis2]
+    assert [a.type for a in axes] == ["log", "log"]
+    assert all(a.showticklabels and a.matches is None for a in axes)
+    low, high = axes[0].range
+    assert tuple(axes[1].range) == (low, high)  # the same range: equal heights are equal logits
+    assert low < np.log10(1.0) and high > np.log10(1e5)
+    np.testing.assert_array_equal(fig.data[3].y, 25 * steps)  # QK-norm, second rate: max over layers
+    titles = ["plain attention (peak 100,000)", "QK-norm (peak 100)"]
+    assert [a.text for a in fig.layout.annotations] == titles
+
+
+def test_accuracy_plots_carry_a_noise_band_a_chance_line_and_a_range_wider_than_the_noise():
+    """Notebooks 02 and 04: a 0.4-point difference against a noise of +-0.6 points must look like noise."""
+    curves = {"vanilla": ([0.1, 0.2], [0.870, 0.874]), "BPR": ([0.1, 0.2], [0.872, 0.873])}
+    fig = viz.accuracy_vs_gflops(curves, {"dense": (0.3, 0.871)}, chance=1 / 60, band=(0.874, 0.006))
+    zoom, full = fig.layout.yaxis, fig.layout.yaxis2
+    assert zoom.range[1] - zoom.range[0] >= 4 * 0.006  # never narrower than the noise
+    assert zoom.range[0] <= 0.874 - 0.006 and zoom.range[1] >= 0.874 + 0.006  # the whole band is shown
+    (band,) = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert (band.y0, band.y1) == pytest.approx((0.868, 0.880)) and band.yref == "y"
+    chance = [s for s in fig.layout.shapes if s.type == "line"]
+    assert [(s.y0, s.yref) for s in chance] == [(pytest.approx(1 / 60), "y2")]  # off the zoomed range
+    assert tuple(full.range) == (0, 1.02)
+    assert "chance 1.7%" in [a.text for a in fig.layout.annotations]
+    # every trace twice: zoomed above, full scale below (no legend entry, no text)
+    assert len(fig.data) == 6 and [t.showlegend for t in fig.data[1::2]] == [False] * 3
+    # 02's frontier: error bars count in the range, the x axis stays logarithmic
+    rows = [
+        {"model": "dense", "family": "dense", "gflops_per_image": 0.01, "test_accuracy": 0.87,
+         "test_accuracy_std": 0.004, "test_accuracy_per_seed": [0.866, 0.874]},
+        {"model": "vmoe", "family": "sparse", "gflops_per_image": 0.012, "test_accuracy": 0.88,
+         "test_accuracy_std": 0.002, "test_accuracy_per_seed": [0.878, 0.882]},
+    ]  # fmt: skip
+    frontier = viz.model_frontier(rows, chance=0.5, band=(0.87, 0.008))
+    low, high = frontier.layout.yaxis.range
+    assert low <= 0.862 and high >= 0.882 and high - low >= 4 * 0.008
+    assert frontier.layout.xaxis.type == "log" and frontier.layout.xaxis2.type == "log"
+    # without chance and band the figure is one panel, as before
+    assert "yaxis2" not in viz.model_frontier(rows).layout.to_plotly_json()
+
+
+def test_affinity_heatmap_width_is_capped_and_a_long_title_wraps():
+    """Notebook 03: 60 fine classes once made a 2,660 px figure; the coarse one's title was cut off."""
+    affinity = np.full((8, 60), 1 / 8)
+    names = [f"class {c}" for c in range(60)]
+    title = "vmoe_every2_k2, layer 5: expert x coarse class affinity (x the expert's overall share)"
+    wide = viz.affinity_heatmap(affinity, names, title=title, relative=True)
+    assert wide.layout.width <= viz.MAX_FIGURE_PIXELS and wide.layout.xaxis.tickangle == -90
+    narrow = viz.affinity_heatmap(np.full((8, 10), 0.1), names[:10], title=title)
+    assert narrow.layout.width == 660
+    lines = narrow.layout.title.text.split("<br>")
+    assert len(lines) >= 2 and " ".join(lines) == title
+    assert all(len(line) * 8.5 <= narrow.layout.width - 80 for line in lines)
+    assert narrow.layout.margin.t >= 60 + 22 * (len(lines) - 1)
+
+
+def test_compute_histograms_overlays_routings_on_shared_bins():
+    """Notebook 04: vanilla and BPR in one histogram, not two with different axes."""
+    fig = viz.compute_histograms({"vanilla": [6.0, 7.0, 8.0], "BPR": [2.0, 7.0, 12.0]}, bins=5)
+    vanilla, bpr = traces(fig, "histogram")
+    assert fig.layout.barmode == "overlay"
+    np.testing.assert_array_equal(bpr.x, [2.0, 7.0, 12.0])
+    assert vanilla.xbins == bpr.xbins and (vanilla.xbins.start, vanilla.xbins.size) == (1.5, 2.0)
+    assert vanilla.name == "vanilla: mean 7, std 0.816" and bpr.name == "BPR: mean 7, std 4.08"
+    assert [s.x0 for s in fig.layout.shapes] == [7.0, 7.0]  # a dashed line at each mean
+    with pytest.raises(ValueError, match="empty"):
+        viz.compute_histograms({})

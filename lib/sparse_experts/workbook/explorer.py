@@ -20,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from sparse_experts import analysis, models
-from sparse_experts.workbook import viz, zoo
+from sparse_experts.workbook import fmt, viz, zoo
 
 # The keys of the saved figures that form the notebook's headline.
 HEADLINE = ("main_dropped_fraction", "main_specialisation", "main_ablation_change")
@@ -59,7 +59,7 @@ class Routes:
 
 
 class Study:
-    """Model ``name`` at MoE ``layer`` (-1: its first) with the test-time settings ``k``,
+    """Model ``name`` at MoE ``layer`` (-1: its last, -2 the one before...) with the test-time settings ``k``,
     ``capacity_factor`` and ``batch_priority``: figures, the per-layer table, :attr:`affinity`
     (specialisation summary) and, after :meth:`ablate`, :attr:`ablation` (ablation summary)."""
 
@@ -76,6 +76,42 @@ class Study:
 
     def _choices(self, index: int):
         return analysis.token_choices(self.config.moe, self.records[self.layer], index, self.settings["k"])
+
+    def dropped_per_image(self) -> np.ndarray:
+        """``[B]``: how many of each image's shown patch choices (the patch view's crosses; the class token
+        left out) were dropped in :attr:`layer`."""
+        record = self.records[self.layer]
+        gates, weights = np.asarray(record["gates"]), np.asarray(record["combine_weights"])  # [B, N, E]
+        shown = analysis.shown_choices(self.config.moe, self.settings["k"])
+        chosen = np.argsort(-gates, axis=-1, kind="stable")[..., :shown]  # [B, N, K], as token_choices
+        dropped = np.take_along_axis(weights, chosen, axis=-1) <= 0
+        return dropped[:, int(self.config.pool == "cls") :].sum(axis=(1, 2))
+
+    def showcase_image(self, preferred: int) -> int:
+        """The image the static patch view shows: ``preferred``, unless it lost nothing in :attr:`layer`
+        while the layer dropped choices; then :func:`image_with_drops` picks one that did."""
+        return image_with_drops(self.dropped_per_image(), preferred, self.data.group_size)
+
+    def showcase_note(self, preferred: int, shown: int) -> str:
+        """Why the patch view shows image ``shown`` when ``preferred`` was asked for (one sentence)."""
+        counts, group = self.dropped_per_image(), self.data.group_size
+        if self.config.moe.router == "expert_choice":
+            order = "each expert takes the group's tokens it scores highest"
+        elif self.settings["batch_priority"]:
+            order = "the group's expert slots go first to the tokens with the highest top gate (BPR)"
+        else:
+            order = "the group's expert slots are filled in token order, first image first"
+        where = f"in layer {self.layer} ({self.name})"
+        if shown == preferred:
+            if counts[shown]:
+                return f"Image {shown} lost {int(counts[shown])} of its shown token-choices {where}."
+            return f"Image {shown}: nothing was dropped {where} at this capacity factor."
+        return (
+            f"Image {preferred} is image {preferred % group + 1} of {group} in its routing group; {order}; "
+            f"it kept every token-choice {where}. The view shows "
+            f"image {shown} instead (image {shown % group + 1} of its group), which lost "
+            f"{int(counts[shown])} token-choices there: that is what a dropped patch looks like."
+        )
 
     def patch_figure(self, index: int) -> go.Figure:
         """Image ``index``'s patches coloured by expert (first, second... choice), dropped choices marked."""
@@ -194,6 +230,49 @@ class Study:
             "specialisation": affinity["verdict"], "ablated expert": ablation["expert"],
             "ablation change": ablation["accuracy_change"],
         }  # fmt: skip
+
+
+def entropy_sentence(study: Study) -> str:
+    """What to notice about the router of ``study``'s layer, computed from its numbers: its mean entropy
+    against log E (uniform gates), and whether the top-k ranks specialise by class all the same."""
+    record, experts = study.records[study.layer], study.config.moe.num_experts
+    entropy, uniform = float(analysis.router_entropy(record["gates"])), float(np.log(experts))
+    share = entropy / uniform if uniform > 0 else 0.0
+    looks = "nearly uniform" if share >= 0.9 else ("spread out" if share >= 0.5 else "peaked")
+    sentence = (
+        f"In layer {study.layer} of {study.name}, the router entropy is {fmt.nats(entropy)} against "
+        f"log {experts} = {fmt.nats(uniform)} for gates spread evenly over the {experts} experts "
+        f"({fmt.percent(share, 0)} of the maximum): the gates are {looks}."
+    )
+    affinity = study.affinity
+    if affinity.get("tv_class") is None:
+        return sentence
+    verdict = affinity["verdict"].split(":")[0]
+    tvs = f"class TV {fmt.percent(affinity['tv_class'])} against {fmt.percent(affinity['tv_class_shuffled'])}"
+    if verdict.startswith("little"):
+        return f"{sentence} The top-k ranks show {verdict} ({tvs} with shuffled labels)."
+    link = "Yet" if share >= 0.9 else "And"
+    return (
+        f"{sentence} {link} routing only needs the order of the gates, and that order still depends on the "
+        f"class: {verdict} ({tvs} with shuffled labels)."
+    )
+
+
+def image_with_drops(dropped: np.ndarray, preferred: int, group_size: int) -> int:
+    """``preferred`` if it has dropped choices (``dropped [B]`` counts per image) or no image has any;
+    else the image with the most drops in ``preferred``'s routing group (images ``group_size`` at a time,
+    in order), else the image with the most drops overall (ties to the lower index).
+
+    A headless reader sees only the default image; an image early in its routing group finds free slots
+    and loses nothing, so without this the static view would never show a dropped patch."""
+    dropped = np.asarray(dropped)
+    if dropped[preferred] > 0 or not dropped.any():
+        return int(preferred)
+    start = preferred - preferred % group_size
+    group = dropped[start : start + group_size]
+    if group.any():
+        return start + int(np.argmax(group))
+    return int(np.argmax(dropped))
 
 
 def saved_figures(studies: Mapping[str, Study], main: str, *, image_index: int) -> dict:

@@ -16,8 +16,11 @@ from plotly.subplots import make_subplots
 from sparse_experts import analysis
 from sparse_experts.datasets import grid
 from sparse_experts.routing import check_int
+from sparse_experts.workbook import fmt
 
 PANEL_PIXELS = 300  # the side of one image panel of the routing figures
+MAX_FIGURE_PIXELS = 1100  # no figure is wider: it must fit a notebook column and a projector
+MAX_LABELLED_COLUMNS = 60  # heatmap columns above half of this get upright labels in a small font
 
 
 def _check_array(name: str, value, shape_text: str, ndim: int) -> np.ndarray:
@@ -62,23 +65,37 @@ def image_grid(
 
 # Notebook 01: the learning-rate sweeps (``SweepResult`` values, one per sweep name).
 def sweep_logit_growth(results: dict, title: str = "Max attention logit during training") -> go.Figure:
-    """One panel per sweep, one line per learning rate: the max attention logit over layers at each step
-    (log scale)."""
+    """One panel per sweep, one line per learning rate: the max attention logit over layers at each step.
+
+    Both panels share one logarithmic y-range (the smallest and largest finite logit of every sweep), and
+    each shows its own tick labels, so a curve that ends at 100 sits visibly lower than one that ends at
+    1e5; each panel's title gives its peak."""
     names = list(results)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
+    series_of = {}
+    for name in names:
+        logits = np.asarray(results[name].attn_max_logit, np.float64)
+        series_of[name] = np.nanmax(np.where(np.isfinite(logits), logits, np.nan), -1)  # [rates, steps]
+    finite = np.concatenate([s[np.isfinite(s) & (s > 0)] for s in series_of.values()])
+    peaks = {n: np.nanmax(s) if np.isfinite(s).any() else np.nan for n, s in series_of.items()}
+    titles = [f"{n} (peak {fmt.number(peaks[n])})" for n in names]
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, shared_yaxes=False)
     palette = ["#440154", "#3b528b", "#21918c", "#5ec962", "#b5de2b", "#fde725", "#f89540", "#cc4778"]
     for col, name in enumerate(names, 1):
-        result = results[name]
-        for r, lr in enumerate(result.learning_rates):
-            logits = result.attn_max_logit[r]
-            series = np.nanmax(np.where(np.isfinite(logits), logits, np.nan), -1)
+        for r, lr in enumerate(results[name].learning_rates):
             line = dict(color=palette[r % len(palette)])
             legend = dict(name=f"lr={lr:g}", legendgroup=f"{lr:g}", showlegend=col == 1)
+            series = series_of[name][r]
             fig.add_scatter(
                 x=np.arange(len(series)), y=series, mode="lines", line=line, row=1, col=col, **legend
             )
         fig.update_xaxes(title_text="step", row=1, col=col)
-    fig.update_yaxes(type="log", title_text="max attention logit (any layer)", row=1, col=1)
+    axis = dict(type="log", showticklabels=True, exponentformat="power")
+    if len(finite):  # one range for every panel: equal heights mean equal logits
+        low, high = np.log10(finite.min()), np.log10(finite.max())
+        pad = 0.05 * max(high - low, 1.0)
+        axis["range"] = [low - pad, high + pad]
+    fig.update_yaxes(**axis)
+    fig.update_yaxes(title_text="max attention logit (any layer, log scale)", row=1, col=1)
     fig.update_layout(title=title, height=420, width=980)
     return fig
 
@@ -294,10 +311,30 @@ def affinity_heatmap(
             **colors,
         )
     )
-    fig.update_xaxes(title_text="class", tickangle=-45 if Y > 6 else 0)
+    many = Y > MAX_LABELLED_COLUMNS // 2  # narrow columns: upright labels in a small font
+    fig.update_xaxes(title_text="class", tickangle=-90 if many else (-45 if Y > 6 else 0),
+                     tickfont_size=9 if many else 12)  # fmt: skip
     fig.update_yaxes(title_text="expert", autorange="reversed")
-    fig.update_layout(title=title, height=max(300, 28 * E + 160), width=max(480, 40 * Y + 260))
+    width = min(MAX_FIGURE_PIXELS, max(480, 40 * Y + 260))
+    lines = wrap_title(title, width)
+    extra = lines.count("<br>")  # lines beyond the first
+    fig.update_layout(title=dict(text=lines, font_size=15), height=max(300, 28 * E + 160) + 30 * extra,
+                      width=width, margin=dict(t=60 + 22 * extra))  # fmt: skip
     return fig
+
+
+def wrap_title(title: str, width: int, font_pixels: float = 8.5) -> str:
+    """``title`` broken into lines (``<br>``, at spaces) that fit a figure ``width`` pixels wide, at
+    ``font_pixels`` per character (plotly's default title font is about 8 px a character at size 15)."""
+    per_line = max(20, int((width - 80) / font_pixels))
+    lines, line = [], ""
+    for word in title.split(" "):
+        if line and len(line) + 1 + len(word) > per_line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return "<br>".join([*lines, line])
 
 
 def ablation_bars(
@@ -337,10 +374,19 @@ def expert_ablation_bars(
     return fig
 
 
-def accuracy_vs_gflops(curves, points=None, title: str = "Accuracy against compute per image") -> go.Figure:
+def accuracy_vs_gflops(
+    curves,
+    points=None,
+    title: str = "Accuracy against compute per image",
+    *,
+    chance: float | None = None,
+    band: tuple[float, float] | None = None,
+    band_label: str = "noise: ± 2 standard errors",
+) -> go.Figure:
     """Accuracy against GFLOPs per image. ``curves``: {name: (gflops[], accuracy[]) or (gflops[],
     accuracy[], capacity_factors[])}, drawn as lines with markers (capacity factors as marker labels);
-    ``points``: {name: (gflops, accuracy)}, drawn as single large markers (e.g. the dense model, Soft MoE)."""
+    ``points``: {name: (gflops, accuracy)}, drawn as single large markers (e.g. the dense model, Soft MoE).
+    With ``chance`` or ``band`` (centre, half-width), see :func:`accuracy_in_context`."""
     fig = go.Figure()
     for name, curve in dict(curves).items():
         x, y = np.asarray(curve[0], np.float64), np.asarray(curve[1], np.float64)
@@ -362,7 +408,7 @@ def accuracy_vs_gflops(curves, points=None, title: str = "Accuracy against compu
     fig.update_xaxes(title_text="GFLOPs per image")
     fig.update_yaxes(title_text="top-1 accuracy")
     fig.update_layout(title=title, height=440, width=760)
-    return fig
+    return accuracy_in_context(fig, chance=chance, band=band, band_label=band_label)
 
 
 def _tokens_per_image(values: np.ndarray) -> np.ndarray:
@@ -387,6 +433,35 @@ def compute_histogram(
     fig.update_xaxes(title_text=xaxis_title)
     fig.update_yaxes(title_text="images")
     fig.update_layout(title=title, height=380, width=700, showlegend=False)
+    return fig
+
+
+def compute_histograms(
+    tokens_per_image,
+    bins: int = 30,
+    title: str = "Compute per image",
+    xaxis_title: str = "token-choices processed by experts per image",
+) -> go.Figure:
+    """Several routings' compute per image (``{name: [B]}``, e.g. vanilla and BPR) overlaid in one
+    histogram on shared bins, each with a dashed line at its mean (the legend gives mean and spread)."""
+    values = {name: _tokens_per_image(v) for name, v in dict(tokens_per_image).items()}
+    if not values:
+        raise ValueError("tokens_per_image is empty: no routing to show")
+    everything = np.concatenate(list(values.values()))
+    low, high = float(everything.min()), float(everything.max())
+    size = max((high - low) / bins, 1.0)  # whole token-choices: a bin is never narrower than one
+    palette = ["#3b528b", "#f89540", "#21918c", "#cc4778"]
+    fig = go.Figure()
+    for i, (name, v) in enumerate(values.items()):
+        color = palette[i % len(palette)]
+        label = f"{name}: mean {fmt.number(v.mean())}, std {fmt.number(v.std())}"
+        fig.add_histogram(x=v, name=label, marker_color=color, opacity=0.6,
+                          xbins=dict(start=low - 0.5, end=high + 0.5, size=size))  # fmt: skip
+        fig.add_vline(x=float(v.mean()), line_dash="dash", line_color=color)
+    fig.update_xaxes(title_text=xaxis_title)
+    fig.update_yaxes(title_text="images")
+    legend = dict(orientation="h", yanchor="bottom", y=1.0, x=0)
+    fig.update_layout(title=title, barmode="overlay", height=400, width=760, legend=legend, margin=dict(t=90))
     return fig
 
 
@@ -416,10 +491,18 @@ def compute_extremes(
 FAMILY_COLORS = {"dense": "#636efa", "sparse": "#ef553b"}
 
 
-def model_frontier(rows, title: str = "Test accuracy against inference compute") -> go.Figure:
+def model_frontier(
+    rows,
+    title: str = "Test accuracy against inference compute",
+    *,
+    chance: float | None = None,
+    band: tuple[float, float] | None = None,
+    band_label: str = "noise: ± 2 standard errors",
+) -> go.Figure:
     """One marker per model at (GFLOPs per image, mean test accuracy), coloured by family (dense/sparse),
     error bars = std over seeds, small markers = each seed, and each family's upper frontier as a line.
-    ``rows``: as from ``sparse_experts.workbook.zoo.summarize``."""
+    ``rows``: as from ``sparse_experts.workbook.zoo.summarize``. With ``chance`` or ``band`` (centre,
+    half-width), see :func:`accuracy_in_context`."""
     rows = list(rows)
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
@@ -454,7 +537,68 @@ def model_frontier(rows, title: str = "Test accuracy against inference compute")
     fig.update_xaxes(title_text="GFLOPs per image (inference)", type="log")
     fig.update_yaxes(title_text="test accuracy")
     fig.update_layout(title=title, height=460, width=820)
-    return fig
+    return accuracy_in_context(fig, chance=chance, band=band, band_label=band_label)
+
+
+def accuracy_in_context(
+    fig: go.Figure,
+    *,
+    chance: float | None = None,
+    band: tuple[float, float] | None = None,
+    band_label: str = "noise: ± 2 standard errors",
+) -> go.Figure:
+    """A one-panel accuracy figure (accuracy as a fraction on y) put in context, as two panels sharing x:
+
+    - above, the figure zoomed on its points, with ``band`` = (centre, half-width) shaded: points inside
+      it cannot be told from the centre by the noise (e.g. a reference accuracy +- 2 standard errors). The
+      y-range always holds the whole band and is at least four half-widths tall, so it is never narrower
+      than the noise;
+    - below, a thin panel of the same traces on the full scale (0 to 1) with a dotted line at ``chance``.
+
+    Without ``chance`` and ``band`` the figure is returned as it is."""
+    if chance is None and band is None:
+        return fig
+    values = [np.asarray(t.y, np.float64) for t in fig.data if t.y is not None]
+    for t in fig.data:
+        if t.error_y is not None and t.error_y.array is not None:
+            errors = np.asarray(t.error_y.array, np.float64)
+            values += [np.asarray(t.y, np.float64) + errors, np.asarray(t.y, np.float64) - errors]
+    flat = np.concatenate(values) if values else np.array([])
+    flat = flat[np.isfinite(flat)]
+    low, high = (float(flat.min()), float(flat.max())) if len(flat) else (0.0, 1.0)
+    half = 0.0
+    if band is not None:
+        centre, half = (float(v) for v in band)
+        low, high = min(low, centre - half), max(high, centre + half)
+    span = max(high - low, 4 * half, 0.01)
+    middle = (low + high) / 2
+    zoom = [middle - 0.55 * span, middle + 0.55 * span]
+    out = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.06)
+    for trace in fig.data:
+        out.add_trace(trace, row=1, col=1)
+        small = go.Scatter(trace).update(showlegend=False, hoverinfo="skip")
+        if small.mode:
+            small.mode = small.mode.replace("+text", "")
+        out.add_trace(small, row=2, col=1)
+    if band is not None:
+        out.add_hrect(
+            y0=centre - half, y1=centre + half, fillcolor="gray", opacity=0.18, line_width=0, row=1, col=1,
+            annotation_text=band_label, annotation_position="top left", annotation_font_size=11,
+        )  # fmt: skip
+    if chance is not None:
+        label = dict(annotation_text=f"chance {fmt.percent(chance)}", annotation_position="bottom right")
+        out.add_hline(y=chance, line_dash="dot", line_color="black", row=2, col=1, **label)
+        if zoom[0] <= chance <= zoom[1]:
+            out.add_hline(y=chance, line_dash="dot", line_color="black", row=1, col=1, **label)
+    x_type = fig.layout.xaxis.type
+    out.update_xaxes(type=x_type, row=1, col=1)
+    out.update_xaxes(type=x_type, title_text=fig.layout.xaxis.title.text, row=2, col=1)
+    out.update_yaxes(title_text=f"{fig.layout.yaxis.title.text} (zoomed)", range=zoom, row=1, col=1)
+    out.update_yaxes(title_text="full scale", range=[0, 1.02], tickformat=".0%", row=2, col=1)
+    out.update_layout(
+        title=fig.layout.title.text, width=fig.layout.width, height=(fig.layout.height or 440) + 150
+    )
+    return out
 
 
 def learning_curves(histories, smooth: int = 20, title: str = "Learning curves") -> go.Figure:
