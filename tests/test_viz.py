@@ -232,6 +232,13 @@ def test_accuracy_plots_carry_a_noise_band_a_chance_line_and_a_range_wider_than_
     low, high = frontier.layout.yaxis.range
     assert low <= 0.862 and high >= 0.882 and high - low >= 4 * 0.008
     assert frontier.layout.xaxis.type == "log" and frontier.layout.xaxis2.type == "log"
+    # both panels draw a curve in one colour; near chance the zoom stays in [0, 1] and keeps its span
+    assert fig.data[0].line.color == fig.data[1].line.color != fig.data[2].line.color
+    near_zero = viz.accuracy_vs_gflops(
+        {"a": ([0.1, 0.2], [0.012, 0.024])}, chance=1 / 60, band=(0.012, 0.014)
+    )
+    low, high = near_zero.layout.yaxis.range
+    assert low == 0 and high >= 4 * 0.014
     # without chance and band the figure is one panel, as before
     assert "yaxis2" not in viz.model_frontier(rows).layout.to_plotly_json()
 

@@ -57,6 +57,7 @@ def _make_notebook(folder, name):
         nbformat.v4.new_markdown_cell(f"# {name}"),
         params,
         nbformat.v4.new_code_cell(_SAVE.format(name=name)),
+        nbformat.v4.new_code_cell("import ipywidgets\n\nipywidgets.IntSlider(value=seed)"),  # a live widget
     ]
     nbformat.write(nb, folder / f"{name}.ipynb")
 
@@ -90,6 +91,9 @@ def test_runs_in_order_and_writes_outputs(notebooks, tmp_path):
         assert prov["packages"]["jax"] and prov["wall_time_s"] >= 0
         executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+        # the widget is displayed, but its state (megabytes for a FigureWidget) is not saved
+        assert "application/vnd.jupyter.widget-view+json" in executed.cells[-1].outputs[0]["data"]
+        assert "widgets" not in executed.metadata
     progress = [line for line in lines if line.startswith("[")]
     assert progress[0] == "[1/2] 91_first ..." and progress[1].startswith("[1/2] 91_first ok in ")
     page = (out / "index.html").read_text()
@@ -202,3 +206,54 @@ def test_parse_assignments(items, expected):
 def test_parse_assignments_errors(bad):
     with pytest.raises(runner.WorkbookError):
         runner.parse_assignments([bad])
+
+
+def test_index_labels_headline_figures_and_draws_main_figures(tmp_path):
+    """The index page says what each headline number is and draws each notebook's main figure small."""
+    import plotly.graph_objects as go
+
+    out = tmp_path / "out"
+    out.mkdir()
+    figure = go.Figure(go.Scatter(x=[1, 2], y=[0.5, 0.75]), layout=dict(title="accuracy</script>"))
+    figures = {
+        "accuracy": 0.8712,
+        "verdict": "reproduced",
+        runner.HEADLINE_LABELS: {"accuracy": "test accuracy, mean over 5 seeds, 20,000 images"},
+        runner.MAIN_FIGURE: runner.figure_record(figure),
+    }
+    saved = {"figures": figures, "headline": ["accuracy", "verdict"], "provenance": {}}
+    (out / "02_train_vmoe.json").write_text(json.dumps(saved))
+    status = {"02_train_vmoe": {"status": "ok", "wall_time_s": 1.0}}
+    page = runner.write_index(out, "smoke", status).read_text()
+    label = '<span title="accuracy">test accuracy, mean over 5 seeds, 20,000 images</span>: <b>0.8712</b>'
+    assert label in page and "verdict: <b>reproduced</b>" in page  # no label: the key
+    assert '<div id="figure-0"></div>' in page and "Plotly.newPlot" in page
+    assert "accuracy&lt;/script&gt;" in page and "accuracy</script>" not in page  # escaped everywhere
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000  # offline: plotly.js next to the page
+    assert NOTEBOOK_QUESTION_02 in page
+
+
+NOTEBOOK_QUESTION_02 = "Does a sparse V-MoE reach dense accuracy at lower inference compute?"
+
+
+def test_prompts_are_read_from_the_try_this_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_markdown_cell(
+        "## Try this\nIntro with `-p ignored=1` outside a bullet.\n\n"
+        "- **One.** `-p capacity_factor=0.5` and\n  `-p batch_priority=True` on a second line.\n"
+        "- **Two.** `-p 'capacity_factors=[0.05, 0.1]'`, `-p \"models=['dense', 'vmoe']\"`.\n"
+        "- No knob here."
+    )
+    cell.metadata["tags"] = [runner.PROMPT_TAG]
+    nb.cells = [nbformat.v4.new_markdown_cell("- `-p untagged=1`"), cell]
+    nbformat.write(nb, tmp_path / "93_x.ipynb")
+    assert runner.prompts(runner.Notebook(tmp_path / "93_x.ipynb")) == [
+        {"capacity_factor": 0.5, "batch_priority": True},
+        {"capacity_factors": [0.05, 0.1], "models": ["dense", "vmoe"]},
+    ]
+
+
+def test_every_teaching_notebook_has_two_prompts():
+    for nb in runner.discover():
+        if nb.name[:2] in {"01", "02", "03", "04"}:
+            assert len(runner.prompts(nb)) >= 2, nb.name

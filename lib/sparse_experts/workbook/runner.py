@@ -11,7 +11,10 @@ failed) when over :data:`OVER_TIME_FACTOR` times the expected time its config st
 Outputs go to ``outputs/<preset>/`` (or ``--out``): the executed notebook ``<name>.ipynb``, its figures
 ``<name>.json``, ``status.json`` and ``index.html``. A notebook executes into a staging folder and only a
 success that saved its figures is moved into place, so a failed or interrupted run never replaces a good
-output; it is kept as ``<name>.failed.ipynb`` and the run stops there, exiting non-zero.
+output; it is kept as ``<name>.failed.ipynb`` and the run stops there, exiting non-zero. The executed
+notebook keeps its outputs but not the state of its live widgets (sliders, ``FigureWidget``): that state
+is only useful to a running kernel, and it made notebook 03 weigh 16 MB; each widget's static figure is in
+the notebook below it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import functools
 import html
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -33,11 +37,12 @@ from typing import Any
 
 import nbformat
 import papermill
+import plotly
 from papermill.exceptions import PapermillExecutionError
 
 from sparse_experts import offline, paths
 from sparse_experts.atomic import write_json_atomic, write_text_atomic
-from sparse_experts.workbook import presets
+from sparse_experts.workbook import fmt, presets
 from sparse_experts.workbook.session import OUTPUT_DIR_ENV
 
 # The workbook's notebooks and the question each answers (the tour and the README show this map).
@@ -45,7 +50,7 @@ NOTEBOOK_QUESTIONS: dict[str, str] = {
     "00_tour": "What is in this workbook, and what do the datasets look like?",
     "01_vit22b_recipe": "What does each ViT-22B ingredient buy, why does QK-norm matter, "
     "and what would 22B parameters cost?",
-    "02_train_vmoe": "Does a sparse V-MoE beat a dense ViT at the same inference compute?",
+    "02_train_vmoe": "Does a sparse V-MoE reach dense accuracy at lower inference compute?",
     "03_routing_explorer": "Which patches go to which expert, what gets dropped, and do experts specialise?",
     "04_adaptive_compute": "How much accuracy does each unit of compute buy when capacity is cut "
     "at test time, with and without BPR?",
@@ -62,6 +67,20 @@ NOTEBOOK_QUESTIONS: dict[str, str] = {
 # measurements on a 2-core machine (README); the margin keeps ordinary machine-to-machine variation from
 # flagging every run, while a notebook that clearly outgrew its budget is marked.
 OVER_TIME_FACTOR = 1.5
+
+
+# The figure in which a notebook saves ``{headline key: what it is, over which seeds and images}``.
+HEADLINE_LABELS = "headline_labels"
+# The figure in which a notebook saves its main plot (:func:`figure_record`), drawn small on the index page.
+MAIN_FIGURE = "main_figure"
+THUMBNAIL = dict(
+    width=320, height=230, showlegend=False, font=dict(size=8), margin=dict(l=36, r=6, t=18, b=28)
+)
+
+
+def figure_record(fig) -> dict[str, Any]:
+    """A plotly figure as plain JSON (``data``, ``layout``) for :data:`MAIN_FIGURE`."""
+    return json.loads(fig.to_json())
 
 
 class WorkbookError(Exception):
@@ -128,6 +147,30 @@ def declared_parameters(notebook: Notebook) -> list[str]:
     if not declared:
         raise WorkbookError(f"{notebook.name} has no cell tagged 'parameters'")
     return list(declared)
+
+
+PROMPT_TAG = "try-this"  # the markdown cell of a notebook's "try this" prompts carries this tag
+
+
+def prompts(notebook: Notebook) -> list[dict[str, Any]]:
+    """The knobs of each "try this" prompt of ``notebook``: one dict per bullet (``- ...``) of its cells
+    tagged :data:`PROMPT_TAG`, from the bullet's `` `-p name=value` `` parts (values read as
+    :func:`parse_assignments` reads them; quotes around ``name=value`` are dropped). The notebook test runs
+    each prompt under smoke."""
+    found = []
+    for cell in nbformat.read(notebook.path, as_version=4).cells:
+        if cell.cell_type != "markdown" or PROMPT_TAG not in cell.metadata.get("tags", []):
+            continue
+        for bullet in re.split(r"\n(?=- )", "\n" + cell.source):
+            parts = [_unquote(part) for part in re.findall(r"`-p ([^`]+)`", bullet)]
+            if parts and bullet.lstrip("\n").startswith("- "):
+                found.append(parse_assignments(parts))
+    return found
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text
 
 
 def check_request(notebooks: list[Notebook], preset: str, params: dict[str, Any]) -> None:
@@ -241,6 +284,7 @@ def _run_one(nb: Notebook, preset: str, params: dict[str, Any], out: Path) -> di
                 cwd=str(nb.path.parent),
                 progress_bar=False,
                 log_output=False,
+                store_widget_state=False,  # 03's FigureWidgets would add megabytes of state (#19)
             )
         except PapermillExecutionError as err:
             source_index = _source_cell_index(executed, err.cell_index)
@@ -309,15 +353,23 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
     except WorkbookError:
         names = []
     names += [n for n in status if n not in names]
-    rows = []
+    rows, pictures = [], {}
     for name in names:
         rec = status.get(name)
         figures_file = out / f"{name}.json"
-        headline = commit = ""
+        headline = commit = picture = ""
         if figures_file.exists():
             saved = json.loads(figures_file.read_text())
-            items = [(k, saved["figures"].get(k)) for k in saved.get("headline", [])]
-            headline = "<br>".join(f"{html.escape(k)}: <b>{html.escape(_fmt(v))}</b>" for k, v in items)
+            main = saved["figures"].get(MAIN_FIGURE)
+            if main:
+                key = f"figure-{len(pictures)}"
+                pictures[key] = main
+                picture = f'<div id="{key}"></div><div class=cap>{html.escape(_title_of(main))}</div>'
+
+            labels = saved["figures"].get(HEADLINE_LABELS) or {}
+            headline = "<br>".join(
+                _headline_line(k, saved["figures"].get(k), labels.get(k)) for k in saved.get("headline", [])
+            )
             commit = (saved.get("provenance", {}).get("git", {}).get("commit") or "")[:10]
         if rec is None:
             state, seconds, error = "not run", "", ""
@@ -333,8 +385,8 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
         rows.append(
             f'<tr class="{state.replace(" ", "-")}"><td>{html.escape(name)}'
             f"<div class=q>{html.escape(NOTEBOOK_QUESTIONS.get(name, ''))}</div></td><td>{state}{note}"
-            f"<div class=err>{error}</div></td><td>{seconds}</td><td>{headline}</td><td>{commit}</td>"
-            f"<td>{' '.join(links)}</td></tr>"
+            f"<div class=err>{error}</div></td><td>{seconds}</td><td>{headline}</td><td>{picture}</td>"
+            f"<td>{commit}</td><td>{' '.join(links)}</td></tr>"
         )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Sparse Experts Workbook: {preset}</title>
@@ -342,21 +394,52 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
 td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top;text-align:left}}
 tr.ok td:nth-child(2){{color:#17702a}} tr.failed td:nth-child(2){{color:#b00020}}
 .err{{font-family:monospace;font-size:.85em;white-space:pre-wrap;max-width:40em}}
-.q{{color:#555;font-size:.85em;max-width:22em}} .over{{color:#a05a00;font-size:.85em}}</style></head>
+.q{{color:#555;font-size:.85em;max-width:22em}} .over{{color:#a05a00;font-size:.85em}}
+.cap{{color:#555;font-size:.8em;max-width:320px}}</style></head>
 <body><h1>Sparse Experts Workbook: preset <code>{html.escape(preset)}</code></h1>
 <p>{html.escape(presets.PRESET_DESCRIPTIONS.get(preset, ""))}. Updated {_now()}.</p>
 <table><tr><th>notebook</th><th>status</th><th>run time (s)</th><th>headline figures</th>
-<th>commit</th><th>files</th></tr>
+<th>main figure</th><th>commit</th><th>files</th></tr>
 {chr(10).join(rows)}
-</table></body></html>
+</table>{_picture_script(out, pictures)}</body></html>
 """
     return write_text_atomic(out / "index.html", page)
 
 
+def _title_of(figure: dict[str, Any]) -> str:
+    title = figure.get("layout", {}).get("title")
+    text = title.get("text", "") if isinstance(title, dict) else (title or "")
+    return str(text).replace("<br>", " ")
+
+
+def _picture_script(out: Path, pictures: dict[str, Any]) -> str:
+    """The script that draws each notebook's main figure small (plotly.js, copied next to the page so that
+    it works offline), or nothing when no notebook saved one."""
+    if not pictures:
+        return ""
+    library = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    target = out / "plotly.min.js"
+    if not target.exists() or target.stat().st_size != library.stat().st_size:
+        shutil.copyfile(library, target)
+    small = {key: {"data": f.get("data", []), "layout": {**f.get("layout", {}), **THUMBNAIL, "title": ""}}
+             for key, f in pictures.items()}  # fmt: skip
+    payload = json.dumps(small).replace("</", "<\\/")
+    return (
+        '\n<script src="plotly.min.js"></script>\n<script>\n'
+        f"for (const [id, f] of Object.entries({payload})) "
+        "Plotly.newPlot(id, f.data, f.layout, {staticPlot: true});\n</script>"
+    )
+
+
+def _headline_line(key: str, value: Any, label: str | None) -> str:
+    """One headline figure: its label (what it is, over which seeds and images; the key on hover) or, for
+    a notebook that gives none, its key; then its value."""
+    name = f'<span title="{html.escape(key)}">{html.escape(label)}</span>' if label else html.escape(key)
+    return f"{name}: <b>{html.escape(_fmt(value))}</b>"
+
+
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    return fmt.number(value, digits=4) if isinstance(value, float) else fmt.number(value)
 
 
 def list_notebooks(log=print) -> None:

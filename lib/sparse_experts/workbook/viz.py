@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -355,7 +356,7 @@ def ablation_bars(
     fig.add_hline(y=0, line_color="black")
     fig.update_xaxes(title_text="class")
     fig.update_yaxes(title_text="change in accuracy (percentage points)")
-    fig.update_layout(title=title, height=380, width=max(480, 24 * len(points) + 200))
+    fig.update_layout(title=title, height=380, width=min(MAX_FIGURE_PIXELS, max(480, 24 * len(points) + 200)))
     return fig
 
 
@@ -573,8 +574,14 @@ def accuracy_in_context(
     span = max(high - low, 4 * half, 0.01)
     middle = (low + high) / 2
     zoom = [middle - 0.55 * span, middle + 0.55 * span]
+    zoom = [zoom[0] - max(zoom[1] - 1.02, 0), zoom[1] - min(zoom[0], 0)]  # slide inside [0, 1.02]...
+    zoom = [max(zoom[0], 0.0), min(zoom[1], 1.02)]  # ...keeping the span where it fits
     out = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.06)
-    for trace in fig.data:
+    palette = plotly.colors.qualitative.Plotly  # plotly's default colours, fixed so both panels agree
+    for i, trace in enumerate(fig.data):
+        trace = go.Scatter(trace)
+        if trace.marker.color is None and trace.line.color is None:
+            trace.update(marker_color=palette[i % len(palette)], line_color=palette[i % len(palette)])
         out.add_trace(trace, row=1, col=1)
         small = go.Scatter(trace).update(showlegend=False, hoverinfo="skip")
         if small.mode:
