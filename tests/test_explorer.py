@@ -185,3 +185,27 @@ def test_the_default_view_shows_dropped_choices_when_the_layer_drops_any(router)
     # the counts are the patch view's crosses
     chosen, dropped, _ = analysis.token_choices(config.moe, study.records[1], 4, 2)
     assert counts[4] == dropped[1:].sum()
+
+
+def test_foreground_patches_and_split_by_hand():
+    # one 12x12 image of 3x3 patches of 4 pixels: black background, a white centre patch, a grey corner
+    image = np.zeros((1, 12, 12, 3), np.uint8)
+    image[0, 4:8, 4:8] = 255
+    image[0, 0:4, 8:12] = 12  # a faint corner: 15.6 from the corners' mean colour (3, 3, 3), under 24
+    np.testing.assert_array_equal(
+        explorer.foreground_patches(image, 4),
+        [[False, False, False, False, True, False, False, False, False]],
+    )
+    # 2 images x 3 patches x E=2: object patches send all their weight to expert 0, background to expert 1
+    weights = np.array([[[1, 0], [0, 1], [0, 1]], [[1, 0], [0, 1], [0, 1]]], float)
+    foreground = np.array([[True, False, False], [True, False, False]])
+    tv, shuffled = explorer.foreground_split(weights, foreground, seed=0)
+    assert tv == 1.0 and 0 <= shuffled <= 1.0
+    with pytest.raises(ValueError, match="every patch or none"):
+        explorer.foreground_split(weights, np.ones((2, 3), bool))
+
+
+def test_foreground_sentence_on_a_tiny_model(routes):
+    study = explorer.Study(routes, "topk", layer=-1, k=2, capacity_factor=2.0, batch_priority=False)
+    sentence = explorer.foreground_sentence(study)
+    assert sentence.startswith("In layer 1 of topk") and "total variation" in sentence
