@@ -121,6 +121,8 @@ def test_ablation_bars():
     np.testing.assert_allclose(bar.y, [-25.0, 0.0, 10.0])
     assert list(bar.marker.color) == ["#d62728", "#7f7f7f", "#1f77b4"]
     assert fig.layout.yaxis.title.text == "change in accuracy (percentage points)"
+    sixty = viz.ablation_bars(np.zeros(60), [f"c{c}" for c in range(60)])
+    assert sixty.layout.width == viz.MAX_FIGURE_PIXELS  # 60 classes once made it 1,640 px wide
 
 
 def test_accuracy_vs_gflops():
