@@ -176,7 +176,7 @@ def test_bpr_claim_check_verdicts():
     assert [r["capacity_factor"] for r in check.numbers["rows"]] == [0.25, 0.5]
     first = check.numbers["rows"][0]
     assert np.isclose(first["vanilla_drop"], 0.40) and np.isclose(first["bpr_drop"], 0.05)
-    assert "C=0.25: vanilla -40.0, BPR -5.0" in check.sentence
+    assert "capacity factor 0.25: vanilla -40.0, BPR -5.0" in check.sentence
     assert check.to_dict()["numbers"]["mean_gap"] == pytest.approx((0.35 + 0.18) / 2)
     # Both flat: BPR's advantage 0 is within the noise (2 x sqrt(0.25 / 100) = 0.1).
     flat = analysis.bpr_claim_check(factors, [0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5], num_images=100)

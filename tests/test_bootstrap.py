@@ -53,9 +53,9 @@ def test_the_spread_over_seeds_counts():
 
 def test_seed_pairs_remove_the_luck_two_models_share():
     rng = np.random.default_rng(3)
-    n, k = 20_000, 6
+    n = 20_000
     base = rng.random(n)
-    luck = np.array([0.60, 0.66, 0.70, 0.72, 0.76, 0.80])  # seed k's luck, shared by both models
+    luck = np.array([0.60, 0.66, 0.70, 0.72, 0.76, 0.80])  # each of 6 seeds' luck, shared by both models
     a = np.stack([base < p + 0.02 for p in luck])  # a: 2 points better on every seed
     b = np.stack([base < p for p in luck])
     apart = bootstrap.paired(a, b, samples=2000)

@@ -74,9 +74,7 @@ def _as_correct(name: str, value) -> np.ndarray:
     return correct.astype(np.float32)
 
 
-def paired(
-    correct_a, correct_b, *, samples: int = 2000, seed: int = 0, paired_seeds: bool = False
-) -> Paired:
+def paired(correct_a, correct_b, *, samples: int = 2000, seed: int = 0, paired_seeds: bool = False) -> Paired:
     """The paired bootstrap of models a and b: ``correct_a [Ka, N]``, ``correct_b [Kb, N]`` (0/1 or bool:
     was seed k right on image n; a 1-D array is one seed), the same N images in the same order. With
     ``paired_seeds`` row k of both is the same training seed, and each sample redraws one set of seed

@@ -435,13 +435,14 @@ def bpr_claim_check(
     else:
         verdict, why = "not reproduced", "BPR falls below vanilla routing at some low capacity factor"
     drops = "; ".join(
-        f"C={r['capacity_factor']:g}: vanilla {0.0 - 100 * r['vanilla_drop']:+.1f}, "
+        f"capacity factor {r['capacity_factor']:g}: vanilla {0.0 - 100 * r['vanilla_drop']:+.1f}, "
         f"BPR {0.0 - 100 * r['bpr_drop']:+.1f}"
         for r in rows
     )
     sentence = (
-        f"{verdict.capitalize()} at this scale: {why}. Accuracy change in points from C={factors[ref]:g} "
-        f"(vanilla {100 * vanilla[ref]:.1f}%, BPR {100 * bpr[ref]:.1f}%): {drops}. Mean BPR advantage "
-        f"{100 * mean_gap:+.1f} points; noise (2 standard errors on {num_images} images) {100 * noise:.1f}."
+        f"{verdict.capitalize()} at this scale: {why}. Accuracy change in points from capacity factor "
+        f"{factors[ref]:g} (vanilla {100 * vanilla[ref]:.1f}%, BPR {100 * bpr[ref]:.1f}%): {drops}. Mean BPR "
+        f"advantage {100 * mean_gap:+.1f} points; noise (2 standard errors on {num_images} images) "
+        f"{100 * noise:.1f}."
     )
     return Claim(BPR_CLAIM, verdict, sentence, numbers)

@@ -8,8 +8,10 @@ function of ``(seed, step)`` only, so a resumed run sees exactly the batches it 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import itertools
 import logging
 import time
@@ -231,16 +233,32 @@ def is_prepared(name: str, *, data_dir: str | Path | None = None) -> bool:
 
 def prepare(name: str, *, data_dir: str | Path | None = None) -> Path:
     """Generate (embedded) or download and prepare (catalog: needs network and TensorFlow) ``name`` unless
-    it is ready; returns its folder."""
+    it is ready; returns its folder. For an embedded dataset TFDS's own messages ("Downloading and preparing
+    dataset", a warning about the empty folder it fills) are silenced: nothing is downloaded."""
     name = _check_name(name)
     ddir = _data_dir(data_dir)
+    embedded = name in DATASETS
+    absl = logging.getLogger("absl")
+    absl_level = absl.level
+    quiet = contextlib.redirect_stdout(io.StringIO()) if embedded else contextlib.nullcontext()
+    if embedded:
+        absl.setLevel(logging.ERROR)
+    try:
+        with quiet:
+            return _prepare(name, ddir, embedded)
+    finally:
+        absl.setLevel(absl_level)
+
+
+def _prepare(name: str, ddir: Path, embedded: bool) -> Path:
     builder = _builder(name, ddir)
     if builder.is_prepared():
         log.info("dataset %s: reusing %s", name, builder.data_dir)
         return Path(builder.data_dir)
-    if name not in DATASETS and importlib.util.find_spec("tensorflow") is None:
+    if not embedded and importlib.util.find_spec("tensorflow") is None:
         raise DatasetNotPreparedError(_not_prepared_message(name, ddir, "TensorFlow is not installed"))
-    log.info("dataset %s: preparing into %s", name, builder.data_dir)
+    how = "generating offline from the embedded recipe (nothing is downloaded)" if embedded else "preparing"
+    log.info("dataset %s: %s into %s", name, how, builder.data_dir)
     start = time.perf_counter()
     was_active = tqdm_utils._active
     tqdm_utils.disable_progress_bar()
