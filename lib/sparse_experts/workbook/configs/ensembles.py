@@ -5,7 +5,18 @@ pre-trained models by kNN accuracy on the downstream data, fine-tune the best fe
 ensemble that minimises validation cross-entropy. The pool (:mod:`sparse_experts.workbook.pool`) is notebook
 02's recipe with one thing changed per member; members shared with 02 are the same cache entries.
 
-Expected run time: not measured yet (see the notebook's closing cell for this run's time).
+Expected run time: cpu about 40 min with notebook 02's models in the cache (measured 2402 s on 2026-11-29 on
+a 2-core machine that a helper's smoke runs shared for part of it: the six pool members 02 does not train
+770 s, then 91 fine-tuning sweeps of 3 learning rates and 7 seed ensembles, 1,435 s, ranking 19 s); about
+27 min once the pool is trained; a rerun with everything cached in about 2 min. smoke about 15 s warm;
+gpu, tpu not measured.
+
+Headline figures on cpu (measured 2026-11-29, `make run PRESET=cpu OFFLINE=1 ONLY=05` after 02; 13 members,
+7 tasks of 800 training and 2,000 test images): ``knn_spearman`` +0.69 (2 standard errors over the test
+images 0.05; LogME +0.67, H-score +0.60, LEEP +0.59, NCE +0.56); ``cost_ratio`` 75 (ranking the pool by kNN
+against fine-tuning it with its sweep); ``greedy_gain_over_seeds`` +0.001 (within noise, 2 standard errors
+0.6 points; -3.9 points on the shifted test split of ``shapes_shift``); the greedy ensemble beats the best
+single member chosen on validation by +3.8 points (2 standard errors 0.5).
 """
 
 from __future__ import annotations
@@ -82,4 +93,5 @@ PRESETS = {
     ),
 }  # fmt: skip
 
-EXPECTED_SECONDS = {"smoke": None, "cpu": None, "gpu": None, "tpu": None}
+# cpu: after notebook 02 (its members come from the cache), pool extras and fine-tuning from an empty cache.
+EXPECTED_SECONDS = {"smoke": None, "cpu": 2400, "gpu": None, "tpu": None}
