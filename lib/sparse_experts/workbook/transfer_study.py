@@ -29,6 +29,7 @@ from sparse_experts import analysis, datasets, models, transfer
 from sparse_experts.analysis import bootstrap
 from sparse_experts.transfer import ensemble, finetune, ranking
 from sparse_experts.workbook import cache, pool
+from sparse_experts.workbook.configs.ensembles import ESTIMATORS
 
 SPLITS = ("validation", "test")
 
@@ -164,8 +165,8 @@ def fine_tune_member(
     folder, made = cache.get_or_make("finetune", payload, make, required=required, root=root)
     record = json.loads((folder / "sweep.json").read_text())
     accuracy, nll = record["accuracy"], record["nll"]
-    chosen = min(range(len(rates)), key=lambda r: (-accuracy["validation"][r], nll["validation"][r], r))
     probs = {split: np.load(folder / f"probs_{split}.npy") for split in SPLITS}
+    chosen = finetune.Sweep(rates, seeds, accuracy, nll, probs, record["seconds"]).best("validation")
     return FineTuned(
         member.name, task.name, rates, seeds, accuracy, nll, chosen, probs, record["seconds"], made
     )
@@ -362,9 +363,6 @@ class TaskResult:
                          "learning_rate": t.learning_rate, "val_accuracy": t.accuracy["validation"][t.chosen],
                          "test_accuracy": t.accuracy["test"][t.chosen]})  # fmt: skip
         return rows
-
-
-ESTIMATORS = ("knn", "logme", "leep", "nce", "h_score")
 
 
 def study_task(
