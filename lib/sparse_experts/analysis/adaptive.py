@@ -188,3 +188,14 @@ def spread_sentence(spread: Sequence[Mapping[str, Any]], capacity_factor: float,
         f"{100 * v['accuracy, least-compute quarter']:.1f}%. Overall accuracy: vanilla "
         f"{100 * v['accuracy']:.1f}%, BPR {100 * b['accuracy']:.1f}%."
     )
+
+
+def headline_labels(model: str, seed: int, images: int, low: float) -> dict[str, str]:
+    """What each of notebook 04's headline figures is, on which model, seed and test images (the index)."""
+    on = f"{model}, one seed ({seed}), {images:,} test images"
+    return {
+        "claim_verdict": f"the paper's BPR claim (accuracy holds at capacity factors below 1), checked on "
+        f"{on}",
+        "vanilla_accuracy_at_low": f"test accuracy at capacity factor {low:g}, vanilla routing ({on})",
+        "bpr_accuracy_at_low": f"test accuracy at capacity factor {low:g}, BPR ({on})",
+    }

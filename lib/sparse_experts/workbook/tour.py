@@ -39,10 +39,13 @@ def summarize(name: str, *, upstream: bool = False) -> DatasetSummary:
     ``image_shape``, ``load_seconds`` and (with a label hierarchy) ``train_images_per_class`` (min, max), for
     a downstream task its VTAB-like ``group``."""
     started = time.perf_counter()
+    generated_now = name in datasets.list_datasets() and not datasets.is_prepared(name)
     try:
         split = datasets.load_split(name, "train")
     except datasets.DatasetNotPreparedError as err:
         return DatasetSummary(name, None, None, str(err), {"name": name, "prepared": False})
+    if generated_now:  # datasets.prepare keeps TFDS's "Downloading and preparing" line quiet for these
+        print(f"{name}: generated on this machine from the workbook's recipe (first use; nothing downloaded)")
     info = datasets.info(name)
     record: dict[str, Any] = {"name": name, "prepared": True, "num_classes": info.num_classes}
     if not upstream:

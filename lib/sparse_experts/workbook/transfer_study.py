@@ -435,3 +435,28 @@ def picked_kinds(results: Sequence[TaskResult], members: Sequence[pool.Member]) 
         out.append({"task": r.task, "picked": ", ".join(greedy["members"]),
                     "kinds": ", ".join(kind[n] for n in greedy["members"])})  # fmt: skip
     return out
+
+
+def figures(
+    summary: Mapping[str, Any],
+    results: Sequence[TaskResult],
+    members: Sequence[pool.Member],
+    trained: Mapping[str, cache.Trained],
+    source: str,
+) -> dict[str, Any]:
+    """Notebook 05's figures JSON: the pool's cards, per-task rankings and ensembles (without the per-image
+    ``correct`` arrays), :func:`summarise`'s numbers with the claims as plain data, and the headline figures
+    ``knn_spearman``, ``greedy_gain_over_seeds`` and ``cost_ratio``."""
+    rows = [{k: v for k, v in row.items() if k != "correct"} for r in results for row in r.ensembles]
+    plain = {k: v for k, v in summary.items() if k != "claims"}
+    return {
+        **plain,
+        "pool": [pool.card(m, trained[m.name]) for m in members],
+        "ranking": {r.task: r.table() for r in results},
+        "ensembles": rows,
+        "picked_kinds": picked_kinds(results, members),
+        "claims": [c.to_dict() for c in summary["claims"]],
+        "knn_spearman": summary["correlations"]["knn"]["spearman"]["mean"],
+        "greedy_gain_over_seeds": summary["greedy_vs_seeds"]["pooled"]["mean"],
+        "models": {"source": source, "cache_keys": {n: t.path.name for n, t in trained.items()}},
+    }

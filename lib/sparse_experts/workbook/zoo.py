@@ -559,3 +559,19 @@ def backbone_notes(
                     f"standard errors, {noise:.1f}) for no more compute"
                 )
     return notes
+
+
+def headline_labels(params: Mapping[str, Any], correct: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """What each of notebook 02's headline figures is, over which seeds and test images (the index page)."""
+    test_images = f"{len(next(iter(correct.values()))[0]):,} test images"
+    seeds = {name: len(seeds_of(name, params)) for name in ("vmoe_every2_k2", "dense")}
+    seeds = {name: f"{n} seed" + ("s" if n != 1 else "") for name, n in seeds.items()}
+    return {
+        "main_vmoe_test_accuracy": f"test accuracy of the main V-MoE (vmoe_every2_k2), mean over "
+        f"{seeds['vmoe_every2_k2']}, {test_images}",
+        "dense_test_accuracy": f"test accuracy of dense, mean over {seeds['dense']}, {test_images}",
+        "gap_two_se": "noise of the main gap (V-MoE minus dense): 2 standard errors, paired bootstrap over "
+        "images and seeds",
+        "claim_verdict": "the paper's claim (a V-MoE as accurate as a costlier dense model), checked against "
+        "every costlier dense model trained",
+    }
