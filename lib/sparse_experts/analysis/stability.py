@@ -201,3 +201,16 @@ def paper_sizes(
         }
         for name, cfg in configs.items()
     ]
+
+
+def headline_labels(top_lr: str, seed: int, steps: int, model: str) -> dict[str, str]:
+    """What each of notebook 01's headline figures is (the index page), in headline order."""
+    note = f"one seed ({seed}), {steps} steps"
+    return {
+        "vit22b_params": "parameters of ViT-22B/14 (abstract initialisation)",
+        "logit_ratio_at_top_lr": f"max attention logit at lr={top_lr}, plain over QK-norm ({note})",
+        "lr_sensitivity_plain": f"learning-rate sensitivity, plain attention (loss above the best; {note})",
+        "lr_sensitivity_qk_norm": f"learning-rate sensitivity, QK-norm ({note})",
+        "parallel_over_sequential_step_time": f"median step time, parallel over sequential block ({model})",
+        "qk_norm_verdict": "the paper's QK-norm claim, checked on this run",
+    }
