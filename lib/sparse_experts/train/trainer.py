@@ -262,6 +262,10 @@ class Trainer:
     learning rate, weight decay, seed, initial weights and batches computes (to float rounding). Copies run
     replicated on the default mesh (``mesh`` and ``rules`` must be unset); ``fit`` leaves ``model`` as it
     was (``write_back(copy=r)``); non-parameter state (e.g. an MoE layer's noise key) is the first model's.
+
+    ``trainable``: an nnx filter of the parameters that train (default every ``nnx.Param``); the others stay
+    frozen (e.g. a backbone under adapters), passed to the step as constants and, with copies, shared by
+    them (the first model's).
     """
 
     def __init__(
@@ -274,6 +278,7 @@ class Trainer:
         rules=None,
         copies: Copies | None = None,
         record_attention: bool = False,
+        trainable: Any = nnx.Param,
     ):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -293,7 +298,11 @@ class Trainer:
         self.num_copies = None if copies is None else copies.count(None if many is None else len(many))
         self.model, self.config, self.seed = (many[0] if many else model), config, int(seed)
         self.mesh = parallel.make_mesh() if mesh is None else mesh
-        self.graphdef, params, self.rest = nnx.split(self.model, nnx.Param, ...)
+        self.trainable = trainable
+        self.graphdef, params, self.rest = nnx.split(self.model, trainable, ...)
+        if not jax.tree.leaves(params):
+            raise ValueError(f"trainable={trainable!r} selects no parameter of the model; expected an nnx "
+                             "filter of some of its nnx.Param variables (default: all of them)")  # fmt: skip
         self._params_treedef = jax.tree.structure(params)
         self.has_moe = getattr(getattr(self.model, "config", None), "moe", None) is not None
         self.tx = make_tx(config)
@@ -311,7 +320,7 @@ class Trainer:
             return
         R = self.num_copies
         for other in many or []:
-            if nnx.split(other, nnx.Param, ...)[0] != self.graphdef:
+            if nnx.split(other, trainable, ...)[0] != self.graphdef:
                 raise ValueError("the models given as copies differ in architecture; expected R models built "
                                  "from one config (e.g. one per seed)")  # fmt: skip
         values = hyperparams(config) | {"seed": self.seed}
@@ -335,7 +344,7 @@ class Trainer:
         replicated = jax.sharding.NamedSharding(self.mesh, P())
         step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
         if self.copies is None:
-            params = jax.device_put(nnx.to_pure_dict(nnx.state(model, nnx.Param)), self._param_shardings)
+            params = jax.device_put(nnx.to_pure_dict(nnx.state(model, self.trainable)), self._param_shardings)
             devices = set(self.mesh.devices.flat)
             # moments follow the params; scalars (counts) are replicated on the mesh
             opt_state = jax.tree.map(
@@ -344,8 +353,8 @@ class Trainer:
             )
             return {"params": params, "opt_state": opt_state, "step": step}
         R = self.num_copies
-        pure = [nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in (model if isinstance(model, list | tuple)
-                                                                    else [model] * R)]  # fmt: skip
+        models = model if isinstance(model, list | tuple) else [model] * R
+        pure = [nnx.to_pure_dict(nnx.state(m, self.trainable)) for m in models]
         params = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *pure), replicated)
         opt_state = jax.jit(jax.vmap(self.tx.init))(params)
         rates = {name: jnp.asarray(self.per_copy[name], jnp.float32) for name in HYPERPARAMS}
