@@ -31,6 +31,7 @@ PRESET_DESCRIPTIONS = {
     "cpu": "default: minutes per notebook on 2 CPU cores, embedded offline data",
     "gpu": "one GPU: catalog datasets (CIFAR-100 upstream, VTAB-like tasks), real sizes",
     "tpu": "TPU slice: ImageNet-scale upstream, real sizes",
+    "gpu_embedded": "one GPU, offline: embedded sets at full size, gpu-sized models, minutes (the GPU CI)",
 }
 
 # Process settings the runner gives a notebook's kernel under each preset. Under smoke, XLA compiles without
@@ -43,6 +44,7 @@ PRESET_XLA_FLAGS = {"smoke": "--xla_backend_optimization_level=0"}
 PRESET_DEVICES = {
     "gpu": {"devices": 1, "memory_gib": 80, "example": "one A100/H100 80 GB"},
     "tpu": {"devices": 4, "memory_gib": 32, "example": "a TPU v4-8 slice (4 chips of 32 GiB)"},
+    "gpu_embedded": {"devices": 1, "memory_gib": 80, "example": "one A100/H100 80 GB (or an H200)"},
 }
 
 # Notebook name -> its config module (exporting Config, PRESETS and EXPECTED_SECONDS).

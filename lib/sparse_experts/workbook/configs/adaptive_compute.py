@@ -61,6 +61,7 @@ PRESETS = {
     "cpu": dict(_COMMON, eval_images=20_000, eval_batch_size=1000),
     "gpu": dict(_COMMON, eval_images=10_000, eval_batch_size=1000),
     "tpu": dict(_COMMON, eval_images=50_000, eval_batch_size=1024),
+    "gpu_embedded": dict(_COMMON, eval_images=20_000, eval_batch_size=1000),
 }  # fmt: skip
 
-EXPECTED_SECONDS = {"smoke": None, "cpu": 120, "gpu": None, "tpu": None}
+EXPECTED_SECONDS = {"smoke": None, "cpu": 120, "gpu": None, "tpu": None, "gpu_embedded": None}

@@ -19,7 +19,8 @@ import tensorflow_datasets as tfds
 from sparse_experts import datasets
 from sparse_experts.models import vit_config
 
-PRESET_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "tpu")
+# gpu_embedded: one GPU on the embedded data (no network needed; what the GPU CI runs, .ci/gpu).
+PRESET_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "tpu", "gpu_embedded")
 DEFAULT_PRESET = "cpu"
 
 Check = Callable[[str, Any], Any]

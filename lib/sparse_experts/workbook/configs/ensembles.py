@@ -91,7 +91,13 @@ PRESETS = {
         finetune_steps=500, finetune_batch_size=128, finetune_warmup=50, ensemble_size=5,
         eval_batch_size=1000,
     ),
+    # Not part of the GPU CI (00-04); the pool is notebook 02's gpu_embedded recipe with one change each.
+    "gpu_embedded": dict(
+        _COMMON, tasks=EMBEDDED_DOWNSTREAM, train_examples=800, learning_rates=(1e-4, 3e-4, 1e-3),
+        finetune_steps=300, finetune_batch_size=128, finetune_warmup=30, ensemble_size=5,
+        eval_batch_size=1000,
+    ),
 }  # fmt: skip
 
 # cpu: after notebook 02 (its members come from the cache), pool extras and fine-tuning from an empty cache.
-EXPECTED_SECONDS = {"smoke": None, "cpu": 2400, "gpu": None, "tpu": None}
+EXPECTED_SECONDS = {"smoke": None, "cpu": 2400, "gpu": None, "tpu": None, "gpu_embedded": None}

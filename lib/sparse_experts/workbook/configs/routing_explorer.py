@@ -79,6 +79,7 @@ PRESETS = {
     "cpu": dict(_COMMON, eval_images=2000, models=("vmoe_every2_k2", "expert_choice", "soft_moe")),
     "gpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
     "tpu": dict(_COMMON, eval_images=2000, models=train_vmoe.MOE_MODELS),
+    "gpu_embedded": dict(_COMMON, eval_images=2000, models=("vmoe_every2_k2", "expert_choice", "soft_moe")),
 }
 
-EXPECTED_SECONDS = {"smoke": None, "cpu": 60, "gpu": None, "tpu": None}
+EXPECTED_SECONDS = {"smoke": None, "cpu": 60, "gpu": None, "tpu": None, "gpu_embedded": None}

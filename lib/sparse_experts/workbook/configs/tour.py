@@ -38,6 +38,8 @@ PRESETS = {
                 classes_shown=12),
     "gpu": dict(upstream="cifar100", downstream=CATALOG_DOWNSTREAM, images_per_class=4, classes_shown=12),
     "tpu": dict(upstream="imagenet2012", downstream=CATALOG_DOWNSTREAM, images_per_class=4, classes_shown=12),
+    "gpu_embedded": dict(upstream="shapes_upstream", downstream=EMBEDDED_DOWNSTREAM, images_per_class=4,
+                         classes_shown=12),
 }  # fmt: skip
 
-EXPECTED_SECONDS = {"smoke": None, "cpu": 40, "gpu": None, "tpu": None}
+EXPECTED_SECONDS = {"smoke": None, "cpu": 40, "gpu": None, "tpu": None, "gpu_embedded": None}

@@ -67,6 +67,9 @@ PRESETS = {
                 learning_rates=_SWEEP_RATES, sweep_steps=2000, compare_steps=2000),
     "tpu": dict(_PLAN, dataset="imagenet2012", image_size=224, model="S/16", batch_size=128,
                 learning_rates=_SWEEP_RATES, sweep_steps=5000, compare_steps=5000),
+    # The gpu model on the embedded upstream set at its full 32x32; steps cut to minutes on one GPU.
+    "gpu_embedded": dict(_PLAN, dataset="shapes_upstream", image_size=32, model="S/4", batch_size=256,
+                         learning_rates=_SWEEP_RATES, sweep_steps=300, compare_steps=300),
 }  # fmt: skip
 
-EXPECTED_SECONDS = {"smoke": None, "cpu": 330, "gpu": None, "tpu": None}
+EXPECTED_SECONDS = {"smoke": None, "cpu": 330, "gpu": None, "tpu": None, "gpu_embedded": None}
