@@ -209,3 +209,116 @@ def test_foreground_sentence_on_a_tiny_model(routes):
     study = explorer.Study(routes, "topk", layer=-1, k=2, capacity_factor=2.0, batch_priority=False)
     sentence = explorer.foreground_sentence(study)
     assert sentence.startswith("In layer 1 of topk") and "total variation" in sentence
+
+
+def _grouped_routes(router: str = "top_k", seed: int = 1) -> explorer.Routes:
+    """12 random images in routing groups of 3 (4 groups), one tiny model whose MoE layer is layer 1."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(12) % Y
+    names = ["cat", "dog", "fox"]
+    data = zoo.EvalSet(
+        "toy", images, labels, names, {"class": (labels, names)}, 12, group_size=3, batch_size=6
+    )
+    config = models.vit_config(
+        "mu/4", image_size=8, num_classes=Y, depth=2, width=16, mlp_dim=32, num_heads=2, head_zero_init=False,
+        moe=models.MoeConfig(num_experts=E, k=2, placement=(0, 1), router=router, group_size=3),
+    )  # fmt: skip
+    return explorer.Routes({"m": models.ViT(config, rngs=nnx.Rngs(seed))}, data)
+
+
+def test_kept_and_dropped_bars_add_up_to_the_demand_under_the_capacity_line():
+    routes = _grouped_routes()
+    study = explorer.Study(routes, "m", layer=-1, k=2, capacity_factor=0.5, batch_priority=False)
+    demand = study.demand()
+    assert list(demand) == [0, 1]
+    for layer, d in demand.items():
+        record = study.records[layer]
+        np.testing.assert_array_equal(d["kept"], record["load"])  # kept = what each expert processed
+        np.testing.assert_array_equal(d["kept"] + d["dropped"], d["requested"])
+        assert d["requested"].sum() == 2 * 12 * record["gates"].shape[1]  # k choices of every token
+        assert d["slots"] == record["capacity"] * 4  # C slots in each of the 4 routing groups
+        assert (d["kept"] <= d["slots"]).all() and d["dropped"].sum() > 0
+        assert d["dropped"].sum() / d["requested"].sum() == pytest.approx(record["dropped_fraction"])
+    fig = study.kept_dropped_figure()
+    bars = [t for t in fig.data if t.type == "bar"]
+    lines = [t for t in fig.data if t.type == "scatter"]
+    for i, layer in enumerate(demand):
+        np.testing.assert_array_equal(bars[2 * i].y, demand[layer]["kept"])
+        np.testing.assert_array_equal(bars[2 * i + 1].y, demand[layer]["dropped"])
+        np.testing.assert_array_equal(
+            np.asarray(bars[2 * i].y) + bars[2 * i + 1].y, demand[layer]["requested"]
+        )
+        assert list(lines[i].y) == [demand[layer]["slots"]] * 2  # the capacity line at C x groups
+    assert fig.layout.barmode == "stack"
+
+
+def test_bpr_keeps_the_highest_gate_patches():
+    """At a low capacity factor, BPR hands each expert's slots to the tokens with the highest top gate: of
+    the tokens whose first choice is expert e in one routing group, every kept one outranks every dropped
+    one. Vanilla routing keeps them by position instead, so its dropped patches have higher gates."""
+    routes = _grouped_routes()
+    pair = explorer.low_capacity_pair(routes, "m", layer=-1, k=2, capacity_factor=0.25)
+    record = pair["BPR"].records[1]
+    gates, weights = np.asarray(record["gates"]), np.asarray(record["combine_weights"])
+    first = gates.argmax(-1)  # [B, N]
+    top = gates.max(-1)
+    kept_first = np.take_along_axis(weights, first[..., None], -1)[..., 0] > 0
+    checked = 0
+    for group in range(4):
+        images = slice(3 * group, 3 * group + 3)
+        for e in range(E):
+            asked = first[images] == e
+            kept, lost = top[images][asked & kept_first[images]], top[images][asked & ~kept_first[images]]
+            if len(kept) and len(lost):
+                assert kept.min() >= lost.max()
+                checked += 1
+    assert checked > 0
+    summary = explorer.drop_summary(pair)
+    assert summary["BPR"]["gate_lost"] < summary["BPR"]["gate_kept"]
+    assert summary["BPR"]["gate_lost"] < summary["vanilla"]["gate_lost"]
+    # the figure: one row per routing, black where every choice was lost
+    indices = explorer.routing_group(4, 3, 12)
+    np.testing.assert_array_equal(indices, [3, 4, 5])
+    fig = explorer.dropped_patches_figure(pair, indices)
+    labels = list(fig.layout.yaxis.ticktext)
+    for word, label in zip(("vanilla", "BPR"), labels, strict=True):
+        kept = analysis.routes.kept_choices(
+            pair[word].records[1]["gates"], pair[word].records[1]["combine_weights"], 2
+        )[indices, 1:]  # the class token left out
+        assert label == f"{word}: {(kept == 0).sum()} of {kept.size} patches lost every choice"
+    sentence = explorer.drop_sentence(pair)
+    assert (
+        sentence.startswith("Over all 12 images at capacity factor 0.25 in layer 1")
+        and "BPR drops" in sentence
+    )
+
+
+def test_every_layer_view_and_expert_patches():
+    routes = _grouped_routes()
+    study = explorer.Study(routes, "m", layer=-1, k=2, capacity_factor=0.5, batch_priority=False)
+    fig = study.layers_figure(5)
+    assert [a.text for a in fig.layout.annotations] == ["image", "layer 0", "layer 1"]
+    assert len([t for t in fig.data if t.type == "image"]) == 3
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    for panel, layer in zip(heat, (0, 1), strict=True):
+        chosen, _, _ = analysis.token_choices(study.config.moe, study.records[layer], 5, 2)
+        np.testing.assert_array_equal(panel.z, chosen[1:, 0].reshape(2, 2))
+    # the patch view starts with the image alone
+    patch_view = study.patch_figure(5)
+    assert [a.text for a in patch_view.layout.annotations] == ["image", "first choice", "second choice"]
+    # each expert's top-gate patches: the highest gates of the layer, in order, framed in its colour
+    top = analysis.routes.top_gate_patches(study.records[1]["gates"], 3, skip_tokens=1)
+    gates = np.asarray(study.records[1]["gates"])[:, 1:]
+    for e in range(E):
+        np.testing.assert_allclose(top["gate"][e], np.sort(gates[..., e].ravel())[::-1][:3])
+        np.testing.assert_allclose(top["gate"][e], gates[top["image"][e], top["patch"][e], e])
+    grid = study.expert_patches_figure(3)
+    assert list(grid.layout.yaxis.ticktext)[0].startswith("expert 0 (gate ")
+    crops = explorer.patch_context(routes.data.images, [0], [3], 4, ["#ff0000"])
+    assert crops.shape == (1, 12, 12, 3)
+    np.testing.assert_array_equal(crops[0, 4:8, 4:8], routes.data.images[0, 4:8, 4:8])  # the patch itself
+    np.testing.assert_array_equal(crops[0, 3, 3], [255, 0, 0])  # its frame
+    np.testing.assert_array_equal(crops[0, 10, 10], [128, 128, 128])  # beyond the image's edge
+    sentence = explorer.specialisation_by_layer(study)
+    assert sentence.startswith("class TV of m, first to last MoE layer: layer 0 ")

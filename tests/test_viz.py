@@ -271,3 +271,87 @@ def test_compute_histograms_overlays_routings_on_shared_bins():
     assert [s.x0 for s in fig.layout.shapes] == [7.0, 7.0]  # a dashed line at each mean
     with pytest.raises(ValueError, match="empty"):
         viz.compute_histograms({})
+
+
+def test_expert_demand_and_kept_choices_by_hand():
+    # top-2 by gate of the 12 tokens above: expert 0 is asked 9 times, expert 1 8, expert 2 7; the two
+    # dropped choices (image 0 token 3: experts 0 and 2; image 1 token 1: expert 2) come off "kept"
+    demand = analysis.routes.expert_demand(GATES, COMBINE, 2)
+    np.testing.assert_array_equal(demand["requested"], [9, 8, 7])
+    np.testing.assert_array_equal(demand["dropped"], [1, 0, 2])
+    np.testing.assert_array_equal(demand["kept"], RECORDS[1]["load"])
+    kept = analysis.routes.kept_choices(GATES, COMBINE, 2)
+    np.testing.assert_array_equal(kept, [[2, 2, 2, 0], [2, 1, 2, 2], [2, 2, 2, 2]])
+    np.testing.assert_array_equal(analysis.routes.kept_choices(GATES, COMBINE, 1)[0], [1, 1, 1, 0])
+    with pytest.raises(ValueError, match="combine_weights"):
+        analysis.routes.expert_demand(GATES, COMBINE[:2], 2)
+
+
+def test_top_gate_patches_by_hand():
+    top = analysis.routes.top_gate_patches(GATES, 2)
+    # expert 0's highest gates: 0.7 (image 0, patch 0), then 0.6 (image 1, patch 0; ties to the earlier)
+    np.testing.assert_array_equal(top["image"][0], [0, 1]) and np.testing.assert_array_equal(
+        top["patch"][0], [0, 0]
+    )
+    np.testing.assert_allclose(top["gate"], [[0.7, 0.6], [0.8, 0.6], [0.8, 0.7]])
+    skipped = analysis.routes.top_gate_patches(GATES, 1, skip_tokens=1)  # token 0 is not a patch
+    np.testing.assert_array_equal(skipped["patch"][0], [0]) and np.testing.assert_array_equal(
+        skipped["image"][0], [1]
+    )
+    with pytest.raises(ValueError, match="count=13"):
+        analysis.routes.top_gate_patches(GATES, 13)
+
+
+def test_compute_against_looks():
+    images = np.zeros((4, 2, 2, 1), np.uint8)
+    images[:, 0, 0, 0] = [0, 40, 80, 120]  # brighter and more contrasted in order
+    r = analysis.routes.compute_against_looks(np.array([1.0, 2.0, 3.0, 4.0]), images)
+    assert r["brightness"] == pytest.approx(1.0) and r["contrast"] == pytest.approx(1.0)
+    assert analysis.routes.compute_against_looks(np.ones(4), images) == {"brightness": None, "contrast": None}
+
+
+def test_kept_dropped_bars_show_demand_and_the_capacity_line():
+    per_layer = {1: {"kept": np.array([8, 7, 6]), "dropped": np.array([1, 0, 2]), "slots": 8}}
+    fig = viz.kept_dropped_bars(per_layer)
+    kept, dropped = traces(fig, "bar")
+    np.testing.assert_array_equal(np.asarray(kept.y) + dropped.y, [9, 7, 8])  # the demand per expert
+    assert list(kept.marker.color) == [viz.expert_color(e) for e in range(3)]
+    (line,) = traces(fig, "scatter")
+    assert list(line.y) == [8, 8] and list(line.x) == [-0.5, 2.5]
+    assert fig.layout.annotations[0].text == "layer 1: 12.5% dropped"  # 3 of 24
+    with pytest.raises(ValueError, match="must be"):
+        viz.kept_dropped_bars({1: {"kept": np.ones(3), "dropped": np.ones(2), "slots": 1}})
+
+
+def test_routing_views_with_the_original_image():
+    choices, dropped = analysis.patch_choices(GATES[0], COMBINE[0], k=2)
+    fig = viz.patch_routing(IMAGES[0], choices, patch_size=2, dropped=dropped, original=True)
+    assert [a.text for a in fig.layout.annotations] == ["image", "first choice", "second choice"]
+    assert len(traces(fig, "image")) == 3 and fig.layout.width <= viz.MAX_FIGURE_PIXELS
+    np.testing.assert_array_equal(traces(fig, "heatmap")[0].z, FIRST[0].reshape(2, 2))
+    layers = {1: (choices, dropped, None), 3: (choices[:, ::-1], dropped[:, ::-1], None)}
+    across = viz.routing_across_layers(IMAGES[0], layers, patch_size=2, num_experts=3)
+    assert [a.text for a in across.layout.annotations] == ["image", "layer 1", "layer 3"]
+    first, other = traces(across, "heatmap")
+    np.testing.assert_array_equal(first.z, FIRST[0].reshape(2, 2))
+    np.testing.assert_array_equal(other.z, choices[:, 1].reshape(2, 2))
+    marks = [t for t in traces(across, "scatter")]
+    assert [t.name for t in marks] == ["dropped (layer 1)", "dropped (layer 3)"]  # token 3 lost both
+
+
+def test_dropped_patch_rows_black_out_lost_patches():
+    images = np.full((2, 4, 4, 3), 200, np.uint8)
+    kept = {"vanilla": np.array([[2, 2, 2, 0], [2, 1, 2, 2]]), "BPR": np.full((2, 4), 2)}
+    fig = viz.dropped_patch_rows(images, kept, k=2, patch_size=2)
+    mosaic = np.asarray(fig.data[0].z)
+    # row 0 (vanilla): image 0's bottom-right patch black, image 1's top-right patch at half brightness
+    assert (mosaic[1 + 2 : 1 + 4, 1 + 2 : 1 + 4] == 0).all()
+    assert (mosaic[1 : 1 + 2, 1 + 5 + 2 : 1 + 5 + 4] == 100).all()
+    assert (mosaic[1 + 5 : 1 + 9, 1 : 1 + 4] == 200).all()  # row 1 (BPR): nothing lost
+    assert list(fig.layout.yaxis.ticktext) == [
+        "vanilla: 1 of 8 patches lost every choice",
+        "BPR: 0 of 8 patches lost every choice",
+    ]
+    crops = np.zeros((3, 2, 6, 6, 3), np.uint8)
+    grid = viz.expert_patch_grid(crops, np.array([[0.9, 0.5], [0.8, 0.7], [0.6, 0.4]]))
+    assert list(grid.layout.yaxis.ticktext)[1] == "expert 1 (gate 0.70-0.80)"

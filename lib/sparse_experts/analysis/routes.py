@@ -1,5 +1,7 @@
 """Looking inside trained routers: routing records over a whole image set, expert/class affinity, router
-entropy, expert load, compute per image, expert ablation and test-time capacity sweeps.
+entropy, expert load, what became of each expert's requested token-choices (kept or dropped) and of each
+patch's choices, each expert's highest-gate patches, compute per image (and how it relates to brightness
+and contrast), expert ablation and test-time capacity sweeps.
 
 Shape letters: B images (the whole set, not one batch), N tokens per image (patches, plus the class token
 when the model pools with one), E experts, K choices per token, Y classes (or coarse classes), L layers.
@@ -446,3 +448,75 @@ def bpr_claim_check(
         f"{100 * noise:.1f}."
     )
     return Claim(BPR_CLAIM, verdict, sentence, numbers)
+
+
+def _top_choices(gates: np.ndarray, combine_weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each token's ``k`` first experts by gate ``[..., K]`` (ties to the lower index) and whether each of
+    those choices was kept (combine weight > 0) ``[..., K]``; inputs ``[..., E]`` of one shape."""
+    gates, weights = np.asarray(gates, np.float64), np.asarray(combine_weights, np.float64)
+    if gates.ndim < 2 or gates.shape != weights.shape:
+        fail("combine_weights", f"<array of shape {weights.shape}>", f"the shape of gates {gates.shape}")
+    k = routing.check_choices(k, gates.shape[-1])
+    chosen = np.argsort(-gates, axis=-1, kind="stable")[..., :k]
+    return chosen, np.take_along_axis(weights, chosen, axis=-1) > 0
+
+
+def expert_demand(gates: np.ndarray, combine_weights: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per expert, the token-choices that asked for it and what became of them: ``"requested"`` ``[E]`` (how
+    many tokens have the expert among their ``k`` highest gates), ``"kept"`` ``[E]`` (of those, the ones
+    it processed: combine weight > 0) and ``"dropped"`` ``[E]`` (requested - kept: the expert was full).
+    Inputs ``[..., E]`` (e.g. a record's ``[B, N, E]``). For top-k routing at test-time ``k``, ``kept``
+    is the record's ``"load"``; for expert choice a token's ``k`` best experts need not take it, and for
+    Soft MoE every choice is kept."""
+    chosen, kept = _top_choices(gates, combine_weights, k)
+    E = np.shape(gates)[-1]
+    requested = np.bincount(chosen.ravel(), minlength=E).astype(np.int64)
+    processed = np.bincount(chosen[kept].ravel(), minlength=E).astype(np.int64)
+    return {"requested": requested, "kept": processed, "dropped": requested - processed}
+
+
+def kept_choices(gates: np.ndarray, combine_weights: np.ndarray, k: int) -> np.ndarray:
+    """``[...]``: how many of each token's ``k`` first choices (by gate) an expert processed, 0 to ``k``;
+    inputs ``[..., E]``. A patch with 0 got no expert compute in that layer (only the residual path)."""
+    return _top_choices(gates, combine_weights, k)[1].sum(axis=-1)
+
+
+def top_gate_patches(gates: np.ndarray, count: int, *, skip_tokens: int = 0) -> dict[str, np.ndarray]:
+    """For each expert, the ``count`` patches of the whole set with the highest gate for that expert (ties
+    to the earlier image and patch): ``"image"`` ``[E, count]`` and ``"patch"`` ``[E, count]`` (the patch
+    index, rows of patches top to bottom, after the first ``skip_tokens`` tokens, e.g. 1 for a class token)
+    and ``"gate"`` ``[E, count]``, each row by descending gate. ``gates``: ``[B, N, E]``."""
+    gates = _check_weights("gates", gates)
+    skip_tokens = int(skip_tokens)
+    patches = gates[:, skip_tokens:]  # [B, P, E]
+    B, P, E = patches.shape
+    if P == 0:
+        fail("skip_tokens", skip_tokens, f"fewer than the {gates.shape[1]} tokens per image")
+    count = check_int("count", count)
+    if count > B * P:
+        fail("count", count, f"an integer in [1, {B * P}] (the patches of the set)")
+    flat = patches.reshape(B * P, E)
+    order = np.argsort(-flat, axis=0, kind="stable")[:count].T  # [E, count]
+    return {
+        "image": order // P,
+        "patch": order % P,
+        "gate": np.take_along_axis(flat.T, order, axis=1),
+    }
+
+
+def compute_against_looks(compute: np.ndarray, images: np.ndarray) -> dict[str, float | None]:
+    """Pearson correlation over images of the expert compute each got (``compute`` ``[B]``, e.g. from
+    :func:`compute_per_image`) with how it looks: ``"brightness"`` (mean pixel value) and ``"contrast"``
+    (standard deviation of its pixel values); None when either side does not vary. ``images``
+    ``[B, H, W, C]``."""
+    compute = np.asarray(compute, np.float64)
+    images = np.asarray(images, np.float64)
+    if compute.ndim != 1 or len(images) != len(compute) or images.ndim < 2:
+        fail("images", f"<array of shape {images.shape}>", f"one image per compute value ({compute.shape})")
+    pixels = images.reshape(len(images), -1)
+    looks = {"brightness": pixels.mean(axis=1), "contrast": pixels.std(axis=1)}
+    result: dict[str, float | None] = {}
+    for name, value in looks.items():
+        varies = compute.std() > 0 and value.std() > 0
+        result[name] = float(np.corrcoef(compute, value)[0, 1]) if varies else None
+    return result

@@ -120,8 +120,55 @@ class Study:
         return viz.patch_routing(
             self.data.images[index], chosen, patch_size=self.config.patch_size,
             has_cls_token=self.config.pool == "cls", dropped=dropped, gates=gates,
-            num_experts=self.config.moe.num_experts, title=title,
+            num_experts=self.config.moe.num_experts, title=title, original=True,
         )  # fmt: skip
+
+    def layer_choices(self, index: int) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``{MoE layer: analysis.token_choices}`` of image ``index``: its choices in every MoE layer."""
+        moe, k = self.config.moe, self.settings["k"]
+        return {layer: analysis.token_choices(moe, r, index, k) for layer, r in self.records.items()}
+
+    def layers_figure(self, index: int) -> go.Figure:
+        """Image ``index`` beside its first-choice routing map in every MoE layer, dropped choices marked."""
+        title = f"{self.name}: image {index} ({self._class_of(index)}) through every MoE layer, first choices"
+        return viz.routing_across_layers(
+            self.data.images[index], self.layer_choices(index), patch_size=self.config.patch_size,
+            num_experts=self.config.moe.num_experts, has_cls_token=self.config.pool == "cls", title=title,
+        )  # fmt: skip
+
+    def demand(self) -> dict[int, dict[str, Any]]:
+        """Per MoE layer, ``analysis.routes.expert_demand`` over all images (at the shown k) and ``"slots"``:
+        the slots each expert had over the set, capacity C x routing groups."""
+        k = analysis.shown_choices(self.config.moe, self.settings["k"])
+        groups = self.data.count // self.config.moe.group_size
+        return {
+            layer: {
+                **analysis.routes.expert_demand(record["gates"], record["combine_weights"], k),
+                "slots": int(record["capacity"]) * groups,
+            }
+            for layer, record in self.records.items()
+        }
+
+    def kept_dropped_figure(self) -> go.Figure:
+        """:func:`viz.kept_dropped_bars` of :meth:`demand`."""
+        cf = self.settings["capacity_factor"]
+        title = (
+            f"{self.name}: token-choices each expert kept and dropped ({self.data.count:,} images, capacity "
+            f"factor {cf:g}); red: its slots"
+        )
+        return viz.kept_dropped_bars(self.demand(), title=title)
+
+    def expert_patches_figure(self, count: int = 8) -> go.Figure:
+        """Each expert's ``count`` patches with the highest gate in :attr:`layer` over all images, each
+        with a ring of its neighbours and a frame in the expert's colour (:func:`patch_context`)."""
+        start = int(self.config.pool == "cls")
+        top = analysis.routes.top_gate_patches(self.records[self.layer]["gates"], count, skip_tokens=start)
+        E = top["gate"].shape[0]
+        colors = np.repeat([viz.expert_color(e) for e in range(E)], count)
+        crops = patch_context(self.data.images, top["image"].ravel(), top["patch"].ravel(),
+                              self.config.patch_size, colors)  # fmt: skip
+        title = f"{self.name}, layer {self.layer}: each expert's {count} highest-gate patches (framed)"
+        return viz.expert_patch_grid(crops.reshape(E, count, *crops.shape[1:]), top["gate"], title=title)
 
     def gate_figure(self, index: int) -> go.Figure:
         """Gate values of image ``index``'s choices (router probability; combine weight for Soft MoE)."""
@@ -306,6 +353,145 @@ def foreground_sentence(study: Study) -> str:
         f"differs from the image's corners) and background patches share their routed weight among the "
         f"experts differently by {fmt.percent(tv)} (total variation), against {fmt.percent(shuffled)} with "
         f"the object/background labels shuffled: {split}."
+    )
+
+
+def patch_context(images: np.ndarray, image_index, patch_index, patch_size: int, colors) -> np.ndarray:
+    """Patch ``patch_index[m]`` of image ``image_index[m]`` (``images`` uint8 ``[B, H, W, C]``, patches in
+    rows) with a ring of its neighbouring patches (grey beyond the image's edge) and a one-pixel frame in
+    ``colors[m]`` (hex) drawn in the ring around it: uint8 ``[M, 3 x patch_size, 3 x patch_size, 3]``."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images has shape {images.shape}; expected [B, H, W, C] uint8")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    image_index, patch_index = np.asarray(image_index, int), np.asarray(patch_index, int)
+    colors = list(colors)
+    if not image_index.shape == patch_index.shape == (len(colors),):
+        raise ValueError("image_index, patch_index and colors must be one-dimensional and of one length")
+    p = int(patch_size)
+    cols = images.shape[2] // p
+    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=128)
+    crops = []
+    for b, patch, color in zip(image_index, patch_index, colors, strict=True):
+        r, c = divmod(int(patch), cols)
+        crop = padded[b, r * p : r * p + 3 * p, c * p : c * p + 3 * p].copy()
+        rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+        crop[p - 1, p - 1 : 2 * p + 1] = crop[2 * p, p - 1 : 2 * p + 1] = rgb
+        crop[p - 1 : 2 * p + 1, p - 1] = crop[p - 1 : 2 * p + 1, 2 * p] = rgb
+        crops.append(crop)
+    return np.stack(crops)
+
+
+def routing_group(index: int, group_size: int, count: int, limit: int = 8) -> np.ndarray:
+    """The images routed together with image ``index`` (its routing group: ``group_size`` images in order,
+    of ``count``), at most ``limit`` of them, ``index`` among them."""
+    start = index - index % group_size
+    members = np.arange(start, min(start + group_size, count))
+    if len(members) <= limit:
+        return members
+    first = min(max(index - start - limit // 2, 0), len(members) - limit)
+    return members[first : first + limit]
+
+
+def low_capacity_pair(routes: Routes, name: str, *, layer: int, k: int, capacity_factor: float) -> dict:
+    """``{"vanilla": Study, "BPR": Study}``: model ``name`` at MoE ``layer`` routed at ``capacity_factor``
+    without and with Batch Prioritized Routing (the V-MoE paper's view of dropped patches)."""
+    return {
+        word: Study(routes, name, layer=layer, k=k, capacity_factor=capacity_factor, batch_priority=bpr)
+        for word, bpr in (("vanilla", False), ("BPR", True))
+    }
+
+
+def _kept_patches(study: Study) -> np.ndarray:
+    """``[B, P]``: how many of each patch's shown choices were kept in ``study``'s layer (class token
+    left out)."""
+    record = study.records[study.layer]
+    k = analysis.shown_choices(study.config.moe, study.settings["k"])
+    kept = analysis.routes.kept_choices(record["gates"], record["combine_weights"], k)
+    return kept[:, int(study.config.pool == "cls") :]
+
+
+def dropped_patches_figure(pair: Mapping[str, Study], indices) -> go.Figure:
+    """The images ``indices`` (e.g. :func:`routing_group`) once per routing of ``pair``
+    (:func:`low_capacity_pair`), patches that lost every choice black (:func:`viz.dropped_patch_rows`)."""
+    first = next(iter(pair.values()))
+    indices = np.asarray(indices, int)
+    kept = {word: _kept_patches(study)[indices] for word, study in pair.items()}
+    k = analysis.shown_choices(first.config.moe, first.settings["k"])
+    title = (
+        f"{first.name}, layer {first.layer}, capacity factor {first.settings['capacity_factor']:g}: images "
+        f"{indices[0]}-{indices[-1]} (routed together); black: lost every choice, dark: lost one"
+    )
+    return viz.dropped_patch_rows(
+        first.data.images[indices], kept, k=k, patch_size=first.config.patch_size, title=title
+    )
+
+
+def drop_summary(pair: Mapping[str, Study]) -> dict[str, dict[str, float | None]]:
+    """Per routing of ``pair``, over all evaluated images in its layer: ``lost_every`` (share of patches that
+    lost every choice), ``gate_lost`` and ``gate_kept`` (mean top gate of those patches and of the patches
+    that kept every choice; None when there are none), ``background_lost`` (share of background among the
+    patches that lost every choice, :func:`foreground_patches`) and ``background_all`` (among all patches)."""
+    result = {}
+    for word, study in pair.items():
+        kept = _kept_patches(study)
+        k = analysis.shown_choices(study.config.moe, study.settings["k"])
+        start = int(study.config.pool == "cls")
+        top_gate = np.asarray(study.records[study.layer]["gates"])[:, start:].max(axis=-1)  # [B, P]
+        background = ~foreground_patches(study.data.images, study.config.patch_size)
+        lost, full = kept <= 0, kept >= k
+        result[word] = {
+            "lost_every": float(lost.mean()),
+            "gate_lost": float(top_gate[lost].mean()) if lost.any() else None,
+            "gate_kept": float(top_gate[full].mean()) if full.any() else None,
+            "background_lost": float(background[lost].mean()) if lost.any() else None,
+            "background_all": float(background.mean()),
+        }
+    return result
+
+
+def drop_sentence(pair: Mapping[str, Study]) -> str:
+    """What to notice in the dropped-patch view, from :func:`drop_summary` (over all evaluated images)."""
+    summary, first = drop_summary(pair), next(iter(pair.values()))
+    parts = []
+    for word, s in summary.items():
+        if s["gate_lost"] is None:
+            parts.append(f"{word} drops no patch entirely")
+            continue
+        kept = "-" if s["gate_kept"] is None else f"{s['gate_kept']:.2f}"
+        parts.append(
+            f"{word} drops every choice of {fmt.percent(s['lost_every'])} of the patches, whose mean top "
+            f"gate is {s['gate_lost']:.2f} (kept patches: {kept}); {fmt.percent(s['background_lost'], 0)} of "
+            "them are background"
+        )
+    background = fmt.percent(next(iter(summary.values()))["background_all"], 0)
+    return (
+        f"Over all {first.data.count:,} images at capacity factor {first.settings['capacity_factor']:g} in "
+        f"layer {first.layer}: " + "; ".join(parts) + f" (background is {background} of all patches)."
+    )
+
+
+def layer_specialisation(study: Study) -> dict[int, analysis.Specialisation]:
+    """``{MoE layer: analysis.class_specialisation}`` of ``study``'s model on the fine class labels, every
+    layer (the V-MoE paper sees experts correlate with classes mostly in the later layers)."""
+    labels, names = study.data.label_sets["class"]
+    return {
+        layer: analysis.class_specialisation(record["combine_weights"], labels, len(names))
+        for layer, record in study.records.items()
+    }
+
+
+def specialisation_by_layer(study: Study) -> str:
+    """The measured side of notebook 03's "paper says / here we see": class TV against its shuffled-label
+    baseline in every MoE layer of ``study``'s model."""
+    parts = [
+        f"layer {layer} {fmt.percent(s.tv, 0)} (shuffled {fmt.percent(s.baseline, 0)})"
+        for layer, s in layer_specialisation(study).items()
+    ]
+    return (
+        f"class TV of {study.name}, first to last MoE layer: " + ", ".join(parts) + "; the excess over the "
+        "shuffled baseline is how much routing depends on the class."
     )
 
 

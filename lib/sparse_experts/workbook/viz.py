@@ -146,6 +146,76 @@ def _choices(chosen, dropped, gates) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return chosen, dropped, gates
 
 
+def _panel_pixels(panels: int) -> int:
+    """The side of one image panel when ``panels`` sit in one row: :data:`PANEL_PIXELS`, smaller when the
+    row would be wider than :data:`MAX_FIGURE_PIXELS`."""
+    return max(120, min(PANEL_PIXELS, (MAX_FIGURE_PIXELS - 160) // max(int(panels), 1)))
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = _check_array("image", image, "[H, W, C] uint8", 3)
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def _patch_grid(image: np.ndarray, patch_size: int, tokens: int, has_cls_token: bool) -> tuple[int, int]:
+    """``(rows, cols)`` of patches of ``image`` ``[H, W, C]``; ``tokens`` must be rows x cols (+1 with a class
+    token)."""
+    H, W = image.shape[:2]
+    if patch_size < 1 or H % patch_size or W % patch_size:
+        raise ValueError(f"patch_size={patch_size} must divide the image height {H} and width {W}")
+    rows, cols = H // patch_size, W // patch_size
+    if tokens != rows * cols + int(has_cls_token):
+        raise ValueError(
+            f"chosen has {tokens} tokens; expected {rows * cols + int(has_cls_token)} ({rows}x{cols} patches"
+            f"{' + class token' if has_cls_token else ''})"
+        )
+    return rows, cols
+
+
+def _routing_panel(fig, col: int, image, experts, dropped, gates, *, patch_size: int, num_experts: int,
+                   name: str, start: int, showscale: bool) -> None:  # fmt: skip
+    """Add to panel ``col`` of ``fig`` the image, a semi-transparent heatmap of each patch's expert
+    (``experts`` ``[N]``, tokens before ``start`` left out) and black crosses where ``dropped`` ``[N]``."""
+    H, W = image.shape[:2]
+    rows, cols = H // patch_size, W // patch_size
+    E = num_experts
+    colorscale = [[(e + i) / E, expert_color(e)] for e in range(E) for i in (0, 1)]  # z = e gets exactly e's
+    style = dict(zmin=-0.5, zmax=E - 0.5, colorscale=colorscale, opacity=0.55, hoverinfo="text")
+    style["colorbar"] = dict(title="expert", tickvals=list(range(E)))
+    centres = np.arange(cols) * patch_size + (patch_size - 1) / 2
+    vcentres = np.arange(rows) * patch_size + (patch_size - 1) / 2
+    hover = [
+        f"token {n}: expert {experts[n]}"
+        + ("" if gates is None else f", gate {gates[n]:.3f}")
+        + (" (dropped)" if dropped[n] else "")
+        for n in range(start, len(experts))
+    ]
+    fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=col)
+    z, text = np.asarray(experts[start:]).reshape(rows, cols).astype(float), np.reshape(hover, (rows, cols))
+    heatmap = go.Heatmap(z=z, x=centres, y=vcentres, text=text, showscale=showscale, name=name, **style)
+    fig.add_trace(heatmap, row=1, col=col)
+    if np.any(dropped[start:]):
+        r, c = np.divmod(np.flatnonzero(dropped[start:]), cols)
+        marker = dict(symbol="x", size=max(6, _panel_pixels(1) // (3 * max(rows, cols))), color="black")
+        at = dict(x=centres[c], y=vcentres[r], row=1, col=col)
+        fig.add_scatter(mode="markers", marker=marker, name=f"dropped ({name})", hoverinfo="skip", **at)
+
+
+def _image_panels_layout(fig, panels: int, title: str, extra_height: int = 0) -> go.Figure:
+    side = _panel_pixels(panels)
+    fig.update_xaxes(showticklabels=False, showgrid=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
+    fig.update_layout(
+        title=title,
+        width=panels * side + 160,
+        height=side + 120 + extra_height,
+        showlegend=True,
+        legend=dict(orientation="h", yanchor="top", y=-0.02, x=0),
+        margin=dict(l=20, r=20, t=70, b=40),
+    )
+    return fig
+
+
 def patch_routing(
     image: np.ndarray,
     chosen: np.ndarray,
@@ -156,8 +226,10 @@ def patch_routing(
     gates: np.ndarray | None = None,
     num_experts: int | None = None,
     title: str = "Patches by expert",
+    original: bool = False,
 ) -> go.Figure:
-    """The image with each patch coloured by its expert: one panel per choice (first, second...).
+    """The image with each patch coloured by its expert: one panel per choice (first, second...), after a
+    panel of the image alone when ``original``.
 
     ``image``: ``[H, W, C]``, H and W multiples of ``patch_size``; ``chosen`` (experts), ``dropped`` (bool)
     and ``gates`` are ``[N, K]`` (``analysis.token_choices``); token 0 is the class token when
@@ -165,57 +237,52 @@ def patch_routing(
     of the expert index per patch (rows of patches top to bottom, coloured by :func:`expert_color`, gate and
     dropped on hover); dropped choices add a scatter trace of black crosses named "dropped (<choice>)".
     """
-    image = _check_array("image", image, "[H, W, C] uint8", 3)
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
+    image = _rgb(image)
     chosen, dropped, gates = _choices(chosen, dropped, gates)
-    H, W = image.shape[:2]
-    if patch_size < 1 or H % patch_size or W % patch_size:
-        raise ValueError(f"patch_size={patch_size} must divide the image height {H} and width {W}")
-    rows, cols = H // patch_size, W // patch_size
-    start = int(has_cls_token)
-    if len(chosen) != rows * cols + start:
-        raise ValueError(
-            f"chosen has {len(chosen)} tokens; expected {rows * cols + start} ({rows}x{cols} patches"
-            f"{' + class token' if has_cls_token else ''})"
-        )
+    _patch_grid(image, patch_size, len(chosen), has_cls_token)
     E, K = num_experts or int(chosen.max()) + 1, chosen.shape[1]
-    colorscale = [[(e + i) / E, expert_color(e)] for e in range(E) for i in (0, 1)]  # z = e gets exactly e's
-    style = dict(zmin=-0.5, zmax=E - 0.5, colorscale=colorscale, opacity=0.55, hoverinfo="text")
-    style["colorbar"] = dict(title="expert", tickvals=list(range(E)))
     names = ["first choice", "second choice", "third choice"] + [f"choice {j + 1}" for j in range(3, K)]
-    fig = make_subplots(rows=1, cols=K, subplot_titles=names[:K], horizontal_spacing=0.04)
-    centres = np.arange(cols) * patch_size + (patch_size - 1) / 2
-    vcentres = np.arange(rows) * patch_size + (patch_size - 1) / 2
+    first = int(bool(original))
+    fig = make_subplots(rows=1, cols=K + first, subplot_titles=(["image"] * first) + names[:K],
+                        horizontal_spacing=0.04)  # fmt: skip
+    if original:
+        fig.add_trace(go.Image(z=image, hoverinfo="skip", name="image"), row=1, col=1)
     for j in range(K):
-        hover = [
-            f"token {n}: expert {chosen[n, j]}"
-            + ("" if gates is None else f", gate {gates[n, j]:.3f}")
-            + (" (dropped)" if dropped[n, j] else "")
-            for n in range(start, len(chosen))
-        ]
-        fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=j + 1)
-        z, text = chosen[start:, j].reshape(rows, cols).astype(float), np.reshape(hover, (rows, cols))
-        heatmap = go.Heatmap(z=z, x=centres, y=vcentres, text=text, showscale=j == 0, name=names[j], **style)
-        fig.add_trace(heatmap, row=1, col=j + 1)
-        if dropped[start:, j].any():
-            r, c = np.divmod(np.flatnonzero(dropped[start:, j]), cols)
-            marker = dict(symbol="x", size=max(6, PANEL_PIXELS // (3 * max(rows, cols))), color="black")
-            at = dict(x=centres[c], y=vcentres[r], row=1, col=j + 1)
-            fig.add_scatter(
-                mode="markers", marker=marker, name=f"dropped ({names[j]})", hoverinfo="skip", **at
-            )
-    fig.update_xaxes(showticklabels=False, showgrid=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
-    fig.update_layout(
-        title=title,
-        width=K * PANEL_PIXELS + 160,
-        height=PANEL_PIXELS + 120,
-        showlegend=True,
-        legend=dict(orientation="h", yanchor="top", y=-0.02, x=0),
-        margin=dict(l=20, r=20, t=70, b=40),
-    )
-    return fig
+        _routing_panel(
+            fig, j + 1 + first, image, chosen[:, j], dropped[:, j], None if gates is None else gates[:, j],
+            patch_size=patch_size, num_experts=E, name=names[j], start=int(has_cls_token), showscale=j == 0,
+        )  # fmt: skip
+    return _image_panels_layout(fig, K + first, title)
+
+
+def routing_across_layers(
+    image: np.ndarray,
+    choices,
+    *,
+    patch_size: int,
+    num_experts: int,
+    has_cls_token: bool = False,
+    title: str = "One image through every MoE layer (first choices)",
+) -> go.Figure:
+    """The image alone, then one panel per MoE layer with each patch coloured by its first-choice expert
+    and a black cross where that choice was dropped. ``choices``: ``{layer: (chosen [N, K], dropped [N, K],
+    gates [N, K])}`` (``analysis.token_choices`` per layer; only column 0 is drawn), in panel order."""
+    image = _rgb(image)
+    choices = dict(choices)
+    if not choices:
+        raise ValueError("choices is empty: no MoE layer to show")
+    titles = ["image"] + [f"layer {layer}" for layer in choices]
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.03)
+    fig.add_trace(go.Image(z=image, hoverinfo="skip", name="image"), row=1, col=1)
+    for col, (layer, (chosen, dropped, gates)) in enumerate(choices.items(), 2):
+        chosen, dropped, gates = _choices(chosen, dropped, gates)
+        _patch_grid(image, patch_size, len(chosen), has_cls_token)
+        _routing_panel(
+            fig, col, image, chosen[:, 0], dropped[:, 0], None if gates is None else gates[:, 0],
+            patch_size=patch_size, num_experts=num_experts, name=f"layer {layer}", start=int(has_cls_token),
+            showscale=col == 2,
+        )  # fmt: skip
+    return _image_panels_layout(fig, len(titles), title)
 
 
 def gate_values(
@@ -285,6 +352,100 @@ def expert_load_bars(records, title: str = "Expert load per MoE layer") -> go.Fi
     fig.update_yaxes(title_text="token-choices processed", row=1, col=1)
     fig.update_annotations(font_size=13)
     fig.update_layout(title=title, height=420, width=max(420, 320 * len(records) + 100), margin=dict(t=110))
+    return fig
+
+
+def kept_dropped_bars(per_layer, title: str = "Kept and dropped token-choices per expert") -> go.Figure:
+    """One panel per MoE layer: for each expert a stacked bar of the token-choices it processed (``kept``,
+    in the expert's colour) and those that asked for it but found it full (``dropped``, grey), so a bar's
+    height is the demand for the expert; a red line at ``slots``, the slots the expert had over the whole
+    set (capacity C x routing groups): kept never rises above it. ``per_layer``: ``{layer: {"kept" [E],
+    "dropped" [E], "slots": float}}`` (``analysis.routes.expert_demand`` plus the slots)."""
+    per_layer = dict(per_layer)
+    if not per_layer:
+        raise ValueError("per_layer is empty: no MoE layers to show")
+    titles = []
+    for layer, stats in per_layer.items():
+        kept, dropped = (np.asarray(stats[key], np.float64) for key in ("kept", "dropped"))
+        if kept.shape != dropped.shape or kept.ndim != 1:
+            raise ValueError(f"layer {layer}: kept {kept.shape} and dropped {dropped.shape} must be [E]")
+        share = dropped.sum() / max(kept.sum() + dropped.sum(), 1)
+        titles.append(f"layer {layer}: {share:.1%} dropped")
+    fig = make_subplots(rows=1, cols=len(per_layer), subplot_titles=titles, shared_yaxes=True)
+    for col, stats in enumerate(per_layer.values(), 1):
+        kept, dropped = (np.asarray(stats[key], np.float64) for key in ("kept", "dropped"))
+        experts = np.arange(len(kept))
+        first = col == 1
+        fig.add_bar(x=experts, y=kept, marker_color=[expert_color(e) for e in experts], name="kept",
+                    legendgroup="kept", showlegend=first, row=1, col=col)  # fmt: skip
+        fig.add_bar(x=experts, y=dropped, marker_color="#bbbbbb", marker_pattern_shape="/", name="dropped",
+                    legendgroup="dropped", showlegend=first, row=1, col=col)  # fmt: skip
+        slots = float(stats["slots"])
+        fig.add_scatter(x=[experts[0] - 0.5, experts[-1] + 0.5], y=[slots, slots], mode="lines",
+                        line=dict(color="#d62728", width=2), name="capacity: slots per expert",
+                        legendgroup="slots", showlegend=first, hoverinfo="y", row=1, col=col)  # fmt: skip
+        fig.update_xaxes(title_text="expert", tickvals=list(experts), row=1, col=col)
+    fig.update_yaxes(title_text="token-choices (whole set)", row=1, col=1)
+    legend = dict(orientation="h", yanchor="bottom", y=1.08, x=0)
+    fig.update_layout(title=title, barmode="stack", height=440, legend=legend, margin=dict(t=120),
+                      width=min(MAX_FIGURE_PIXELS, max(460, 300 * len(per_layer) + 120)))  # fmt: skip
+    return fig
+
+
+def expert_patch_grid(
+    crops: np.ndarray, gates: np.ndarray, title: str = "Each expert's highest-gate patches"
+) -> go.Figure:
+    """One row per expert of its patches with the highest gate (``crops`` uint8 ``[E, count, h, w, C]``,
+    e.g. each patch with a ring of its neighbours, from ``workbook.explorer``), highest first; the row
+    label gives the expert and the lowest gate shown (``gates`` ``[E, count]``)."""
+    crops = np.asarray(crops)
+    gates = np.asarray(gates, np.float64)
+    if crops.ndim != 5 or gates.shape != crops.shape[:2]:
+        raise ValueError(f"crops {crops.shape} must be [E, count, h, w, C], gates {gates.shape} [E, count]")
+    E, count = gates.shape
+    labels = [f"expert {e} (gate {gates[e].min():.2f}-{gates[e].max():.2f})" for e in range(E)]
+    cell = max(40, min(72, (MAX_FIGURE_PIXELS - 220) // count))
+    fig = image_grid(crops.reshape(E * count, *crops.shape[2:]), labels, title=title, columns=count,
+                     cell_pixels=cell)  # fmt: skip
+    fig.update_layout(margin=dict(l=210, r=10, t=60, b=10), width=fig.layout.width + 50)
+    return fig
+
+
+def dropped_patch_rows(
+    images: np.ndarray,
+    kept,
+    *,
+    k: int,
+    patch_size: int,
+    title: str = "Dropped patches: the same images, one row per routing",
+) -> go.Figure:
+    """The same images once per routing (``kept``: ``{routing: [n, P]}``, how many of each patch's ``k``
+    choices an expert processed, ``analysis.routes.kept_choices`` without the class token): a patch that
+    lost every choice is drawn black, one that lost some is darkened by half, a kept patch as it is. The
+    row label counts the patches that lost every choice. ``images``: uint8 ``[n, H, W, C]``."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images has shape {images.shape}; expected [n, H, W, C] uint8")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    n, H, W, _ = images.shape
+    if patch_size < 1 or H % patch_size or W % patch_size:
+        raise ValueError(f"patch_size={patch_size} must divide the image height {H} and width {W}")
+    rows, cols = H // patch_size, W // patch_size
+    kept = {name: np.asarray(v) for name, v in dict(kept).items()}
+    if not kept or any(v.shape != (n, rows * cols) for v in kept.values()):
+        shapes = {name: v.shape for name, v in kept.items()}
+        raise ValueError(f"kept {shapes} must map each routing to [n={n}, P={rows * cols}]")
+    shaded, labels = [], []
+    for name, counts in kept.items():
+        factor = np.where(counts <= 0, 0.0, np.where(counts < k, 0.5, 1.0)).reshape(n, rows, cols)
+        factor = np.repeat(np.repeat(factor, patch_size, axis=1), patch_size, axis=2)[..., None]
+        shaded.append((images * factor).astype(np.uint8))
+        lost = int((counts <= 0).sum())
+        labels.append(f"{name}: {lost} of {counts.size} patches lost every choice")
+    cell = max(48, min(96, (MAX_FIGURE_PIXELS - 260) // n))
+    fig = image_grid(np.concatenate(shaded), labels, title=title, columns=n, cell_pixels=cell)
+    fig.update_layout(margin=dict(l=250, r=10, t=60, b=10), width=fig.layout.width + 90)
     return fig
 
 
