@@ -36,7 +36,7 @@ from sparse_experts.routing import layer_capacity
 def _abstract_state(config: VitConfig) -> nnx.State:
     """The parameters of ``config`` as shapes; identical layers are traced as their scanned twin (the same
     arrays, stacked on a replicated "layers" axis), one block instead of L."""
-    if config.moe is None:
+    if config.moe is None and not config.adapter_dim:
         config = dataclasses.replace(config, scan_layers=True)
     return nnx.state(nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0))), nnx.Param)
 
@@ -59,10 +59,10 @@ def flops_per_image(config: VitConfig, *, capacity_factor: float | None = None) 
     and additions left out).
 
     Per layer q/k/v 3ND^2, scores and weighted values 2N^2D, output ND^2, MLP 2NDH; plus the patch embedding
-    PXD, the MAP head (2ND^2 + 2ND + 2D^2 + 2DH) and the head DY. An MoE layer replaces 2NDH by the router NDE
-    plus E x C slots of 2DH per group of G images, per image, C from :func:`layer_capacity` at
-    ``capacity_factor`` (default: the eval one); dispatch and combine by indices are not counted. Soft MoE
-    (M = E x C slots per image): 3NDM for logits, dispatch and combine, plus 2DHM.
+    PXD, the MAP head (2ND^2 + 2ND + 2D^2 + 2DH), one adapter set (2NDR per layer) and the head DY. An MoE
+    layer replaces 2NDH by the router NDE plus E x C slots of 2DH per group of G images, per image, C from
+    :func:`layer_capacity` at ``capacity_factor`` (default: the eval one); dispatch and combine by indices are
+    not counted. Soft MoE (M = E x C slots per image): 3NDM for logits, dispatch and combine, plus 2DHM.
     """
     D, H, L, N, P = config.width, config.mlp_dim, config.depth, config.num_tokens, config.num_patches
     if config.moe is None and capacity_factor is not None:
@@ -83,6 +83,7 @@ def flops_per_image(config: VitConfig, *, capacity_factor: float | None = None) 
         macs += len(moe_layers(config)) * (moe_macs - 2 * N * D * H)
     if config.pool == "map":
         macs += 2 * N * D * D + 2 * N * D + 2 * D * D + 2 * D * H
+    macs += L * 2 * N * D * config.adapter_dim  # one adapter set per image: [D] -> [R] -> [D] per token
     macs += D * config.num_classes
     return 2.0 * macs
 

@@ -15,6 +15,12 @@ one), ``pool`` ("cls", "gap" or "map": a learned probe attends over the tokens),
 "sincos2d"), ``param_dtype``/``dtype`` (norms and softmax in float32, logits returned in float32), ``remat``
 and ``scan_layers`` (the L blocks stacked on a "layers" axis under nnx.scan; not with MoE layers).
 
+Adapters (Houlsby et al. 2019; the adapter experts of Puigcerver et al. 2021): ``adapter_dim`` R > 0 adds
+``adapter_sets`` S residual bottleneck adapters after every block, x + mlp(x) with the one :class:`Mlp` of
+hidden width R, its output weights zero-initialised so that a new adapter leaves the model's function
+unchanged, and gives the model one head per set (``head`` [S, D, Y]); ``model(images, adapter=s)`` runs
+set s. Local letter: S adapter sets, R adapter width.
+
 Every parameter carries logical axis names (``out_sharding`` metadata, mapped to mesh axes by
 :mod:`sparse_experts.parallel.mesh`). :func:`make_mlp` chooses each layer's MLP; every MLP returns
 ``(y[B, N, D], record)``, and MoE records come back in the stats under "moe".
@@ -163,6 +169,8 @@ class VitConfig:
     remat: bool = False
     scan_layers: bool = False
     moe: MoeConfig | None = None
+    adapter_dim: int = 0  # R: bottleneck width of the adapters after every block (0: none)
+    adapter_sets: int = 1  # S: adapter sets (each with its own head) when adapter_dim > 0
 
     def __post_init__(self) -> None:
         own, set_ = "VitConfig", functools.partial(object.__setattr__, self)
@@ -171,6 +179,14 @@ class VitConfig:
         for field in ["patch_size", "width", "depth", "mlp_dim", "num_heads", "image_size", "channels"]:
             set_(field, check_int(f"{own}.{field}", getattr(self, field)))
         set_("num_classes", check_int(f"{own}.num_classes", self.num_classes, minimum=0))
+        set_("adapter_dim", check_int(f"{own}.adapter_dim", self.adapter_dim, minimum=0))
+        set_("adapter_sets", check_int(f"{own}.adapter_sets", self.adapter_sets))
+        if self.adapter_dim and (self.scan_layers or not self.num_classes):
+            raise ValueError(
+                f"VitConfig.adapter_dim={self.adapter_dim} needs scan_layers=False and num_classes > 0 "
+                f"(one head per adapter set); got scan_layers={self.scan_layers}, "
+                f"num_classes={self.num_classes}"
+            )
         for field in ["parallel_block", "qk_norm", "qkv_bias", "norm_bias", "mlp_bias", "head_zero_init",
                       "remat", "scan_layers"]:  # fmt: skip
             set_(field, check_bool(f"{own}.{field}", getattr(self, field)))
@@ -232,7 +248,11 @@ class VitConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields; the adapter fields only when adapters are on (older configs keep their JSON)."""
+        data = dataclasses.asdict(self)
+        if not self.adapter_dim:
+            del data["adapter_dim"], data["adapter_sets"]
+        return data
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no whitespace; equal configs give equal strings."""
@@ -441,6 +461,10 @@ class Encoder(nnx.Module):
 
     def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
         block = ParallelBlock if config.parallel_block else EncoderBlock
+        sets, layers = range(config.adapter_sets), range(config.depth if config.adapter_dim else 0)
+        # [L][S] bottleneck MLPs whose output starts at zero (None without adapters)
+        adapters = [nnx.List([_adapter(config, rngs) for _ in sets]) for _ in layers]
+        self.adapters = nnx.List(adapters) if adapters else None
         self.scan, self.remat, self.depth = config.scan_layers, config.remat, config.depth
         if config.scan_layers:  # identical layers (no MoE), so one layer index fits all
 
@@ -454,8 +478,9 @@ class Encoder(nnx.Module):
             self.blocks = nnx.List([block(config, i, rngs=rngs) for i in range(config.depth)])
         self.norm = Norm(config.width, "embed", config, rngs=rngs)
 
-    def __call__(self, x, *, train=False, with_stats=False, moe_overrides=None):
-        """``with_stats``: False, True (attention statistics and MoE records) or "moe" (MoE records only)."""
+    def __call__(self, x, *, train=False, with_stats=False, moe_overrides=None, adapter=0):
+        """``with_stats``: False, True (attention statistics and MoE records) or "moe" (MoE records only);
+        ``adapter``: the adapter set after each block (when the model has adapters)."""
         attn_stats = with_stats is True
 
         def apply(block, x, overrides):
@@ -479,12 +504,21 @@ class Encoder(nnx.Module):
                 if overrides and overrides.get("rng") is not None:
                     overrides = {**overrides, "rng": jax.random.fold_in(overrides["rng"], i)}
                 x, layer_stats, record = apply(block, x, overrides)
+                if self.adapters is not None:
+                    x = x + self.adapters[i][adapter](x)[0]
                 per_layer.append(layer_stats)
                 if record:
                     records[i] = record
             stats = jax.tree.map(lambda *s: jnp.stack(s), *per_layer)
         stats = {**(stats if attn_stats else {}), "moe": records} if with_stats else {}
         return self.norm(x), stats
+
+
+def _adapter(config: VitConfig, rngs: nnx.Rngs) -> Mlp:
+    """One adapter: the MLP [D] -> [R] -> [D] with zero output weights and bias (x + adapter(x) = x)."""
+    mlp = Mlp(config.width, config.adapter_dim, rngs=rngs, dtype=config.dtype, param_dtype=config.param_dtype)
+    mlp.wo[...] = jnp.zeros_like(mlp.wo[...])
+    return mlp
 
 
 def sincos2d(side: int, width: int) -> jax.Array:
@@ -535,8 +569,10 @@ class ViT(nnx.Module):
         self.encoder = Encoder(config, rngs=rngs)
         self.map_head = MapHead(config, rngs=rngs) if config.pool == "map" else None
         Y, init = config.num_classes, (_zeros if config.head_zero_init else _xavier(0, 1))
-        self.head = _param(rngs, init, (D, Y), ("embed", "classes"), config) if Y else None
-        self.head_bias = _param(rngs, _zeros, (Y,), ("classes",), config) if Y else None
+        sets = (config.adapter_sets,) if config.adapter_dim else ()  # one head per adapter set
+        axes = (None,) * len(sets)
+        self.head = _param(rngs, init, (*sets, D, Y), (*axes, "embed", "classes"), config) if Y else None
+        self.head_bias = _param(rngs, _zeros, (*sets, Y), (*axes, "classes"), config) if Y else None
 
     def embed(self, images: jax.Array) -> jax.Array:
         """images [B, S, S, C] -> tokens [B, N, D]: patches ("BPX,XD->BPD"), class token, positions."""
@@ -559,10 +595,22 @@ class ViT(nnx.Module):
         fixed = jnp.pad(fixed, ((1, 0), (0, 0))) if self.cls is not None else fixed
         return x + fixed.astype(cfg.dtype)
 
-    def encode(self, images, *, train=False, return_stats=False, moe_overrides=None):
-        """images [B, S, S, C] -> pooled features [B, D] (and stats when return_stats)."""
+    def _adapter_index(self, adapter: Any) -> int:
+        sets = self.config.adapter_sets if self.config.adapter_dim else 1
+        if isinstance(adapter, bool) or not isinstance(adapter, numbers.Integral) or not 0 <= adapter < sets:
+            raise ValueError(
+                f"adapter={adapter!r}: this model has {sets} adapter set(s); expected an index in [0, {sets})"
+            )
+        return int(adapter)
+
+    def encode(self, images, *, train=False, return_stats=False, moe_overrides=None, adapter=0):
+        """images [B, S, S, C] -> pooled features [B, D] (and stats when return_stats), through adapter set
+        ``adapter`` when the model has adapters."""
         tokens = self.embed(images)
-        x, stats = self.encoder(tokens, train=train, with_stats=return_stats, moe_overrides=moe_overrides)
+        adapter = self._adapter_index(adapter)
+        x, stats = self.encoder(
+            tokens, train=train, with_stats=return_stats, moe_overrides=moe_overrides, adapter=adapter
+        )
         if self.config.pool == "cls":
             pooled = x[:, 0]
         elif self.config.pool == "gap":
@@ -571,14 +619,19 @@ class ViT(nnx.Module):
             pooled = self.map_head(x)
         return (pooled, stats) if return_stats else pooled
 
-    def __call__(self, images, *, train=False, return_stats=False, moe_overrides=None):
+    def __call__(self, images, *, train=False, return_stats=False, moe_overrides=None, adapter=0):
         if moe_overrides and self.config.moe is None:
             raise ValueError(f"moe_overrides={moe_overrides!r} given, but this model has no MoE layers")
-        pooled = self.encode(images, train=train, return_stats=return_stats, moe_overrides=moe_overrides)
+        adapter = self._adapter_index(adapter)
+        pooled = self.encode(
+            images, train=train, return_stats=return_stats, moe_overrides=moe_overrides, adapter=adapter
+        )
         pooled, stats = pooled if return_stats else (pooled, None)
         out = pooled
         if self.head is not None:
-            out = jnp.einsum("BD,DY->BY", pooled, _get(self.head, self.config.dtype))
-            out = out + _get(self.head_bias, self.config.dtype)
+            head, bias = _get(self.head, self.config.dtype), _get(self.head_bias, self.config.dtype)
+            if self.config.adapter_dim:
+                head, bias = head[adapter], bias[adapter]
+            out = jnp.einsum("BD,DY->BY", pooled, head) + bias
         out = out.astype(jnp.float32)
         return (out, stats) if return_stats else out

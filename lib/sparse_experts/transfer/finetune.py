@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from flax import nnx
 
 from sparse_experts import models, train
 from sparse_experts.routing import check_int
@@ -67,16 +66,7 @@ def with_new_head(model: models.ViT, num_classes: int, *, seed: int = 0) -> mode
     other parameter is ``model``'s (the model itself is not changed)."""
     check_int("num_classes", num_classes)
     config = model.config.replace(num_classes=num_classes, head_zero_init=True)
-    fresh = models.ViT(config, rngs=nnx.Rngs(seed))
-    source = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    target = nnx.to_pure_dict(nnx.state(fresh, nnx.Param))
-    for name in target:
-        if name not in ("head", "head_bias"):
-            target[name] = source[name]
-    state = nnx.state(fresh, nnx.Param)
-    nnx.replace_by_pure_dict(state, target)
-    nnx.update(fresh, state)
-    return fresh
+    return models.transplant(model, config, seed=seed)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
