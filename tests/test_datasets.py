@@ -153,6 +153,7 @@ def test_downstream_classes_relate_to_upstream_as_designed():
     upstream = set(ds.info("shapes_upstream").class_names)
     assert not upstream & set(ds.info("shapes_novel").class_names)
     assert not upstream & set(ds.info("shapes_finegrained").class_names)
+    assert not upstream & set(ds.info("shapes_finestars").class_names)
     assert ds.info("shapes_shift").class_names == ds.info("shapes_novel").class_names
     assert len(ds.DOWNSTREAM_TASKS) >= 6 and set(ds.DOWNSTREAM_TASKS) < set(ds.DATASETS)
     groups = {ds.info(t).group for t in ds.DOWNSTREAM_TASKS}

@@ -240,6 +240,13 @@ SHAPES: dict[str, SDF] = {
     "trapezoid": lambda u, v: _convex(u, v, [(-0.95, -0.5), (0.95, -0.5), (0.45, 0.5), (-0.45, 0.5)]),
     "heptagon": lambda u, v: _ngon(u, v, 7, 0.95),
     "octagon": lambda u, v: _ngon(u, v, 8, 0.95),
+    # new members of the "stars" family (the shapes_finestars task)
+    "star7": lambda u, v: _star(u, v, 7, 1.0, 0.5),
+    "star9": lambda u, v: _star(u, v, 9, 1.0, 0.62),
+    "star12": lambda u, v: _star(u, v, 12, 1.0, 0.72),
+    "star3_fat": lambda u, v: _star(u, v, 3, 1.0, 0.42),
+    "star5_thin": lambda u, v: _star(u, v, 5, 1.0, 0.28),
+    "star6_thin": lambda u, v: _star(u, v, 6, 1.0, 0.32),
     # novel shapes (never in the upstream set)
     "heart": lambda u, v: _union(
         (np.abs(u) + np.abs(v + 0.2) - 0.75) / np.sqrt(2.0),

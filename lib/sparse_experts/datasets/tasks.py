@@ -42,6 +42,7 @@ UPSTREAM_FINE_TO_COARSE: tuple[int, ...] = tuple(
 )
 NOVEL_SHAPES = ("heart", "gear", "keyhole", "bowtie", "house", "lens", "teardrop", "crossed_ring")
 FINEGRAINED_SHAPES = ("right_triangle", "parallelogram", "kite", "trapezoid", "heptagon", "octagon")
+FINESTARS_SHAPES = ("star7", "star9", "star12", "star3_fat", "star5_thin", "star6_thin")
 ORIENTATION_SHAPES = ("arrow", "block_arrow", "dart", "feathered_arrow", "pacman")
 ORIENTATION_NAMES = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
 POSITION_NAMES = tuple(f"{r}-{c}" for r in ("top", "middle", "bottom") for c in ("left", "centre", "right"))
@@ -108,6 +109,14 @@ TASKS: dict[str, TaskSpec] = {
             "natural",
             "Six new polygon variants (the upstream 'polygons' family): an expert trained on that coarse "
             "class should be the right pick.",
+        ),
+        TaskSpec(
+            "finestars",
+            9,
+            FINESTARS_SHAPES,
+            "natural",
+            "Six new star variants (the upstream 'stars' family): the second task aligned with one family, "
+            "where the 'stars' expert should be the right pick.",
         ),
         TaskSpec(
             "shift",
