@@ -89,7 +89,7 @@ def test_builder_records_are_byte_identical_for_a_seed_and_differ_across_seeds(t
 
 def test_builder_features_and_versions():
     b = builders.SewShapes(config="upstream_small", data_dir="/nonexistent")
-    assert str(b.info.version) == "1.2.0" and "1.2.0" in builders.SewShapes.RELEASE_NOTES
+    assert str(b.info.version) == "1.3.0" and "1.3.0" in builders.SewShapes.RELEASE_NOTES
     assert b.info.features["image"].shape == (32, 32, 3)
     assert b.info.features["label"].num_classes == 60
     assert b.info.features["coarse_label"].num_classes == 10
@@ -481,7 +481,7 @@ RENDERERS = {
     "SewDigits": ("sparse_experts.datasets.digits", _WRITER, "sparse_experts.datasets.builders:SewDigits"),
 }
 RENDERER_HASHES = {
-    ("SewShapes", "1.2.0"): "8e84c160fd94c1af405757b1207f76e5b601adca97760a97d74a438c379a9f41",
+    ("SewShapes", "1.3.0"): "c0b9ae0de33cf505534939e4adaef44d84b98aea0f7ec6976e0be36952e9c849",
     ("SewDigits", "1.1.0"): "a4670268e90c5668a0db12683fb6a6f1dd03005dd9bdd2f09cfdc080cb13873c",
 }
 

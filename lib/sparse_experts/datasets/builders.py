@@ -103,7 +103,7 @@ def shapes_config(task: str, *, seed: int = 0, sizes: dict[str, int] | None = No
 class SewShapes(_ArraysBuilder):
     """Procedurally rendered 32x32 RGB shapes: an upstream pretraining set and low-data downstream tasks."""
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: 60-class upstream set (10 families) and 7 downstream tasks (novel, "
         "finegrained, shift, texture, count, position, orientation).",
@@ -113,6 +113,8 @@ class SewShapes(_ArraysBuilder):
         "centre, turned at most 30 degrees, never mirrored, radius 9-13 px; half the backgrounds plain, "
         "faint textures; no specks or lines; faint noise), so that a small model learns the classes; test "
         "splits of 20,000 (upstream) and 2,000 (downstream) images.",
+        "1.3.0": "A new task, finestars (six new members of the 'stars' family); the other tasks' images are "
+        "unchanged.",
     }
     BUILDER_CONFIGS = [shapes_config(task) for task in tasks.TASKS]
     DEFAULT_CONFIG_NAME = "upstream_small"
