@@ -10,11 +10,13 @@ PYTEST_ARGS ?=
 # OFFLINE=1 installs the loopback-only network guard in the runner and in every notebook kernel.
 OFFLINE_ENV := $(if $(filter 1,$(OFFLINE)),SPARSE_EXPERTS_OFFLINE=1 PYTHONPATH=lib/sparse_experts/_offline_site,)
 
-.PHONY: setup run test lab bench browser-check lint format strip lock help
+.PHONY: setup run test test-gpu gpu-wheels lab bench browser-check lint format strip lock help
 
 help:
 	@echo "make run [PRESET=smoke|cpu|gpu|tpu] [ONLY=02] [OFFLINE=1]  execute notebooks -> outputs/<preset>/"
 	@echo "make test                                                  pytest, incl. every notebook under smoke"
+	@echo "make test-gpu                                              GPU CI (.ci/gpu): GPU tests, 00-04 under gpu_embedded"
+	@echo "make gpu-wheels                                            wheels a GPU machine without network lacks -> .whl/"
 	@echo "make lab                                                   JupyterLab on 127.0.0.1 with the venv kernel"
 	@echo "make bench                                                 benchmark scripts -> outputs/benchmarks/"
 	@echo "make browser-check [NOTEBOOK=...]                          notebook 03 live in JupyterLab + headless Chromium"
@@ -33,6 +35,14 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# On a GPU machine (no venv, no network needed): see .ci/gpu for its settings.
+test-gpu:
+	bash .ci/gpu
+
+# cp312 manylinux wheels of what the GPU image lacks (needs the package index), checked against the carry limit.
+gpu-wheels: setup
+	$(PY) -m tools.gpu_wheels
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
