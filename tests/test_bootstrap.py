@@ -81,3 +81,19 @@ def test_correct_matrix_and_bad_input():
         bootstrap.paired(np.ones(5), np.ones(5), samples=1)
     with pytest.raises(ValueError, match="shape"):
         bootstrap.correct_matrix({0: [1, 2]}, labels)
+
+
+def test_gain_kept_measures_the_share_of_a_gain_with_its_noise():
+    rng = np.random.default_rng(0)
+    n = 4000
+    base = rng.random((3, n)) < 0.6
+    full = base | (rng.random((3, n)) < 0.25)  # about +10 points
+    cheap = base | (full & (rng.random((3, n)) < 0.5))  # keeps about half of it
+    kept = bootstrap.gain_kept(cheap, full, base, samples=400)
+    expected = (cheap.mean() - base.mean()) / (full.mean() - base.mean())
+    assert kept["fraction"] == pytest.approx(expected) and 0.4 < kept["fraction"] < 0.6
+    assert 0.005 < kept["se"] < 0.1
+    same = bootstrap.gain_kept(full, full, base, samples=200)
+    assert same["fraction"] == 1.0 and same["se"] < 1e-6
+    with pytest.raises(ValueError, match="same seeds and images"):
+        bootstrap.gain_kept(cheap[:2], full, base)

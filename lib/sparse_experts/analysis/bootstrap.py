@@ -117,6 +117,44 @@ def paired(correct_a, correct_b, *, samples: int = 2000, seed: int = 0, paired_s
     )
 
 
+def gain_kept(
+    correct_cheap, correct_full, correct_base, *, samples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """The fraction of the full method's gain over a baseline that a cheap method keeps, with its bootstrap
+    standard error: ``(acc(cheap) - acc(base)) / (acc(full) - acc(base))``, each a ``[K, N]`` correct matrix
+    whose row k is training seed k of every method (paired seeds) on the same N images. Each sample redraws
+    the images and one set of seed indices for all three. Returns ``{"fraction", "se", "gain_full",
+    "gain_cheap"}`` (gains as fractions of 1); the fraction is NaN when the full gain is 0, and samples whose
+    full gain is 0 are left out of the error."""
+    cheap, full, base = (_as_correct(n, v) for n, v in (("correct_cheap", correct_cheap),
+                                                          ("correct_full", correct_full),
+                                                          ("correct_base", correct_base)))  # fmt: skip
+    if not (cheap.shape == full.shape == base.shape):
+        raise ValueError(
+            f"correct_cheap {cheap.shape}, correct_full {full.shape} and correct_base {base.shape} must be "
+            "[seeds, images] of the same seeds and images"
+        )
+    check_int("samples", samples, 2)
+    rng = np.random.default_rng(seed)
+    K, n = base.shape
+    ratios = []
+    for start in range(0, samples, 250):
+        chunk = min(250, samples - start)
+        weights = np.stack([np.bincount(row, minlength=n) for row in rng.integers(0, n, (chunk, n))])
+        weights = weights.astype(np.float32) / n
+        pick = rng.integers(0, K, (chunk, K))
+        acc = {name: np.take_along_axis((c @ weights.T).T, pick, axis=1).mean(axis=1)
+               for name, c in (("cheap", cheap), ("full", full), ("base", base))}  # fmt: skip
+        gain = acc["full"] - acc["base"]
+        ok = gain != 0
+        ratios.append((acc["cheap"][ok] - acc["base"][ok]) / gain[ok])
+    ratios = np.concatenate(ratios)
+    gain_full, gain_cheap = float(full.mean() - base.mean()), float(cheap.mean() - base.mean())
+    fraction = gain_cheap / gain_full if gain_full else float("nan")
+    se = float(ratios.std(ddof=1)) if len(ratios) > 1 else float("nan")
+    return {"fraction": fraction, "se": se, "gain_full": gain_full, "gain_cheap": gain_cheap}
+
+
 def correct_matrix(predictions: Mapping[int, np.ndarray], labels: np.ndarray) -> np.ndarray:
     """``{seed: predicted class [N]}`` and the true ``labels [N]`` -> bool [K, N] in seed order."""
     labels = np.asarray(labels)

@@ -142,19 +142,36 @@ def fine_tune_member(
 ) -> FineTuned:
     """``member`` fine-tuned on ``task`` with notebook 05's knobs ``params`` (the sweep of its
     ``learning_rates``, or the ones given, with data ``seeds``), from the cache or computed now."""
+    return fine_tune_cached(member.name, member.spec.key(), trained.model, task, params,
+                            learning_rates=learning_rates, seeds=seeds, root=root)  # fmt: skip
+
+
+def fine_tune_cached(
+    name: str,
+    key: str,
+    model: models.ViT,
+    task: Task,
+    params: Mapping[str, Any],
+    *,
+    learning_rates: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    root: str | Path | None = None,
+) -> FineTuned:
+    """``model`` (named ``name``; ``key`` says what it is, e.g. its cache key) fine-tuned on ``task`` with the
+    fine-tuning knobs of ``params`` (those of notebook 05, which 06 shares), cached under (key, task, sweep):
+    the same model and sweep in notebooks 05 and 06 is one cache entry."""
     rates = tuple(float(r) for r in (learning_rates or params["learning_rates"]))
     seeds = tuple(int(s) for s in (seeds or [params["seed"]] * len(rates)))
     settings = {k: params[k] for k in ("train_examples", "finetune_steps", "finetune_batch_size",
                                        "finetune_warmup", "eval_batch_size")}  # fmt: skip
-    payload = {"member": member.spec.key(), "task": task.name, "learning_rates": rates, "seeds": seeds,
-               **settings}  # fmt: skip
+    payload = {"member": key, "task": task.name, "learning_rates": rates, "seeds": seeds, **settings}
 
     def make(work: Path) -> None:
         sweep = finetune.fine_tune(
-            trained.model, task.train, {s: task.split(s) for s in SPLITS}, num_classes=task.num_classes,
+            model, task.train, {s: task.split(s) for s in SPLITS}, num_classes=task.num_classes,
             learning_rates=rates, seeds=seeds, steps=params["finetune_steps"],
             batch_size=params["finetune_batch_size"], warmup_steps=params["finetune_warmup"],
-            eval_batch_size=params["eval_batch_size"], description=f"fine-tune {member.name} on {task.name}",
+            eval_batch_size=params["eval_batch_size"], description=f"fine-tune {name} on {task.name}",
         )  # fmt: skip
         for split in SPLITS:
             np.save(work / f"probs_{split}.npy", sweep.probs[split].astype(np.float32))
@@ -167,9 +184,7 @@ def fine_tune_member(
     accuracy, nll = record["accuracy"], record["nll"]
     probs = {split: np.load(folder / f"probs_{split}.npy") for split in SPLITS}
     chosen = finetune.Sweep(rates, seeds, accuracy, nll, probs, record["seconds"]).best("validation")
-    return FineTuned(
-        member.name, task.name, rates, seeds, accuracy, nll, chosen, probs, record["seconds"], made
-    )
+    return FineTuned(name, task.name, rates, seeds, accuracy, nll, chosen, probs, record["seconds"], made)
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
