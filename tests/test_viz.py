@@ -339,15 +339,16 @@ def test_routing_views_with_the_original_image():
     assert [t.name for t in marks] == ["dropped (layer 1)", "dropped (layer 3)"]  # token 3 lost both
 
 
-def test_dropped_patch_rows_black_out_lost_patches():
-    images = np.full((2, 4, 4, 3), 200, np.uint8)
+def test_dropped_patch_rows_mark_lost_patches():
+    images = np.full((2, 8, 8, 3), 100, np.uint8)  # 2 images of 2x2 patches of 4 pixels
     kept = {"vanilla": np.array([[2, 2, 2, 0], [2, 1, 2, 2]]), "BPR": np.full((2, 4), 2)}
-    fig = viz.dropped_patch_rows(images, kept, k=2, patch_size=2)
-    mosaic = np.asarray(fig.data[0].z)
-    # row 0 (vanilla): image 0's bottom-right patch black, image 1's top-right patch at half brightness
-    assert (mosaic[1 + 2 : 1 + 4, 1 + 2 : 1 + 4] == 0).all()
-    assert (mosaic[1 : 1 + 2, 1 + 5 + 2 : 1 + 5 + 4] == 100).all()
-    assert (mosaic[1 + 5 : 1 + 9, 1 : 1 + 4] == 200).all()  # row 1 (BPR): nothing lost
+    fig = viz.dropped_patch_rows(images, kept, k=2, patch_size=4)
+    mosaic = np.asarray(fig.data[0].z)[..., 0]  # images at [1 + 9 row, 1 + 9 column], 1 white pixel apart
+    # row 0 (vanilla): image 0's bottom-right patch is all checkerboard (grey 200 and white 255)
+    np.testing.assert_array_equal(np.unique(mosaic[5:9, 5:9]), [200, 255])
+    # image 1's top-right patch lost one of its two choices: half image (100), half checkerboard
+    np.testing.assert_array_equal(np.unique(mosaic[1:5, 10 + 4 : 10 + 8]), [150, 178])
+    assert (mosaic[1:5, 1:5] == 100).all() and (mosaic[10:18, 1:9] == 100).all()  # kept; row 1 (BPR) too
     assert list(fig.layout.yaxis.ticktext) == [
         "vanilla: 1 of 8 patches lost every choice",
         "BPR: 0 of 8 patches lost every choice",

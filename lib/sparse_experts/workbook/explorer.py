@@ -421,7 +421,7 @@ def dropped_patches_figure(pair: Mapping[str, Study], indices) -> go.Figure:
     k = analysis.shown_choices(first.config.moe, first.settings["k"])
     title = (
         f"{first.name}, layer {first.layer}, capacity factor {first.settings['capacity_factor']:g}: images "
-        f"{indices[0]}-{indices[-1]} (routed together); black: lost every choice, dark: lost one"
+        f"{indices[0]}-{indices[-1]} (routed together); checkerboard: lost every choice, half: lost one"
     )
     return viz.dropped_patch_rows(
         first.data.images[indices], kept, k=k, patch_size=first.config.patch_size, title=title
@@ -465,11 +465,26 @@ def drop_sentence(pair: Mapping[str, Study]) -> str:
             f"gate is {s['gate_lost']:.2f} (kept patches: {kept}); {fmt.percent(s['background_lost'], 0)} of "
             "them are background"
         )
-    background = fmt.percent(next(iter(summary.values()))["background_all"], 0)
-    return (
+    share = next(iter(summary.values()))["background_all"]
+    text = (
         f"Over all {first.data.count:,} images at capacity factor {first.settings['capacity_factor']:g} in "
-        f"layer {first.layer}: " + "; ".join(parts) + f" (background is {background} of all patches)."
+        f"layer {first.layer}: " + "; ".join(parts) + f" (background: {fmt.percent(share, 0)} of patches)."
     )
+    bpr = summary.get("BPR", {})
+    if bpr.get("background_lost") is not None:
+        excess = bpr["background_lost"] - share
+        which = (
+            "BPR drops background more often than its share"
+            if excess > 0.05
+            else ("BPR drops object patches more often than their share" if excess < -0.05 else None)
+        )
+        text += (
+            f" {which}: the router is least sure about them."
+            if which
+            else " BPR drops background about as often as it occurs: what it drops is the low-gate patches, "
+            "and here those are not mostly background."
+        )
+    return text
 
 
 def layer_specialisation(study: Study) -> dict[int, analysis.Specialisation]:
@@ -613,3 +628,19 @@ def _replace(widget: go.FigureWidget, fig: go.Figure) -> None:
         widget.data = []
         widget.layout = fig.layout
         widget.add_traces(list(fig.data))
+
+
+def ablation_noise_sentence(study: Study) -> str:
+    """How large an accuracy change the ablation can tell from noise on ``study``'s images: twice the
+    binomial standard error of the overall accuracy, and of a class of the median size."""
+    accuracy = float(analysis.accuracy(study.logits, study.data.labels))
+    counts = np.bincount(study.data.labels, minlength=len(study.data.class_names))
+    median = int(np.median(counts[counts > 0]))
+    spread = float(np.sqrt(max(accuracy * (1 - accuracy), 1e-12)))
+    overall, per_class = 2 * spread / np.sqrt(study.data.count), 2 * spread / np.sqrt(max(median, 1))
+    return (
+        f"Noise: at {fmt.percent(accuracy)} accuracy, two standard errors are about "
+        f"{100 * overall:.1f} points on all {study.data.count:,} images and {100 * per_class:.0f} points "
+        f"on a class of {median} images, so read the overall change first and a single class's bar only "
+        "when it is far larger than that."
+    )

@@ -180,7 +180,7 @@ def _routing_panel(fig, col: int, image, experts, dropped, gates, *, patch_size:
     rows, cols = H // patch_size, W // patch_size
     E = num_experts
     colorscale = [[(e + i) / E, expert_color(e)] for e in range(E) for i in (0, 1)]  # z = e gets exactly e's
-    style = dict(zmin=-0.5, zmax=E - 0.5, colorscale=colorscale, opacity=0.55, hoverinfo="text")
+    style = dict(zmin=-0.5, zmax=E - 0.5, colorscale=colorscale, opacity=0.7, hoverinfo="text")
     style["colorbar"] = dict(title="expert", tickvals=list(range(E)))
     centres = np.arange(cols) * patch_size + (patch_size - 1) / 2
     vcentres = np.arange(rows) * patch_size + (patch_size - 1) / 2
@@ -387,8 +387,10 @@ def kept_dropped_bars(per_layer, title: str = "Kept and dropped token-choices pe
         fig.update_xaxes(title_text="expert", tickvals=list(experts), row=1, col=col)
     fig.update_yaxes(title_text="token-choices (whole set)", row=1, col=1)
     legend = dict(orientation="h", yanchor="bottom", y=1.08, x=0)
-    fig.update_layout(title=title, barmode="stack", height=440, legend=legend, margin=dict(t=120),
-                      width=min(MAX_FIGURE_PIXELS, max(460, 300 * len(per_layer) + 120)))  # fmt: skip
+    width = min(MAX_FIGURE_PIXELS, max(460, 300 * len(per_layer) + 160))
+    lines = wrap_title(title, width)
+    fig.update_layout(title=lines, barmode="stack", height=440 + 22 * lines.count("<br>"), legend=legend,
+                      margin=dict(t=120 + 22 * lines.count("<br>")), width=width)  # fmt: skip
     return fig
 
 
@@ -421,8 +423,9 @@ def dropped_patch_rows(
 ) -> go.Figure:
     """The same images once per routing (``kept``: ``{routing: [n, P]}``, how many of each patch's ``k``
     choices an expert processed, ``analysis.routes.kept_choices`` without the class token): a patch that
-    lost every choice is drawn black, one that lost some is darkened by half, a kept patch as it is. The
-    row label counts the patches that lost every choice. ``images``: uint8 ``[n, H, W, C]``."""
+    lost every choice is replaced by a grey and white checkerboard ("no expert"), one that lost some is
+    half image, half checkerboard, a kept patch is drawn as it is. The row label counts the patches that
+    lost every choice. ``images``: uint8 ``[n, H, W, C]``."""
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images has shape {images.shape}; expected [n, H, W, C] uint8")
@@ -436,13 +439,15 @@ def dropped_patch_rows(
     if not kept or any(v.shape != (n, rows * cols) for v in kept.values()):
         shapes = {name: v.shape for name, v in kept.items()}
         raise ValueError(f"kept {shapes} must map each routing to [n={n}, P={rows * cols}]")
+    # a checkerboard stands for "no expert": it reads as missing on dark and bright images alike
+    checks = (np.add.outer(np.arange(H) // 2, np.arange(W) // 2) % 2)[None, :, :, None]
+    empty = np.where(checks, 255.0, 200.0)
     shaded, labels = [], []
     for name, counts in kept.items():
-        factor = np.where(counts <= 0, 0.0, np.where(counts < k, 0.5, 1.0)).reshape(n, rows, cols)
-        factor = np.repeat(np.repeat(factor, patch_size, axis=1), patch_size, axis=2)[..., None]
-        shaded.append((images * factor).astype(np.uint8))
-        lost = int((counts <= 0).sum())
-        labels.append(f"{name}: {lost} of {counts.size} patches lost every choice")
+        lost = np.where(counts <= 0, 1.0, np.where(counts < k, 0.5, 0.0)).reshape(n, rows, cols)
+        lost = np.repeat(np.repeat(lost, patch_size, axis=1), patch_size, axis=2)[..., None]
+        shaded.append(np.round(images * (1 - lost) + empty * lost).astype(np.uint8))
+        labels.append(f"{name}: {int((counts <= 0).sum())} of {counts.size} patches lost every choice")
     cell = max(48, min(96, (MAX_FIGURE_PIXELS - 260) // n))
     fig = image_grid(np.concatenate(shaded), labels, title=title, columns=n, cell_pixels=cell)
     fig.update_layout(margin=dict(l=250, r=10, t=60, b=10), width=fig.layout.width + 90)

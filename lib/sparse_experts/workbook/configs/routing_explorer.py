@@ -40,6 +40,10 @@ class Config(NotebookConfig):
     )
     capacity_factor: float = knob("test-time capacity factor", real(0, 16, low_open=True))
     batch_priority: bool = knob("Batch Prioritized Routing at test time (training used none)", boolean)
+    low_capacity_factor: float = knob(
+        "capacity factor of the dropped-patch view (vanilla against BPR, the V-MoE paper's picture)",
+        real(0, 16, low_open=True),
+    )
     ablate_expert: int = knob(
         "expert switched off in the ablation: an index, or -1 for the most specialised one", integer(-1, 1023)
     )
@@ -73,7 +77,15 @@ class Config(NotebookConfig):
                     )
 
 
-_COMMON = dict(image_index=0, layer=-1, k=2, capacity_factor=1.05, batch_priority=False, ablate_expert=-1)
+_COMMON = dict(
+    image_index=0,
+    layer=-1,
+    k=2,
+    capacity_factor=1.05,
+    batch_priority=False,
+    low_capacity_factor=0.25,
+    ablate_expert=-1,
+)
 PRESETS = {
     "smoke": dict(_COMMON, eval_images=250, models=("vmoe_every2_k2", "expert_choice", "soft_moe")),
     "cpu": dict(_COMMON, eval_images=2000, models=("vmoe_every2_k2", "expert_choice", "soft_moe")),
