@@ -356,3 +356,13 @@ def test_dropped_patch_rows_mark_lost_patches():
     crops = np.zeros((3, 2, 6, 6, 3), np.uint8)
     grid = viz.expert_patch_grid(crops, np.array([[0.9, 0.5], [0.8, 0.7], [0.6, 0.4]]))
     assert list(grid.layout.yaxis.ticktext)[1] == "expert 1 (gate 0.70-0.80)"
+
+
+def test_looks_sentence():
+    text = analysis.routes.looks_sentence("BPR", {"brightness": 0.01, "contrast": -0.45})
+    assert text == (
+        "BPR: compute per image against brightness r = +0.01, contrast r = -0.45: compute partly follows how "
+        "bright or contrasted an image is."
+    )
+    assert "barely" in analysis.routes.looks_sentence("x", {"brightness": 0.1, "contrast": None})
+    assert "nothing to relate" in analysis.routes.looks_sentence("x", {"brightness": None, "contrast": None})

@@ -520,3 +520,16 @@ def compute_against_looks(compute: np.ndarray, images: np.ndarray) -> dict[str, 
         varies = compute.std() > 0 and value.std() > 0
         result[name] = float(np.corrcoef(compute, value)[0, 1]) if varies else None
     return result
+
+
+def looks_sentence(routing: str, correlations: Mapping[str, float | None]) -> str:
+    """One sentence on how ``routing``'s compute per image follows brightness and contrast
+    (:func:`compute_against_looks`): |r| under 0.3 is "barely", under 0.6 "partly", else "closely"."""
+    known = {name: r for name, r in correlations.items() if r is not None}
+    if not known:
+        return f"{routing}: every image got the same compute (or looks alike), so there is nothing to relate."
+    values = ", ".join(f"{name} r = {r:+.2f}" for name, r in known.items())
+    strongest = max(abs(r) for r in known.values())
+    how = "barely" if strongest < 0.3 else ("partly" if strongest < 0.6 else "closely")
+    follows = f"compute {how} follows how bright or contrasted an image is"
+    return f"{routing}: compute per image against {values}: {follows}."
