@@ -347,7 +347,7 @@ def _read_status(path: Path) -> dict[str, Any]:
 
 
 def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
-    """``index.html``: every notebook of the workbook with its status, run time and headline figures."""
+    """``index.html``: every notebook with its status, run time, labelled headline numbers and main figure."""
     try:
         names = [nb.name for nb in discover()]
     except WorkbookError:
@@ -398,7 +398,7 @@ tr.ok td:nth-child(2){{color:#17702a}} tr.failed td:nth-child(2){{color:#b00020}
 .cap{{color:#555;font-size:.8em;max-width:320px}}</style></head>
 <body><h1>Sparse Experts Workbook: preset <code>{html.escape(preset)}</code></h1>
 <p>{html.escape(presets.PRESET_DESCRIPTIONS.get(preset, ""))}. Updated {_now()}.</p>
-<table><tr><th>notebook</th><th>status</th><th>run time (s)</th><th>headline figures</th>
+<table><tr><th>notebook</th><th>status</th><th>run time (s)</th><th>headline numbers</th>
 <th>main figure</th><th>commit</th><th>files</th></tr>
 {chr(10).join(rows)}
 </table>{_picture_script(out, pictures)}</body></html>
