@@ -445,17 +445,25 @@ def _resolve_augment(name: str, augment: bool | Sequence[str] | None, data_dir) 
     return augment
 
 
-def augment_images(images: np.ndarray, augmentations: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+def augment_images(
+    images: np.ndarray,
+    augmentations: Sequence[str],
+    rng: np.random.Generator,
+    within: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Random crop (reflect padding of height // 8 pixels, at least 1) and/or horizontal flip.
 
     ``images`` uint8 [B, height, width, channels] -> the same shape. ``rng`` draws the crop offsets, then
     the flips, whatever subset of ("crop", "flip") is asked for, so the stream does not depend on it.
+    ``within=(start, size)``: ``images`` are rows ``start, start + 1, ...`` of a batch of ``size``, drawn
+    for as that whole batch.
     """
     b, h, w, _ = images.shape
+    start, size = (0, b) if within is None else within
     pad = max(1, h // 8)
-    oy = rng.integers(0, 2 * pad + 1, b)
-    ox = rng.integers(0, 2 * pad + 1, b)
-    flip = rng.random(b) < 0.5
+    oy = rng.integers(0, 2 * pad + 1, size)[start : start + b]
+    ox = rng.integers(0, 2 * pad + 1, size)[start : start + b]
+    flip = (rng.random(size) < 0.5)[start : start + b]
     out = images
     if "crop" in augmentations:
         padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
@@ -509,9 +517,11 @@ def batch_at(
     data_dir: str | Path | None = None,
     image_size: int | None = None,
     classes: Sequence[int] | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Batch number ``step`` of the stream :func:`batches` yields: a pure function of (seed, step).
-    ``classes``: only those fine classes, relabelled (:func:`load_split`).
+    ``classes``: only those fine classes, relabelled (:func:`load_split`). ``rows=(start, stop)``: only
+    those rows of the batch (one process's share; equal to ``batch_at(...)[start:stop]`` for every array).
 
     Epoch ``e`` visits the split in the order ``np.random.default_rng([seed, e]).permutation(N)`` (split
     order without ``shuffle``); augmentation draws from ``np.random.default_rng([seed, e, step_in_epoch])``.
@@ -526,9 +536,15 @@ def batch_at(
     augs = _resolve_augment(name, augment, data_dir)
     epoch, i = divmod(int(step), steps_per_epoch(n, batch_size, drop_remainder))
     idx = _epoch_order(n, int(seed), epoch, bool(shuffle))[i * batch_size : (i + 1) * batch_size]
+    if rows is not None:
+        start, stop = rows
+        if not (0 <= start < stop <= len(idx)):
+            raise ValueError(f"rows={rows!r} must be (start, stop) with 0 <= start < stop <= {len(idx)}")
+        within, idx = (start, len(idx)), idx[start:stop]
     images = data.images[idx]
     if augs:
-        images = augment_images(images, augs, np.random.default_rng([int(seed), epoch, i]))
+        rng = np.random.default_rng([int(seed), epoch, i])
+        images = augment_images(images, augs, rng, None if rows is None else within)
     out = {"image": to_float(images), "label": data.labels[idx]}
     if data.coarse_labels is not None:
         out["coarse_label"] = data.coarse_labels[idx]

@@ -1,5 +1,7 @@
-"""Parallelism: the named (data, expert, model) mesh, partition rules and placement (:mod:`.mesh`), and
-expert parallelism with all_to_all over the ``expert`` axis (:mod:`.experts`).
+"""Parallelism: the named (data, expert, model) mesh, partition rules and placement (:mod:`.mesh`), expert
+parallelism with all_to_all over the ``expert`` axis (:mod:`.experts`), several processes joined into one
+run with ``jax.distributed`` (:mod:`.processes`), and a launcher of such runs on one machine (:mod:`.launch`,
+``python -m sparse_experts.parallel.launch``; imported by name, not re-exported here).
 
 Layer: imports nothing of the package (it sits under :mod:`sparse_experts.models`).
 """
@@ -15,6 +17,10 @@ from sparse_experts.parallel.mesh import (
     param_shardings,
     partition_spec_for,
     partition_specs,
+    process_rows,
+    put,
     shard_batch,
     shard_model,
+    to_host,
 )
+from sparse_experts.parallel.processes import ProcessInfo, initialize

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "expert", "model")  # mesh axis order: batch axes first, tensor parallelism innermost
@@ -189,7 +190,7 @@ def param_shardings(model_or_state: Any, mesh: Mesh, rules: LogicalRules = TP_RU
 def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules = TP_RULES) -> nnx.Module:
     """Move an initialised model's state onto ``mesh`` under ``rules`` (in place; returns the model)."""
     state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, param_shardings(state, mesh, rules)))
+    nnx.update(model, put(state, param_shardings(state, mesh, rules)))
     return model
 
 
@@ -207,10 +208,37 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axes if len(axes) > 1 else axes[0], *[None] * (ndim - 1)))
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Place every array [B, ...] of the pytree ``batch`` with B split over :func:`data_axes` (single process;
-    with several, use ``jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)``)."""
+def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+    """The rows ``[start, stop)`` of a global batch of ``batch_size`` that this process's devices hold (its
+    share: with several processes each reads only these rows of batch t; one process: all of them).
+    ``batch_size`` must divide by :func:`num_data_shards`; the share must be one contiguous block (true for
+    meshes built by :func:`make_mesh` over ``jax.devices()``, whose devices come process by process)."""
     shards = num_data_shards(mesh)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    if batch_size % shards:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by the {shards} data shards of mesh "
+            f"{dict(mesh.shape)} (axes {data_axes(mesh)}); use a multiple of {shards}"
+        )
+    rows = _held_blocks(mesh, int(batch_size))
+    if any(a[1] != b[0] for a, b in zip(rows, rows[1:], strict=False)):
+        raise ValueError(
+            f"this process's batch rows {rows} are not one block on mesh {dict(mesh.shape)}; build the mesh "
+            "over jax.devices() in their order (make_mesh does), so each process holds contiguous rows"
+        )
+    return rows[0][0], rows[-1][1]
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Place every array [B, ...] of the pytree ``batch`` with B split over :func:`data_axes`. One process:
+    the whole batch. Several: this process's share (the rows :func:`process_rows` names), placed with
+    ``jax.make_array_from_process_local_data`` into the global batch."""
+    shards = num_data_shards(mesh)
+    processes = jax.process_count()
+    if processes > 1:
+        # how many of the batch's shards this process holds: the global size is local x shards / held
+        held = len(_held_blocks(mesh, shards))
 
     def place(path, x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
@@ -219,12 +247,62 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
             raise ValueError(
                 f"batch[{name!r}] is a scalar; every batch array needs a leading batch axis [B, ...]"
             )
-        if x.shape[0] % shards:
+        local_shards = held if processes > 1 else shards
+        if x.shape[0] % local_shards:
+            what = "this process's share of the" if processes > 1 else "the"
             raise ValueError(
-                f"batch[{name!r}] has shape {tuple(x.shape)}: its leading batch axis must be divisible by "
-                f"the {shards} data shards of mesh {dict(mesh.shape)} (axes {data_axes(mesh)}); use a batch "
-                f"size that is a multiple of {shards}"
+                f"batch[{name!r}] has shape {tuple(x.shape)}: {what} leading batch axis must be divisible "
+                f"by the {local_shards} data shards it spans on mesh {dict(mesh.shape)} (axes "
+                f"{data_axes(mesh)}); use a batch size that is a multiple of {shards}"
             )
-        return jax.device_put(x, batch_sharding(mesh, x.ndim))
+        sharding = batch_sharding(mesh, x.ndim)
+        if processes == 1:
+            return jax.device_put(x, sharding)
+        global_shape = (x.shape[0] * shards // held, *x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x), global_shape)
 
     return jax.tree_util.tree_map_with_path(place, batch)
+
+
+def _held_blocks(mesh: Mesh, batch_size: int) -> list[tuple[int, int]]:
+    """The distinct row blocks ``[start, stop)`` of a global batch that this process's devices hold."""
+    indices = batch_sharding(mesh).addressable_devices_indices_map((int(batch_size),)).values()
+    return sorted({(index[0].start or 0, batch_size if index[0].stop is None else index[0].stop)
+                   for index in indices})  # fmt: skip
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """``jax.device_put(tree, shardings)`` that also works with several processes, where a sharding spans
+    devices of other processes: there every process passes the same full values (a model initialised from
+    the same seed, a step counter) and places only its own shards (``jax.make_array_from_callback``).
+    ``shardings``: one sharding for every leaf, or a pytree matching ``tree``. Arrays already spread over
+    the processes are resharded by a jitted identity."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, sharding):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x if x.sharding == sharding else jax.jit(lambda v: v, out_shardings=sharding)(x)
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = one(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: one(x, shardings), tree)
+    return jax.tree.map(one, tree, shardings)
+
+
+def to_host(tree: Any) -> Any:
+    """Every array of ``tree`` as a numpy array holding its global value, also when it is spread over
+    several processes (gathered from all of them; every process must call this together)."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)

@@ -307,11 +307,11 @@ class Trainer:
         self.has_moe = getattr(getattr(self.model, "config", None), "moe", None) is not None
         self.tx = make_tx(config)
         replicated = jax.sharding.NamedSharding(self.mesh, P())
-        self.rest = jax.device_put(self.rest, replicated)
+        self.rest = parallel.put(self.rest, replicated)
         if copies is None:
             rules = parallel.TP_RULES if rules is None else rules
             self._param_shardings = nnx.to_pure_dict(parallel.param_shardings(params, self.mesh, rules))
-            self._key = jax.device_put(jax.random.key_data(jax.random.key(self.seed)), replicated)
+            self._key = parallel.put(jax.random.key_data(jax.random.key(self.seed)), replicated)
             self.state = self.initial_state(self.model)
             leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, self.state))
             placement = (treedef, tuple(leaves))
@@ -342,13 +342,13 @@ class Trainer:
         """``model``'s current parameters, a fresh optimizer state and step 0, placed on the mesh. With R
         copies: one model (every copy starts from its weights) or a list of R models, and "diverged_at"."""
         replicated = jax.sharding.NamedSharding(self.mesh, P())
-        step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+        step = parallel.put(jnp.zeros((), jnp.int32), replicated)
         if self.copies is None:
-            params = jax.device_put(nnx.to_pure_dict(nnx.state(model, self.trainable)), self._param_shardings)
+            params = parallel.put(nnx.to_pure_dict(nnx.state(model, self.trainable)), self._param_shardings)
             devices = set(self.mesh.devices.flat)
             # moments follow the params; scalars (counts) are replicated on the mesh
             opt_state = jax.tree.map(
-                lambda x: x if x.sharding.device_set == devices else jax.device_put(x, replicated),
+                lambda x: x if x.sharding.device_set == devices else parallel.put(x, replicated),
                 jax.jit(self.tx.init)(params),
             )
             return {"params": params, "opt_state": opt_state, "step": step}
@@ -408,14 +408,21 @@ class Trainer:
     def train_step(self, batch: dict) -> dict[str, Any]:
         """One step on ``batch`` (placed on the mesh here); returns the step's metrics as floats (lists of L
         floats for the attention statistics); with R copies, numpy arrays [R] (or [R, L])."""
-        self.state, metrics = self._step(self.state, self.rest, self._place(batch), self._key)
-        metrics = jax.device_get(metrics)
+        placed = self._place(batch)
+        self.batch_size = int(placed["label"].shape[-1])  # global: with several processes, all their shares
+        self.state, metrics = self._step(self.state, self.rest, placed, self._key)
+        metrics = parallel.to_host(metrics)
         if self.copies is not None:
             return {k: np.asarray(v, np.float64) for k, v in metrics.items()}
         return {
             k: (float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64).tolist())
             for k, v in metrics.items()
         }
+
+    def lowered_step(self, batch: dict) -> str:
+        """The train step's program for ``batch``'s shapes as StableHLO text (lowered, not compiled): where
+        to read the collectives it runs (the all_to_all of expert parallelism)."""
+        return self._step.lower(self.state, self.rest, self._place(batch), self._key).as_text()
 
     def evaluate(self, batches: Iterable[dict], *, return_logits: bool = False):
         """Means over every example of ``batches`` (fixed order and batch size: with capacity and BPR a
@@ -425,10 +432,11 @@ class Trainer:
         totals: dict[str, Any] = {}
         count, all_logits = 0, []
         for batch in batches:
-            sums, logits = jax.device_get(self._eval(self.state["params"], self.rest, self._place(batch)))
+            placed = self._place(batch)
+            sums, logits = parallel.to_host(self._eval(self.state["params"], self.rest, placed))
             for name, value in sums.items():
                 totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
-            count += int(np.shape(batch["label"])[-1])
+            count += int(placed["label"].shape[-1])
             if return_logits:
                 all_logits.append(np.asarray(logits))
         if count == 0:
@@ -491,7 +499,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 metrics = self.train_step(batch)
                 seconds = time.perf_counter() - t0
-                images = np.shape(batch["label"])[-1] / seconds  # per copy
+                images = self.batch_size / seconds  # per copy; the global batch with several processes
                 metrics["images_per_second"] = (
                     images if self.copies is None else np.full(self.num_copies, images)
                 )

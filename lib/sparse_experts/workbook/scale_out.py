@@ -1,0 +1,331 @@
+"""Notebook 07: one V-MoE training run on N processes x D devices (``python -m
+sparse_experts.workbook.scale_out <spec.json>`` in every process, started by
+:mod:`sparse_experts.parallel.launch`), and what it measures.
+
+Shape letters: B batch, N tokens per image, E experts, X the size of the "expert" mesh axis, Y classes.
+
+A run is described by a :class:`RunSpec` (model, data, mesh, steps, checkpoints) written as JSON; each
+process joins the run (:func:`sparse_experts.parallel.initialize`, settings from the launcher's environment),
+builds the same model from the same seed, reads only its rows of every global batch (batch t a function of
+(seed, t): :func:`toy_batch` or ``datasets.batch_at(..., rows=)``) and trains with the one
+:class:`~sparse_experts.train.Trainer` on the mesh spanning every process. Process 0 writes
+``result.json`` (history, where each expert lives, the all_to_all ops of the lowered train step and their
+bytes, the tokens that cross devices and processes) and ``params.npz`` (the final parameters, gathered).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from sparse_experts import datasets, models, parallel, train
+from sparse_experts.atomic import write_json_atomic
+from sparse_experts.parallel import launch as launcher
+
+TOY = "toy"  # a learnable synthetic task: brightness tells the class (no dataset needed)
+_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "i32": 4, "ui32": 4}
+_ALL_TO_ALL = re.compile(
+    r'"stablehlo\.all_to_all".*?replica_groups = dense<(\[\[[\d,\s\[\]]*\]\])>.*?split_count = (\d+).*?'
+    r":\s*\(tensor<([\dx]+)x([a-z]+\d+)>\)"
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. ``model``: :func:`~sparse_experts.models.vit_config` arguments (``size`` the size
+    string); ``moe``: :class:`~sparse_experts.models.MoeConfig` arguments; ``train``:
+    :class:`~sparse_experts.train.TrainConfig` arguments; ``data``: "toy" or a dataset name (split "train");
+    ``mesh``: {axis: size}; ``checkpoint_dir``: None (no checkpoints) or a folder every process reaches."""
+
+    out_dir: str
+    steps: int = 6
+    batch_size: int = 32
+    seed: int = 0
+    data: str = TOY
+    mesh: Mapping[str, int] = field(default_factory=lambda: {"expert": 8})
+    model: Mapping[str, Any] = field(
+        default_factory=lambda: dict(
+            size="mu/4", image_size=8, channels=1, num_classes=3, width=16, depth=2, mlp_dim=32, num_heads=2
+        )
+    )
+    moe: Mapping[str, Any] = field(
+        default_factory=lambda: dict(num_experts=8, k=2, capacity_factor=1.0, placement=(1,))
+    )
+    train: Mapping[str, Any] = field(
+        default_factory=lambda: dict(learning_rate=3e-3, total_steps=6, warmup_steps=2)
+    )
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    # fmt: skip
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        return cls(**json.loads(text))
+
+    def vit_config(self) -> models.VitConfig:
+        kwargs = dict(self.model)
+        moe = dict(self.moe)
+        if isinstance(moe.get("placement"), list):
+            moe["placement"] = tuple(moe["placement"])
+        return models.vit_config(kwargs.pop("size"), moe=models.MoeConfig(**moe), **kwargs)
+
+
+def toy_batch(seed: int, step: int, batch_size: int, image_size: int = 8, channels: int = 1, classes: int = 3,
+              rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Batch ``step`` of the toy task, a function of (seed, step): {"image" [B, size, size, channels],
+    "label" [B]}, or only ``rows=(start, stop)`` of it."""
+    rng = np.random.default_rng([seed, step])
+    labels = rng.integers(0, classes, batch_size).astype(np.int32)
+    noise = rng.normal(size=(batch_size, image_size, image_size, channels)) * 0.3
+    images = (noise + labels[:, None, None, None] * (1.0 / max(1, classes - 1)) - 0.5).astype(np.float32)
+    start, stop = (0, batch_size) if rows is None else rows
+    return {"image": images[start:stop], "label": labels[start:stop]}
+
+
+def batch_fn(spec: RunSpec, rows: tuple[int, int]):
+    """``step -> this process's rows of batch step`` for ``spec``'s data."""
+    if spec.data == TOY:
+        m = spec.model
+        return lambda step: toy_batch(spec.seed, step, spec.batch_size, m["image_size"], m["channels"],
+                                      m["num_classes"], rows)  # fmt: skip
+    size = spec.model.get("image_size")
+    return lambda step: datasets.batch_at(spec.data, "train", spec.batch_size, seed=spec.seed, step=step,
+                                          image_size=size, rows=rows)  # fmt: skip
+
+
+# -- what a run measures ------------------------------------------------------------------------------------
+def expert_map(mesh: Mesh, expert_weight: jax.Array) -> list[dict[str, int]]:
+    """Where each expert lives: [{"expert", "device", "process"}] from the sharding of an expert weight
+    [E, ...] (every device holding it; replicas give several rows per expert)."""
+    E = expert_weight.shape[0]
+    rows = []
+    for device, index in expert_weight.sharding.devices_indices_map(expert_weight.shape).items():
+        for e in range(E)[index[0]]:
+            rows.append({"expert": e, "device": device.id, "process": device.process_index})
+    return sorted(rows, key=lambda r: (r["expert"], r["device"]))
+
+
+def batch_map(mesh: Mesh, batch_size: int) -> list[dict[str, int]]:
+    """Which rows of a global batch each device holds: [{"device", "process", "start", "stop"}]."""
+    sharding = parallel.mesh.batch_sharding(mesh)
+    out = []
+    for device, index in sharding.devices_indices_map((batch_size,)).items():
+        start, stop = index[0].start or 0, batch_size if index[0].stop is None else index[0].stop
+        out.append({"device": device.id, "process": device.process_index, "start": start, "stop": stop})
+    return sorted(out, key=lambda r: (r["start"], r["device"]))
+
+
+def all_to_all_volume(program_text: str, mesh: Mesh) -> dict[str, Any]:
+    """The all_to_all ops of a lowered program (StableHLO text, e.g. ``jax.jit(f).lower(...).as_text()``)
+    and the bytes they move per call of the program: per op its local tensor shape and bytes per device,
+    the bytes leaving each device (a device keeps 1/split_count of its tensor) and the part that goes to
+    another process (replica group ids are positions in ``mesh.devices.flat``)."""
+    devices = list(mesh.devices.flat)
+    ops, leaving, to_other = [], 0.0, 0.0
+    for groups_text, split, shape, dtype in _ALL_TO_ALL.findall(program_text):
+        groups = json.loads(groups_text)
+        split = int(split)
+        elements = math.prod(int(d) for d in shape.split("x"))
+        per_device = elements * _DTYPE_BYTES.get(dtype, 4)
+        chunk = per_device / split
+        op_leaving = op_other = 0.0
+        for group in groups:
+            for a in group:
+                for b in group:
+                    if a != b:
+                        op_leaving += chunk
+                        op_other += chunk * (devices[a].process_index != devices[b].process_index)
+        ops.append({"shape": [int(d) for d in shape.split("x")], "dtype": dtype, "split_count": split,
+                    "bytes_per_device": per_device, "group_size": len(groups[0])})  # fmt: skip
+        leaving += op_leaving
+        to_other += op_other
+    return {
+        "ops": ops,
+        "count": len(ops),
+        "bytes_between_devices": leaving,
+        "bytes_between_processes": to_other,
+    }
+
+
+def token_traffic(combine_weights: np.ndarray, mesh: Mesh) -> dict[str, int]:
+    """How many routed (token, expert) pairs of one batch stay on their device, go to another device of the
+    same process, or to another process. ``combine_weights`` [B, N, E] (the routing record of one MoE
+    layer; > 0 where the token is processed by the expert). The batch is split over the mesh's data axes
+    (("data", "expert") flattened), the experts over "expert"; a token of the image on the device at
+    (data d, expert x) meets expert e on the device at (d, x_e)."""
+    B, _, E = combine_weights.shape
+    sizes = dict(mesh.shape)
+    X = sizes.get("expert", 1)
+    grid = mesh.devices.reshape(sizes["data"], X, -1)[:, :, 0]  # [data, expert] -> device (model index 0)
+    shards = parallel.num_data_shards(mesh)
+    routed = np.asarray(combine_weights) > 0  # [B, N, E]
+    pairs = routed.sum(axis=1)  # [B, E] tokens of image b sent to expert e
+    counts = {"routed": 0, "same_device": 0, "other_device_same_process": 0, "other_process": 0}
+    for b in range(B):
+        shard = b // (B // shards)
+        d, x = (shard // X, shard % X) if X > 1 else (shard, 0)
+        source = grid[d, x]
+        for e in range(E):
+            n = int(pairs[b, e])
+            if not n:
+                continue
+            target = grid[d, e // (E // X)]
+            counts["routed"] += n
+            if target == source:
+                counts["same_device"] += n
+            elif target.process_index == source.process_index:
+                counts["other_device_same_process"] += n
+            else:
+                counts["other_process"] += n
+    return counts
+
+
+def _flat(tree: Any) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(x) for path, x in leaves}
+
+
+def train_run(spec: RunSpec) -> dict[str, Any]:
+    """Run ``spec`` in this process (after :func:`~sparse_experts.parallel.initialize`); process 0 writes
+    ``result.json`` and ``params.npz`` to ``spec.out_dir``. Returns the result."""
+    started = time.perf_counter()
+    info = parallel.processes.current()
+    mesh = parallel.make_mesh(spec.mesh)
+    rows = parallel.process_rows(mesh, spec.batch_size)
+    print(f"{info.describe()}; mesh {dict(mesh.shape)}; batch rows [{rows[0]}, {rows[1]})", flush=True)
+    config = spec.vit_config()
+    trainer = train.Trainer(models.ViT(config, rngs=nnx.Rngs(spec.seed)), train.TrainConfig(**spec.train),
+                            seed=spec.seed, mesh=mesh)  # fmt: skip
+    share = batch_fn(spec, rows)
+
+    def logged(step: int) -> dict:
+        print(f"step {step}", flush=True)  # the fault tests wait for these lines
+        return share(step)
+
+    start_step = 0
+    if spec.checkpoint_dir is not None:
+        start_step = train.Checkpoints(spec.checkpoint_dir).latest_step() or 0
+    history = trainer.fit(logged, spec.steps, checkpoint_dir=spec.checkpoint_dir,
+                          checkpoint_every=spec.checkpoint_every, progress=False)  # fmt: skip
+    params = parallel.to_host(trainer.state["params"])
+    probe = share(0)
+    text = trainer.lowered_step(probe)
+    records = _routing_records(trainer, mesh, probe["image"])
+    wi = next(leaf for path, leaf in jax.tree_util.tree_flatten_with_path(trainer.state["params"])[0]
+              if jax.tree_util.keystr(path, simple=True, separator="/").endswith("experts/wi"))  # fmt: skip
+    result = {
+        "processes": info.num_processes,
+        "devices": info.devices,
+        "local_devices": info.local_devices,
+        "mesh": dict(mesh.shape),
+        "batch_size": spec.batch_size,
+        "start_step": start_step,
+        "final_step": trainer.step,
+        "history": history.to_dict(),
+        "expert_map": expert_map(mesh, wi),
+        "batch_map": batch_map(mesh, spec.batch_size),
+        "all_to_all": all_to_all_volume(text, mesh),
+        "tokens": {name: token_traffic(weights, mesh) for name, weights in records.items()},
+        "seconds": time.perf_counter() - started,
+    }
+    if info.process_id == 0:
+        out = Path(spec.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "params.npz", **_flat(params))
+        write_json_atomic(out / "result.json", result)
+    print(f"done: step {trainer.step}, loss {history.metrics[-1]['loss']:.6f}", flush=True)
+    return result
+
+
+def _routing_records(trainer: train.Trainer, mesh: Mesh, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Each MoE layer's combine weights [B, N, E] for the global batch whose local share is ``images``
+    (evaluation routing, experts run expert-parallel), gathered to the host."""
+    graphdef, state = nnx.split(trainer.model)
+    placed = parallel.shard_batch({"image": images}, mesh)["image"]
+
+    def forward(state, images):
+        model = nnx.merge(graphdef, state)
+        _, records = model(images, train=False, return_stats="moe", moe_overrides={"mesh": mesh})
+        return {name: record["combine_weights"] for name, record in records["moe"].items()}
+
+    return parallel.to_host(jax.jit(forward)(state, placed))
+
+
+# -- the launcher side (notebook, tests) ---------------------------------------------------------------------
+def launch_run(
+    spec: RunSpec,
+    processes: int,
+    devices_per_process: int,
+    *,
+    output=None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = 900,
+    start_only: bool = False,
+):
+    """Write ``spec`` to ``<out_dir>/spec.json`` and run it on ``processes`` x ``devices_per_process``
+    (:mod:`sparse_experts.parallel.launch`; ``output`` gets every prefixed line, ``env`` adds environment
+    variables); the plan is checked first. Returns the
+    :class:`~sparse_experts.parallel.launch.LaunchResult`, or the running Launch with ``start_only``."""
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(spec.to_json())
+    args = [str(out / "spec.json")]
+    kwargs = dict(processes=processes, devices_per_process=devices_per_process, mesh=dict(spec.mesh),
+                  batch_size=spec.batch_size, output=output, env=env)  # fmt: skip
+    if start_only:
+        return launcher.start(__name__, args, **kwargs)
+    return launcher.launch(__name__, args, timeout=timeout, **kwargs)
+
+
+def load_result(out_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(result.json, params.npz) that process 0 of a run wrote to ``out_dir``."""
+    out = Path(out_dir)
+    with np.load(out / "params.npz") as npz:
+        params = {name: npz[name] for name in npz.files}
+    return json.loads((out / "result.json").read_text()), params
+
+
+def compare(a: tuple[dict, dict], b: tuple[dict, dict]) -> dict[str, float]:
+    """How far two runs' results are apart: the largest absolute difference of the per-step losses, and of
+    any parameter; and the largest absolute parameter (the scale)."""
+    (ra, pa), (rb, pb) = a, b
+    la = [m["loss"] for m in ra["history"]["metrics"]]
+    lb = [m["loss"] for m in rb["history"]["metrics"]]
+    if len(la) != len(lb) or set(pa) != set(pb):
+        raise ValueError(f"runs differ in shape: {len(la)} vs {len(lb)} steps, {len(pa)} vs {len(pb)} arrays")
+    return {
+        "loss": float(np.max(np.abs(np.subtract(la, lb)))),
+        "params": max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa),
+        "param_scale": max(float(np.max(np.abs(pa[k]))) for k in pa),
+        "steps": len(la),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        sys.exit("usage: python -m sparse_experts.workbook.scale_out <spec.json> (see RunSpec)")
+    spec = RunSpec.from_json(Path(argv[0]).read_text())
+    parallel.initialize()
+    train_run(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
