@@ -910,3 +910,49 @@ def ensemble_frontier(rows, title: str = "Test accuracy against inference GFLOPs
     fig.update_yaxes(title_text="test accuracy (%)", title_font_size=11, col=1)
     fig.update_layout(title=title, height=300 * nrows + 100, width=1100)
     return fig
+
+
+def expert_heatmaps(knn, accuracy, title: str = "") -> go.Figure:
+    """Notebook 06: side by side, the kNN proxy's score and the fine-tuned test accuracy per (task, candidate)
+    (``expert_models.score_matrix`` dicts: "tasks", "candidates", "values" [T][C]), each row's best candidate
+    outlined, so one sees whether the proxy's best is the fine-tuned best."""
+    tasks, names = knn["tasks"], knn["candidates"]
+    short = [n.split(":", 1)[-1] for n in names]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
+        "kNN accuracy on the training examples (proxy)", "fine-tuned test accuracy"))  # fmt: skip
+    for col, data in ((1, knn), (2, accuracy)):
+        values = 100 * np.asarray(data["values"], np.float64)
+        fig.add_trace(go.Heatmap(
+            z=values, x=short, y=tasks, colorscale="Viridis", showscale=False,
+            text=[[f"{v:.0f}" for v in row] for row in values], texttemplate="%{text}",
+            hovertemplate="%{y} / %{x}: %{z:.1f}%<extra></extra>",
+        ), row=1, col=col)  # fmt: skip
+        for t, row in enumerate(values):  # outline each task's best candidate
+            c = int(np.argmax(row))
+            fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=t - 0.5, y1=t + 0.5, line=dict(color="red",
+                          width=2), row=1, col=col)  # fmt: skip
+    fig.update_xaxes(tickangle=-45, tickfont_size=10)
+    fig.update_yaxes(autorange="reversed", tickfont_size=10)
+    fig.update_layout(title=title or "Which candidate does the proxy prefer, and which fine-tunes best? "
+                      "(percent; best per task outlined)", height=140 + 32 * len(tasks),
+                      width=MAX_FIGURE_PIXELS, title_font_size=13)  # fmt: skip
+    return fig
+
+
+def adapter_tradeoff(points, title: str = "") -> go.Figure:
+    """Notebook 06: accuracy against parameters spent. ``points``: rows with "method", "params" (to hold the
+    ten experts), "accuracy" and "se" (fractions of 1), one per (method, task) with "task"; one marker per
+    method and task, error bars of 2 standard errors, parameters on a log axis."""
+    fig = go.Figure()
+    for task in dict.fromkeys(p["task"] for p in points):
+        rows = [p for p in points if p["task"] == task]
+        fig.add_trace(go.Scatter(
+            x=[p["params"] for p in rows], y=[100 * p["accuracy"] for p in rows], mode="markers+text+lines",
+            text=[p["method"] for p in rows], textposition="top center", name=task,
+            error_y=dict(type="data", array=[200 * p["se"] for p in rows]),
+        ))  # fmt: skip
+    fig.update_xaxes(type="log", title_text="parameters to hold the generalist or the ten expert models")
+    fig.update_yaxes(title_text="fine-tuned test accuracy (%), ± 2 SE")
+    fig.update_layout(title=title or "Adapters against full expert models on the aligned tasks", height=420,
+                      width=900)  # fmt: skip
+    return fig
