@@ -12,6 +12,7 @@ import dataclasses
 VIT22B = "Dehghani et al. 2023 (ViT-22B)"
 VMOE = "Riquelme et al. 2021 (V-MoE)"
 ENSEMBLES = "Mustafa et al. 2020 (deep ensembles for low-data transfer)"
+EXPERTS = "Puigcerver et al. 2021 (scalable transfer learning with expert models)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,14 @@ PUBLISHED = {
         "ranking a pool by kNN accuracy, fine-tuning the best and greedily ensembling them reaches the state "
         "of the art on the 19 VTAB-1k tasks at a lower inference budget, even when selecting from over 2,000 "
         "pre-trained models; ensembles of differently pre-trained models beat seed ensembles.",
+    ),
+    "experts": Published(
+        EXPERTS, "abstract",
+        "experts trained on slices of an existing label hierarchy, the relevant one chosen for each new task "
+        "by a cheap performance proxy (kNN accuracy) without access to the pre-training data, transfer "
+        "better than a generalist on tasks that match an expert's slice; the selection is 2-3 orders of "
+        "magnitude cheaper than fine-tuning every expert, and an adapter-based architecture compresses many "
+        "experts into a single model (improvements are shown per VTAB group, not as one number).",
     ),
 }  # fmt: skip
 
