@@ -69,7 +69,7 @@ PUBLISHED = {
         "by a cheap performance proxy (kNN accuracy) without access to the pre-training data, transfer "
         "better than a generalist on tasks that match an expert's slice; the selection is 2-3 orders of "
         "magnitude cheaper than fine-tuning every expert, and an adapter-based architecture compresses many "
-        "experts into a single model (improvements are shown per VTAB group, not as one number).",
+        "experts into a single model.",
     ),
 }  # fmt: skip
 
