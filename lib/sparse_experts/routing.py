@@ -26,6 +26,8 @@ from typing import NamedTuple, NoReturn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 from jax.scipy.special import ndtr
 
 Array = jax.Array
@@ -33,7 +35,10 @@ Array = jax.Array
 # Defaults per platform (jax.default_backend()), set by hand from benchmarks/routing.py (tables in
 # benchmarks/README.md), never timed at run time. TPU was not measured: "einsum" is V-MoE's choice there.
 DEFAULT_BACKEND = {"cpu": "indices", "gpu": "indices", "tpu": "einsum"}
-BACKENDS = ("einsum", "indices")
+# "pallas": top-k routing (vanilla or BPR) in one Pallas kernel, the slot -> choice map in a second, then the
+# "indices" gathers (see "fused routing" below). Not a default anywhere until it measures faster on a GPU;
+# on CPU it runs in Pallas interpret mode (for the agreement tests; slow).
+BACKENDS = ("einsum", "indices", "pallas")
 # How BPR finds each choice's slot (same result): "sort" (O(S log S)) or "pairwise" (O(S^2), one fused
 # reduction; faster on the H200, within noise of "sort" on CPU).
 BPR_METHOD = {"cpu": "sort", "gpu": "pairwise", "tpu": "sort"}
@@ -200,6 +205,8 @@ def top_k_routing(
     batch_priority: bool = False,
     renormalize: bool = False,
     bpr_method: str | None = None,
+    *,
+    backend: str | None = None,
 ) -> Assignment:
     """V-MoE top-k routing of ``gates[..., S, E]`` with K = ``k`` choices and C = ``capacity`` slots.
 
@@ -209,6 +216,8 @@ def top_k_routing(
     0, 1, ... in service order; a choice that finds its expert full is dropped, not re-routed.
     ``renormalize`` divides each token's kept weights by their sum (off, as in V-MoE; a token with nothing
     kept keeps weights 0, finite gradients). ``bpr_method``: "sort", "pairwise" or None (``BPR_METHOD``).
+    ``backend="pallas"`` computes the same assignment in one Pallas kernel (:func:`fused_top_k_routing`,
+    which has no ``bpr_method``); any other backend, or None, uses the XLA ops below.
     """
     _check_gates(gates)
     num_experts = gates.shape[-1]  # E: the last dim of gates
@@ -216,6 +225,8 @@ def top_k_routing(
     check_int("capacity", capacity)
     check_bool("renormalize", renormalize)
     bpr_method = resolve_default("bpr_method", bpr_method, BPR_METHOD, BPR_METHODS)
+    if resolve_default("backend", backend, DEFAULT_BACKEND, BACKENDS) == "pallas":
+        return fused_top_k_routing(gates, k, capacity, batch_priority=batch_priority, renormalize=renormalize)
 
     # The chosen gates come from a one-hot product, not from top_k: exact (one nonzero term), with an
     # elementwise gradient where top_k's is a scatter (a slow kernel on CPU and GPU alike).
@@ -360,6 +371,10 @@ def dispatch(x: Array, routing, num_experts: int, capacity: int, backend: str | 
         dispatch_mask = _assignment_tensor(routing, num_experts, capacity, weighted=False)
         return jnp.einsum("...SEC,...SD->...ECD", dispatch_mask.astype(x.dtype), x, precision=_EXACT)
     flat_index = _flat_slot_index(routing, capacity, num_experts)
+    if backend == "pallas":
+        row_choice = choice_of_buffer_row(routing, num_experts, capacity)  # [..., E * C]
+        buffers = _over_groups(_dispatch_by_row_choice, x.ndim - 2)(x, flat_index, row_choice)
+        return buffers.reshape(*x.shape[:-2], num_experts, capacity, x.shape[-1])
     one_group = functools.partial(_dispatch_indices_one_group, num_buffer_rows=num_experts * capacity)
     buffers = _over_groups(one_group, x.ndim - 2)(x, flat_index)
     return buffers.reshape(*x.shape[:-2], num_experts, capacity, x.shape[-1])
@@ -395,7 +410,247 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
         return jnp.einsum("...SEC,...ECD->...SD", combine_weights.astype(y.dtype), y, precision=_EXACT)
     flat_index = _flat_slot_index(routing, capacity, num_experts)
     y_flat = y.reshape(*y.shape[:-3], num_experts * capacity, y.shape[-1])
+    if backend == "pallas":
+        row_choice = choice_of_buffer_row(routing, num_experts, capacity)  # [..., E * C]
+        combine_group = _combine_by_row_choice
+        return _over_groups(combine_group, y.ndim - 3)(y_flat, flat_index, routing.weight, row_choice)
     return _over_groups(_combine_indices_one_group, y.ndim - 3)(y_flat, flat_index, routing.weight)
+
+
+# ------------------------------------------------------------------------------------------ fused routing
+# The "pallas" backend: the XLA routing above is ~10 small kernels (top-k as a sort, one-hots, the slot
+# cumsum, scatters), and on a GPU their launches and the gaps between them cost more than their arithmetic
+# (benchmarks/README.md). Here top-k and the slots (vanilla or BPR) are one Pallas kernel, and the slot ->
+# choice map (which choice fills each buffer row) a second; both count instead of sorting or scattering:
+# a choice's slot is the number of choices for the same expert served before it (every choice of an earlier
+# level, and the same level's choices of tokens ahead: earlier position, or with BPR a larger top-1 gate),
+# counted over blocks of T tokens, and a buffer row finds its choice by comparing against every choice.
+# O(S^2 K^2) compares per group, T x T at a time in registers. On CPU they run in Pallas interpret mode.
+_TRITON = pl_triton.CompilerParams(num_warps=4, num_stages=1)
+_ROW_BLOCK = 128  # tokens (and buffer rows) per kernel program and per step of its loop, when they divide
+
+
+def _block(size: int) -> int:
+    return _ROW_BLOCK if size % _ROW_BLOCK == 0 else size
+
+
+def _run_kernel(make_call: Callable, interpret: bool | None, *args: Array):
+    """``make_call(interpret)(*args)``; for ``interpret=None`` interpreted on CPU (which has no Pallas
+    compiler) and compiled elsewhere, chosen when the program is lowered for its platform (so a CPU machine
+    can lower the compiled kernel for a GPU: ``.lower(lowering_platforms=("cuda",))``)."""
+    if interpret is not None:
+        return make_call(check_bool("interpret", interpret))(*args)
+    return jax.lax.platform_dependent(*args, cpu=make_call(True), default=make_call(False))
+
+
+def _top_k_of_rows(gates: Array, k: int) -> tuple[list[Array], list[Array]]:
+    """K largest of ``gates[T, E]`` per row, descending, ties to the lower expert (as ``lax.top_k``):
+    K expert arrays ``[T]`` (int32) and K gate arrays ``[T]``, by K rounds of max and argmin-of-ties."""
+    expert_ids = jax.lax.broadcasted_iota(jnp.int32, gates.shape, 1)
+    taken = jnp.zeros(gates.shape, jnp.bool_)
+    experts, values = [], []
+    for _ in range(k):
+        candidates = jnp.where(taken, -jnp.inf, gates)
+        best = jnp.max(candidates, axis=1)
+        tied = (candidates == best[:, None]) & ~taken
+        chosen = jnp.min(jnp.where(tied, expert_ids, gates.shape[1]), axis=1)
+        taken = taken | (expert_ids == chosen[:, None])
+        experts.append(chosen)
+        values.append(best)
+    return experts, values
+
+
+def _route_kernel(gates_ref, expert_ref, slot_ref, weight_ref, *, k, capacity, batch_priority, renormalize):
+    """One program: the choices of a block of B tokens of one group. ``gates_ref[S, E]`` (the whole group);
+    ``expert_ref``, ``slot_ref``, ``weight_ref`` ``[K, B]`` (level-major)."""
+    block = expert_ref.shape[-1]
+    num_tokens = gates_ref.shape[0]
+    start = pl.program_id(1) * block
+    my_experts, my_gates = _top_k_of_rows(gates_ref[pl.ds(start, block), :], k)
+    my_position = start + jax.lax.broadcasted_iota(jnp.int32, (block, 1), 0)  # [B, 1]
+    my_priority = my_gates[0][:, None]  # [B, 1] BPR: the top-1 gate
+
+    def count_block(step, counts):
+        their_start = step * block
+        their_experts, their_gates = _top_k_of_rows(gates_ref[pl.ds(their_start, block), :], k)
+        their_position = their_start + jax.lax.broadcasted_iota(jnp.int32, (1, block), 1)  # [1, T]
+        ahead = their_position < my_position  # [B, T]
+        if batch_priority:
+            their_priority = their_gates[0][None, :]
+            ahead = (their_priority > my_priority) | ((their_priority == my_priority) & ahead)
+        new_counts = []
+        for level in range(k):
+            mine = my_experts[level][:, None]
+            served_before = (their_experts[level][None, :] == mine) & ahead
+            for earlier in range(level):
+                served_before = served_before | (their_experts[earlier][None, :] == mine)
+            new_counts.append(counts[level] + jnp.sum(served_before.astype(jnp.int32), axis=1))
+        return tuple(new_counts)
+
+    zeros = tuple(jnp.zeros((block,), jnp.int32) for _ in range(k))
+    slots = jax.lax.fori_loop(0, num_tokens // block, count_block, zeros)
+    kept = [slot < capacity for slot in slots]
+    weights = [jnp.where(keep, gate, 0.0) for keep, gate in zip(kept, my_gates, strict=True)]
+    if renormalize:
+        total = functools.reduce(jnp.add, weights)
+        safe_total = jnp.where(total > 0, total, 1.0)
+        weights = [jnp.where(keep, gate / safe_total, 0.0) for keep, gate in zip(kept, my_gates, strict=True)]
+    for level in range(k):
+        expert_ref[level, :] = my_experts[level]
+        slot_ref[level, :] = jnp.where(kept[level], slots[level], capacity)
+        weight_ref[level, :] = weights[level].astype(weight_ref.dtype)
+
+
+def _route_call(
+    gates: Array, k: int, capacity: int, batch_priority: bool, renormalize: bool, interpret: bool | None
+):
+    """``gates[G, S, E]`` -> expert, slot, weight ``[G, S, K]`` by :func:`_route_kernel`."""
+    num_groups, num_tokens, num_experts = gates.shape
+    block = _block(num_tokens)
+    out_spec = pl.BlockSpec((None, k, block), lambda g, r: (g, 0, r))
+    kernel = functools.partial(
+        _route_kernel, k=k, capacity=capacity, batch_priority=batch_priority, renormalize=renormalize
+    )
+    make_call = functools.partial(
+        pl.pallas_call,
+        kernel,
+        grid=(num_groups, num_tokens // block),
+        in_specs=[pl.BlockSpec((None, num_tokens, num_experts), lambda g, r: (g, 0, 0))],
+        out_specs=[out_spec, out_spec, out_spec],
+        out_shape=[
+            jax.ShapeDtypeStruct((num_groups, k, num_tokens), jnp.int32),
+            jax.ShapeDtypeStruct((num_groups, k, num_tokens), jnp.int32),
+            jax.ShapeDtypeStruct((num_groups, k, num_tokens), gates.dtype),
+        ],
+        compiler_params=_TRITON,
+        name="fused_top_k_routing",
+    )
+    expert, slot, weight = _run_kernel(lambda interp: make_call(interpret=interp), interpret, gates)
+    return tuple(jnp.swapaxes(a, -1, -2) for a in (expert, slot, weight))
+
+
+def _weights_of(gates: Array, expert: Array, slot: Array, capacity: int, renormalize: bool) -> Array:
+    """The routing weights ``[..., S, K]`` as a function of ``gates`` for a fixed expert and slot: the same
+    formulas as :func:`top_k_routing`'s, so its gradient is theirs."""
+    chosen = jax.nn.one_hot(expert, gates.shape[-1], dtype=gates.dtype)  # [..., S, K, E]
+    top_gates = jnp.sum(gates[..., None, :] * chosen, axis=-1)
+    kept = slot < capacity
+    if not renormalize:
+        return jnp.where(kept, top_gates, jnp.zeros_like(top_gates))
+    total = jnp.sum(jnp.where(kept, top_gates, 0.0), axis=-1, keepdims=True)
+    safe_total = jnp.where(total > 0, total, jnp.ones_like(total))
+    return jnp.where(kept, top_gates / safe_total, jnp.zeros_like(top_gates))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _fused_route(
+    gates: Array, k: int, capacity: int, batch_priority: bool, renormalize: bool, interpret: bool | None
+):
+    lead, (num_tokens, num_experts) = gates.shape[:-2], gates.shape[-2:]
+    flat = gates.reshape(-1, num_tokens, num_experts)
+    outputs = _route_call(flat, k, capacity, batch_priority, renormalize, interpret)
+    return tuple(a.reshape(*lead, num_tokens, k) for a in outputs)
+
+
+def _fused_route_fwd(gates, k, capacity, batch_priority, renormalize, interpret):
+    expert, slot, weight = _fused_route(gates, k, capacity, batch_priority, renormalize, interpret)
+    return (expert, slot, weight), (gates, expert, slot)
+
+
+def _fused_route_bwd(k, capacity, batch_priority, renormalize, interpret, residuals, cotangents):
+    gates, expert, slot = residuals
+    _, pullback = jax.vjp(lambda g: _weights_of(g, expert, slot, capacity, renormalize), gates)
+    return pullback(cotangents[2])
+
+
+_fused_route.defvjp(_fused_route_fwd, _fused_route_bwd)
+
+
+def fused_top_k_routing(
+    gates: Array,
+    k: int,
+    capacity: int,
+    batch_priority: bool = False,
+    renormalize: bool = False,
+    *,
+    interpret: bool | None = None,
+) -> Assignment:
+    """:func:`top_k_routing` of ``gates[..., S, E]`` computed by one Pallas kernel (``backend="pallas"``):
+    the same assignment, and the same gradient with respect to the gates (a custom VJP through the
+    weights' formula). ``interpret``: Pallas interpret mode (None: on CPU only, by :func:`_run_kernel`)."""
+    _check_gates(gates)
+    check_choices(k, gates.shape[-1])
+    check_int("capacity", capacity)
+    check_bool("batch_priority", batch_priority)
+    check_bool("renormalize", renormalize)
+    route = _fused_route(jnp.asarray(gates), k, capacity, bool(batch_priority), renormalize, interpret)
+    expert, slot, weight = route
+    return Assignment(expert=expert, slot=slot, weight=weight)
+
+
+def _row_choice_kernel(expert_ref, slot_ref, row_choice_ref, *, capacity):
+    """One program: which choice fills each of a block of R buffer rows of one group. ``expert_ref`` and
+    ``slot_ref`` ``[K, S]``; ``row_choice_ref[R]``: ``s * K + k``, or S * K for an empty row."""
+    num_choices, num_tokens = expert_ref.shape
+    rows = row_choice_ref.shape[0]
+    row = pl.program_id(1) * rows + jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0)  # [R, 1]
+    block = _block(num_tokens)
+
+    def match_block(step, found):
+        start = step * block
+        token = start + jax.lax.broadcasted_iota(jnp.int32, (1, block), 1)  # [1, T]
+        for level in range(num_choices):
+            expert, slot = expert_ref[level, pl.ds(start, block)], slot_ref[level, pl.ds(start, block)]  # [T]
+            flat = jnp.where(slot < capacity, expert * capacity + slot, -1)[None, :]
+            hit = flat == row  # [R, T]: at most one kept choice holds a row
+            found = jnp.minimum(
+                found, jnp.min(jnp.where(hit, token * num_choices + level, found[:, None]), 1)
+            )
+        return found
+
+    empty = jnp.full((rows,), num_tokens * num_choices, jnp.int32)
+    row_choice_ref[:] = jax.lax.fori_loop(0, num_tokens // block, match_block, empty)
+
+
+def choice_of_buffer_row(
+    assignment: Assignment, num_experts: int, capacity: int, *, interpret: bool | None = None
+) -> Array:
+    """Which choice (``s * K + k``) fills each row ``e * C + c`` of the flat buffer, ``[..., E * C]``
+    (int32; S * K for empty rows), by a Pallas kernel: the map the "pallas" dispatch and combine gather by
+    (the "indices" backend scatters it). ``interpret``: Pallas interpret mode (None: on CPU only)."""
+    lead, (num_tokens, k) = assignment.expert.shape[:-2], assignment.expert.shape[-2:]
+    expert = jnp.swapaxes(assignment.expert.reshape(-1, num_tokens, k), -1, -2)  # [G, K, S]
+    slot = jnp.swapaxes(assignment.slot.reshape(-1, num_tokens, k), -1, -2)
+    num_rows = num_experts * capacity
+    rows = _block(num_rows)
+    in_spec = pl.BlockSpec((None, k, num_tokens), lambda g, r: (g, 0, 0))
+    make_call = functools.partial(
+        pl.pallas_call,
+        functools.partial(_row_choice_kernel, capacity=capacity),
+        grid=(expert.shape[0], num_rows // rows),
+        in_specs=[in_spec, in_spec],
+        out_specs=pl.BlockSpec((None, rows), lambda g, r: (g, r)),
+        out_shape=jax.ShapeDtypeStruct((expert.shape[0], num_rows), jnp.int32),
+        compiler_params=_TRITON,
+        name="choice_of_buffer_row",
+    )
+    row_choice = _run_kernel(lambda interp: make_call(interpret=interp), interpret, expert, slot)
+    return row_choice.reshape(*lead, num_rows)
+
+
+def _dispatch_by_row_choice(x: Array, flat_index: Array, row_choice: Array) -> Array:
+    """x ``[S, D]`` -> buffer rows ``[E * C, D]`` given the map of :func:`choice_of_buffer_row`."""
+    num_tokens, num_choices = flat_index.shape
+    source = jnp.where(row_choice < num_tokens * num_choices, row_choice // num_choices, num_tokens)
+    return _gather_rows(x, source, flat_index)
+
+
+def _combine_by_row_choice(y_flat: Array, flat_index: Array, weight: Array, row_choice: Array) -> Array:
+    """Buffer rows ``[E * C, D]`` -> tokens ``[S, D]`` given the map of :func:`choice_of_buffer_row`."""
+    num_tokens, num_choices = flat_index.shape
+    picked = _gather_rows(y_flat, flat_index.reshape(-1), row_choice[:, None])
+    picked = picked.reshape(num_tokens, num_choices, -1)
+    return jnp.einsum("SK,SKD->SD", weight.astype(picked.dtype), picked, precision=_EXACT)
 
 
 # ------------------------------------------------------------------------------------------------ dropless
