@@ -147,3 +147,12 @@ def test_half_written_checkpoint_is_never_used(runs):
     assert runs["steps_after_worker_killed"] == [3]  # the kill came after checkpoint 3, before 6
     # the planted temporary folder of step 6 was ignored: the restart began at 3 and reached the reference
     assert runs["two_to_one"][0]["start_step"] == 3
+
+
+def test_all_to_all_on_paper_equals_the_lowered_program(runs):
+    """scale_out.all_to_all_bytes (the paper-scale estimate) against what the lowered step sends."""
+    config = scale_out.RunSpec(out_dir="").vit_config()
+    estimate = scale_out.all_to_all_bytes(config, 32, experts_axis=8)
+    measured = runs["two"][0]["all_to_all"]
+    assert estimate["ops"] == measured["count"]
+    assert estimate["bytes_sent_per_device"] * 8 == pytest.approx(measured["bytes_between_devices"])

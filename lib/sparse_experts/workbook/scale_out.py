@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 from sparse_experts import datasets, models, parallel, train
 from sparse_experts.atomic import write_json_atomic
 from sparse_experts.parallel import launch as launcher
+from sparse_experts.routing import layer_capacity as routing_capacity
 
 TOY = "toy"  # a learnable synthetic task: brightness tells the class (no dataset needed)
 _DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "i32": 4, "ui32": 4}
@@ -314,6 +315,169 @@ def compare(a: tuple[dict, dict], b: tuple[dict, dict]) -> dict[str, float]:
         "params": max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa),
         "param_scale": max(float(np.max(np.abs(pa[k]))) for k in pa),
         "steps": len(la),
+    }
+
+
+# -- notebook 07 --------------------------------------------------------------------------------------------
+def spec_of(params: Mapping[str, Any], out_dir: str | Path, devices: int) -> RunSpec:
+    """The :class:`RunSpec` of notebook 07's knobs (``params``: its config) on ``devices`` devices in all: the
+    experts over an "expert" axis of ``devices``, the batch over the same devices."""
+    moe = dict(num_experts=params["num_experts"], k=2, capacity_factor=params["capacity_factor"],
+               placement=(params["depth"] - 1,), group_size=1)  # fmt: skip
+    channels = 1 if params["dataset"] in (TOY, "digits") else 3
+    classes = 3 if params["dataset"] == TOY else datasets.info(params["dataset"]).num_classes
+    width = params["width"]
+    model = dict(size=f"mu/{params['patch_size']}", image_size=params["image_size"], channels=channels,
+                 num_classes=classes, width=width, depth=params["depth"], mlp_dim=2 * width,
+                 num_heads=2)  # fmt: skip
+    steps = params["steps"]
+    return RunSpec(out_dir=str(out_dir), steps=steps, batch_size=params["batch_size"], seed=params["seed"],
+                   data=params["dataset"], mesh={"expert": devices}, model=model, moe=moe,
+                   train=dict(learning_rate=params["learning_rate"], total_steps=steps,
+                              warmup_steps=max(1, steps // 10)))  # fmt: skip
+
+
+def layouts(params: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """(processes, devices per process) of every launch of notebook 07: one process with each of
+    ``device_counts``, then ``processes`` processes sharing the largest count (the comparison run)."""
+    total = max(params["device_counts"])
+    return [(1, d) for d in params["device_counts"]] + [(params["processes"], total // params["processes"])]
+
+
+def run_layouts(params: Mapping[str, Any], out_dir: str | Path, output=None) -> dict[str, tuple[dict, dict]]:
+    """Launch notebook 07's runs (:func:`layouts`), each in ``<out_dir>/<n>x<d>``; return {"<n>x<d>": (result,
+    params)}. A failed launch raises RuntimeError with the launcher's report."""
+    runs = {}
+    for processes, devices in layouts(params):
+        name = f"{processes}x{devices}"
+        spec = spec_of(params, Path(out_dir) / name, processes * devices)
+        result = launch_run(spec, processes, devices, output=output)
+        if not result.ok:
+            tail = "\n".join(result.output[result.first_failure][-20:])
+            raise RuntimeError(f"launch {name} failed:\n{result.report()}\n{tail}")
+        runs[name] = load_result(spec.out_dir)
+    return runs
+
+
+def all_to_all_bytes(config: models.VitConfig, batch_size: int, experts_axis: int, data_axis: int = 1,
+                     itemsize: int = 4) -> dict[str, float]:  # fmt: skip
+    """On paper: the bytes each device sends with all_to_all in one training step of the V-MoE ``config``
+    (top-k or expert choice) with batch ``batch_size`` over ``data_axis`` x ``experts_axis`` devices and the
+    experts over ``experts_axis``. Per MoE layer four all_to_all (dispatch and return, forward and
+    backward), each of the local buffers [G / devices, E, C, D]; a device keeps 1 / experts_axis of each.
+    Equals what :func:`all_to_all_volume` reads from the lowered program (tests/test_scale_out.py)."""
+    moe = config.moe
+    devices = experts_axis * data_axis
+    groups = batch_size // moe.group_size
+    if groups % devices:
+        raise ValueError(f"{groups} routing groups do not split over {devices} devices")
+    tokens = moe.group_size * config.num_tokens
+    C = routing_capacity(moe.router, tokens, moe.num_experts, moe.k, moe.capacity_factor)
+    per_op = groups // devices * moe.num_experts * C * config.width * itemsize
+    ops = 4 * len(models.moe_layers(config))
+    sent = ops * per_op * (experts_axis - 1) / experts_axis
+    return {"ops": ops, "bytes_per_op": per_op, "bytes_sent_per_device": sent, "capacity": C}
+
+
+def equality_rows(runs: Mapping[str, tuple[dict, dict]], reference: str) -> list[dict[str, Any]]:
+    """Each run against ``reference``: largest loss and parameter differences (:func:`compare`)."""
+    return [{"run": name, "against": reference, **compare(runs[reference], run)}
+            for name, run in runs.items() if name != reference]  # fmt: skip
+
+
+def traffic_rows(runs: Mapping[str, tuple[dict, dict]]) -> list[dict[str, Any]]:
+    """Per run: processes, devices, all_to_all ops and bytes per step (between devices, between processes)
+    and the routed tokens of batch 0 that stay on their device, change device, change process."""
+    rows = []
+    for name, (result, _) in runs.items():
+        volume = result["all_to_all"]
+        kinds = ("routed", "same_device", "other_device_same_process", "other_process")
+        tokens = {k: sum(layer[k] for layer in result["tokens"].values()) for k in kinds}
+        rows.append({"run": name, "processes": result["processes"], "devices": result["devices"],
+                     "all_to_all_ops": volume["count"],
+                     "bytes_between_devices": volume["bytes_between_devices"],
+                     "bytes_between_processes": volume["bytes_between_processes"], **tokens})  # fmt: skip
+    return rows
+
+
+def timing_rows(runs: Mapping[str, tuple[dict, dict]]) -> list[dict[str, Any]]:
+    """Per run: median seconds per step after the first (which compiles), images per second, wall time."""
+    rows = []
+    for name, (result, _) in runs.items():
+        seconds = result["history"]["step_seconds"][1:] or result["history"]["step_seconds"]
+        step = float(np.median(seconds))
+        rows.append({"run": name, "processes": result["processes"], "devices": result["devices"],
+                     "median_step_seconds": step, "images_per_second": result["batch_size"] / step,
+                     "run_seconds": result["seconds"]})  # fmt: skip
+    return rows
+
+
+PAPER_MODELS = {
+    # V-MoE-15B: ViT-G/14 with E=32 experts, k=2, in 16 layers (every third); 15.3B parameters here, the
+    # paper reports 14.7B (its exact placement and head are not reproduced).
+    "V-MoE-15B": dict(size="G/14", moe=dict(num_experts=32, k=2, placement="every-3", capacity_factor=1.05)),
+    "ViT-22B": dict(size="22B/14", moe=None),
+}
+
+
+def paper_rows(batch_size: int, devices: int, image_size: int = 224) -> list[dict[str, Any]]:
+    """The paper-scale models (:data:`PAPER_MODELS`) on paper on a TPU pod of ``devices`` chips: parameters
+    (all, and active per token), the mesh, memory per device of a training step and the all_to_all bytes
+    each device sends per step. V-MoE-15B: experts one per device group on {"data": devices / 32,
+    "expert": 32}, bfloat16 buffers (:func:`all_to_all_bytes`); its memory plan is not given
+    (``models.memory_plan`` has no activation model for MoE layers yet). ViT-22B: {"data": devices / 4,
+    "model": 4} with FSDP rules and remat (``models.memory_plan``); it has no all_to_all."""
+    rows = []
+    for name, recipe in PAPER_MODELS.items():
+        moe = None if recipe["moe"] is None else models.MoeConfig(**recipe["moe"], group_size=1)
+        config = models.vit_config(recipe["size"], image_size=image_size, moe=moe)
+        sizes = {"data": devices // 32, "expert": 32} if moe else {"data": devices // 4, "model": 4}
+        row = {
+            "model": name,
+            "parameters": models.param_count(config),
+            "active_parameters": models.param_count(config, active=True),
+            "mesh": " x ".join(f"{k}={v}" for k, v in sizes.items()),
+            "batch_size": batch_size,
+        }
+        if moe is None:
+            plan = models.memory_plan(config, sizes, batch_size, rules=parallel.FSDP_RULES, remat=True)
+            row.update(memory_gib_per_device=plan.total / 2**30, all_to_all_gib_per_device=0.0)
+        else:
+            sent = all_to_all_bytes(config, batch_size, sizes["expert"], sizes["data"], itemsize=2)
+            row.update(
+                memory_gib_per_device=None, all_to_all_gib_per_device=sent["bytes_sent_per_device"] / 2**30
+            )
+        rows.append(row)
+    return rows
+
+
+def headlines(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: str) -> dict[str, Any]:
+    """Notebook 07's headline figures: the multi-process run against the one-process reference (largest
+    loss and parameter differences), the all_to_all bytes per step between processes, the share of routed
+    tokens that changed process."""
+    gap = compare(runs[reference], runs[multi])
+    result = runs[multi][0]
+    tokens = list(result["tokens"].values())
+    routed = sum(layer["routed"] for layer in tokens)
+    return {
+        "max_loss_difference": gap["loss"],
+        "max_param_difference": gap["params"],
+        "all_to_all_bytes_between_processes": result["all_to_all"]["bytes_between_processes"],
+        "tokens_to_other_process": sum(layer["other_process"] for layer in tokens) / max(1, routed),
+    }
+
+
+def headline_labels(reference: str, multi: str, steps: int) -> dict[str, str]:
+    """What each headline figure is (the index page)."""
+    return {
+        "max_loss_difference": f"largest per-step loss difference, run {multi} against {reference} ({steps} "
+        "steps)",
+        "max_param_difference": f"largest parameter difference after {steps} steps, {multi} against "
+        f"{reference}",
+        "all_to_all_bytes_between_processes": f"bytes the all_to_all move between processes per step "
+        f"({multi})",
+        "tokens_to_other_process": f"share of routed tokens of batch 0 whose expert is in another process "
+        f"({multi})",
     }
 
 

@@ -1,0 +1,86 @@
+"""07_scale_out: does the same code run expert-parallel across devices and processes, and how do costs grow
+with scale?
+
+Launches the same V-MoE training (on the embedded digits) on one process with each of ``device_counts`` fake
+CPU devices, then on ``processes`` processes sharing the largest count (``jax.distributed`` over
+127.0.0.1, gloo collectives), and compares them; then sizes V-MoE-15B and ViT-22B on a TPU pod on paper.
+Every device here shares the same 2 cores: communication volume, not speed-up, is the figure that carries
+over to a real cluster.
+
+Expected run time: cpu about 3 min (four launches); smoke about 1.5 min (two launches of 3 steps); gpu,
+tpu: the launcher runs on one machine's CPU devices (see the README for a multi-host runtime), not measured.
+
+Headline figures on cpu: see the notebook's closing note (filled in when measured).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .base import NotebookConfig, dataset_name, fail, integer, knob, real
+
+
+def _device_counts(name, value):
+    ok = not isinstance(value, str) and hasattr(value, "__len__") and len(value) >= 1
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64 for v in value)
+    if not ok or len(set(value)) != len(value):
+        fail(name, value, "a non-empty list of distinct device counts in [1, 64]")
+    return tuple(sorted(value))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(NotebookConfig):
+    notebook: ClassVar[str] = "07_scale_out"
+
+    dataset: str = knob("training data (an embedded dataset; the model reads it at image_size)", dataset_name)
+    image_size: int = knob("image side in pixels", integer(4, 64))
+    patch_size: int = knob("patch side in pixels (divides image_size)", integer(1, 16))
+    width: int = knob("model width D", integer(8, 256))
+    depth: int = knob("layers L (the last one is the MoE layer)", integer(1, 12))
+    num_experts: int = knob("experts E (divisible by every device count)", integer(2, 64))
+    capacity_factor: float = knob("capacity factor of the MoE layer (training)", real(0, 8, low_open=True))
+    learning_rate: float = knob("peak learning rate", real(0, 1, low_open=True))
+    steps: int = knob("training steps of every launch", integer(1, 10_000))
+    batch_size: int = knob("global batch B (divisible by every device count)", integer(1, 4096))
+    device_counts: tuple[int, ...] = knob("devices of the one-process launches", _device_counts)
+    processes: int = knob("processes sharing the largest device count in the last launch", integer(2, 8))
+    pod_devices: int = knob("TPU chips of the paper-scale plan (a multiple of 32)", integer(32, 65536))
+    pod_batch_size: int = knob("global batch of the paper-scale plan", integer(32, 1 << 20))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        largest = max(self.device_counts)
+        if largest % self.processes:
+            fail("processes", self.processes, f"a divisor of the largest device count {largest}")
+        for d in self.device_counts:
+            if self.num_experts % d or self.batch_size % d:
+                allowed = f"counts dividing num_experts={self.num_experts} and batch_size={self.batch_size}"
+                fail("device_counts", self.device_counts, allowed)
+        if self.image_size % self.patch_size:
+            fail("patch_size", self.patch_size, f"a divisor of image_size={self.image_size}")
+        if self.pod_devices % 32 or self.pod_batch_size % self.pod_devices:
+            fail("pod_devices", self.pod_devices, "a multiple of 32 dividing pod_batch_size")
+
+
+_COMMON = dict(
+    dataset="digits",
+    image_size=8,
+    patch_size=2,
+    width=32,
+    depth=2,
+    num_experts=8,
+    capacity_factor=1.0,
+    learning_rate=3e-3,
+    processes=2,
+    pod_devices=1024,
+    pod_batch_size=4096,
+)
+PRESETS = {
+    "smoke": dict(_COMMON, steps=3, batch_size=32, device_counts=(8,)),
+    "cpu": dict(_COMMON, steps=40, batch_size=64, device_counts=(2, 4, 8)),
+    "gpu": dict(_COMMON, steps=40, batch_size=64, device_counts=(2, 4, 8)),
+    "tpu": dict(_COMMON, steps=40, batch_size=64, device_counts=(2, 4, 8)),
+}  # fmt: skip
+
+EXPECTED_SECONDS = {"smoke": None, "cpu": 240, "gpu": None, "tpu": None}
