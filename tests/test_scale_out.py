@@ -29,8 +29,10 @@ from sparse_experts import train
 from sparse_experts.workbook import scale_out
 
 LOSS_TOLERANCE = 1e-5  # per-step losses (about 1.1 here)
-PARAM_TOLERANCE = 1e-4  # parameters (largest about 1.0); measured differences are about 2e-5 (Adam's
-# normalised updates magnify the last-bit differences of gradients summed in another order)
+# Parameters (largest about 1.0): measured differences 2e-5 here, 7e-5 on digits (notebook 07 under smoke).
+# Adam's normalised updates magnify the last-bit differences of gradients summed in another order, so the
+# bound is a sixth of one step's largest update (learning rate 3e-3), far below any real divergence.
+PARAM_TOLERANCE = 5e-4
 FAULT_SECONDS = 60
 
 
