@@ -31,8 +31,10 @@ def _params(model: nnx.Module) -> dict:
 
 
 def _set_params(model: nnx.Module, pure: dict) -> None:
+    """Set ``model``'s parameters to copies of ``pure``'s arrays (no buffer shared with another model: a
+    trainer donates its model's buffers)."""
     state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, pure)
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: jnp.array(x, copy=True), pure))
     nnx.update(model, state)
 
 
@@ -40,7 +42,8 @@ def transplant(source: ViT, config: VitConfig, *, seed: int = 0) -> ViT:
     """A new ViT of ``config`` (built with ``seed``) holding ``source``'s parameters wherever ``config`` has a
     parameter of the same name and shape, except the head; the rest (head, new adapters) keeps its fresh
     initialisation (zero heads with ``head_zero_init``; adapters that change nothing). ``source`` is not
-    changed."""
+    changed, and the two share no buffer (training one, which donates its buffers, leaves the other
+    intact)."""
     fresh = ViT(config, rngs=nnx.Rngs(seed))
     given = _params(source)
     target = _params(fresh)

@@ -627,11 +627,15 @@ class ViT(nnx.Module):
             images, train=train, return_stats=return_stats, moe_overrides=moe_overrides, adapter=adapter
         )
         pooled, stats = pooled if return_stats else (pooled, None)
-        out = pooled
-        if self.head is not None:
-            head, bias = _get(self.head, self.config.dtype), _get(self.head_bias, self.config.dtype)
-            if self.config.adapter_dim:
-                head, bias = head[adapter], bias[adapter]
-            out = jnp.einsum("BD,DY->BY", pooled, head) + bias
+        out = pooled if self.head is None else self.classify(pooled, adapter=adapter)
         out = out.astype(jnp.float32)
         return (out, stats) if return_stats else out
+
+    def classify(self, pooled: jax.Array, *, adapter: int = 0) -> jax.Array:
+        """The head: pooled features [B, D] -> logits [B, Y] (adapter set ``adapter``'s head, when the model
+        has adapters), in the compute dtype."""
+        adapter = self._adapter_index(adapter)
+        head, bias = _get(self.head, self.config.dtype), _get(self.head_bias, self.config.dtype)
+        if self.config.adapter_dim:
+            head, bias = head[adapter], bias[adapter]
+        return jnp.einsum("BD,DY->BY", pooled.astype(head.dtype), head) + bias

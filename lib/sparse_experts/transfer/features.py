@@ -29,8 +29,7 @@ def _encoder(graphdef, with_logits: bool):
         pooled = model.encode(images, train=False)
         if not with_logits:
             return pooled
-        logits = pooled @ model.head[...].astype(pooled.dtype) + model.head_bias[...].astype(pooled.dtype)
-        return pooled, logits.astype(jax.numpy.float32)
+        return pooled, model.classify(pooled).astype(jax.numpy.float32)
 
     return encode
 

@@ -13,6 +13,7 @@ from typing import Any
 from sparse_experts.workbook.configs import (
     adaptive_compute,
     ensembles,
+    expert_models,
     routing_explorer,
     tour,
     train_vmoe,
@@ -50,7 +51,15 @@ PRESET_DEVICES = {
 # Notebook name -> its config module (exporting Config, PRESETS and EXPECTED_SECONDS).
 NOTEBOOKS: dict[str, ModuleType] = {
     module.Config.notebook: module
-    for module in (tour, vit22b_recipe, train_vmoe, routing_explorer, adaptive_compute, ensembles)
+    for module in (
+        tour,
+        vit22b_recipe,
+        train_vmoe,
+        routing_explorer,
+        adaptive_compute,
+        ensembles,
+        expert_models,
+    )
 }
 
 
