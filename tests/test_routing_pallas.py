@@ -17,9 +17,9 @@ from test_routing import GATES, _reference_top_k
 
 from sparse_experts import routing
 
-# (groups, S, E, K, C): odd sizes (one program per group), and S = 256 tokens and E x C = 256 buffer rows,
-# which split into two 128-row programs and two steps of the counting loops.
-CASES = [(2, 7, 3, 2, 2), (2, 256, 8, 2, 32)]
+# (groups, S, E, K, C): odd sizes (one program per group), and S = 200 tokens, E = 6 experts and E x C = 240
+# buffer rows, padded to 256 tokens, 8 experts and 256 rows: two 128-row programs, two steps of each loop.
+CASES = [(2, 7, 3, 2, 2), (2, 200, 6, 2, 40)]
 
 
 def _gates(seed: int, shape) -> jnp.ndarray:
@@ -147,6 +147,12 @@ def test_kernels_lower_for_a_gpu_on_this_cpu(batch_priority):
     x, w = jax.ShapeDtypeStruct((4, 1024, 64), jnp.float32), jax.ShapeDtypeStruct((8, 64, 64), jnp.float32)
     calls = _gpu_lowering(jax.grad(layer, argnums=(0, 1, 2)), x, gates, w)
     assert calls == ["__gpu$xla.gpu.triton"]
+    # Sizes that are not powers of 2 (Triton needs them) are padded: 7 tokens, 3 experts, K=3, 12 rows.
+    odd = jax.ShapeDtypeStruct((2, 7, 3), jnp.float32)
+    route = functools.partial(routing.fused_top_k_routing, k=3, capacity=4, batch_priority=batch_priority)
+    assert _gpu_lowering(lambda g: routing.choice_of_buffer_row(route(g), 3, 4), odd) == [
+        "__gpu$xla.gpu.triton"
+    ]
     # The same program lowered for this CPU interprets the kernels: no custom call at all.
     text = jax.jit(jax.grad(layer, argnums=(0, 1, 2))).trace(x, gates, w).lower().as_text()
     assert "custom_call @__gpu" not in text

@@ -427,11 +427,13 @@ def combine(y: Array, routing, backend: str | None = None, *, num_tokens: int | 
 # counted over blocks of T tokens, and a buffer row finds its choice by comparing against every choice.
 # O(S^2 K^2) compares per group, T x T at a time in registers. On CPU they run in Pallas interpret mode.
 _TRITON = pl_triton.CompilerParams(num_warps=4, num_stages=1)
-_ROW_BLOCK = 128  # tokens (and buffer rows) per kernel program and per step of its loop, when they divide
+_ROW_BLOCK = 128  # tokens (and buffer rows) per kernel program and per step of its loops
 
 
-def _block(size: int) -> int:
-    return _ROW_BLOCK if size % _ROW_BLOCK == 0 else size
+def _padded(size: int) -> int:
+    """``size`` rounded up to a power of 2 (Triton's arrays must be), or above ``_ROW_BLOCK`` to a multiple
+    of it; the kernels' wrappers pad tokens, experts and buffer rows to this and slice the padding off."""
+    return 1 << (size - 1).bit_length() if size <= _ROW_BLOCK else -(-size // _ROW_BLOCK) * _ROW_BLOCK
 
 
 def _run_kernel(make_call: Callable, interpret: bool | None, *args: Array):
@@ -460,11 +462,14 @@ def _top_k_of_rows(gates: Array, k: int) -> tuple[list[Array], list[Array]]:
     return experts, values
 
 
-def _route_kernel(gates_ref, expert_ref, slot_ref, weight_ref, *, k, capacity, batch_priority, renormalize):
-    """One program: the choices of a block of B tokens of one group. ``gates_ref[S, E]`` (the whole group);
+def _route_kernel(
+    gates_ref, expert_ref, slot_ref, weight_ref, *, k, capacity, batch_priority, renormalize, num_tokens
+):
+    """One program: the choices of a block of B tokens of one group. ``gates_ref[S', E']`` (the whole group,
+    padded: tokens from ``num_tokens`` on are padding and take no slot; padded experts have gate -inf);
     ``expert_ref``, ``slot_ref``, ``weight_ref`` ``[K, B]`` (level-major)."""
     block = expert_ref.shape[-1]
-    num_tokens = gates_ref.shape[0]
+    padded_tokens = gates_ref.shape[0]
     start = pl.program_id(1) * block
     my_experts, my_gates = _top_k_of_rows(gates_ref[pl.ds(start, block), :], k)
     my_position = start + jax.lax.broadcasted_iota(jnp.int32, (block, 1), 0)  # [B, 1]
@@ -478,17 +483,19 @@ def _route_kernel(gates_ref, expert_ref, slot_ref, weight_ref, *, k, capacity, b
         if batch_priority:
             their_priority = their_gates[0][None, :]
             ahead = (their_priority > my_priority) | ((their_priority == my_priority) & ahead)
+        real = their_position < num_tokens  # [1, T] padding tokens are never served
         new_counts = []
         for level in range(k):
             mine = my_experts[level][:, None]
             served_before = (their_experts[level][None, :] == mine) & ahead
             for earlier in range(level):
                 served_before = served_before | (their_experts[earlier][None, :] == mine)
+            served_before = served_before & real
             new_counts.append(counts[level] + jnp.sum(served_before.astype(jnp.int32), axis=1))
         return tuple(new_counts)
 
     zeros = tuple(jnp.zeros((block,), jnp.int32) for _ in range(k))
-    slots = jax.lax.fori_loop(0, num_tokens // block, count_block, zeros)
+    slots = jax.lax.fori_loop(0, padded_tokens // block, count_block, zeros)
     kept = [slot < capacity for slot in slots]
     weights = [jnp.where(keep, gate, 0.0) for keep, gate in zip(kept, my_gates, strict=True)]
     if renormalize:
@@ -506,27 +513,31 @@ def _route_call(
 ):
     """``gates[G, S, E]`` -> expert, slot, weight ``[G, S, K]`` by :func:`_route_kernel`."""
     num_groups, num_tokens, num_experts = gates.shape
-    block = _block(num_tokens)
+    padded_tokens, padded_experts = _padded(num_tokens), _padded(num_experts)
+    block = min(padded_tokens, _ROW_BLOCK)
+    padding = ((0, 0), (0, padded_tokens - num_tokens), (0, padded_experts - num_experts))
+    gates = jnp.pad(gates, padding, constant_values=-jnp.inf)
     out_spec = pl.BlockSpec((None, k, block), lambda g, r: (g, 0, r))
     kernel = functools.partial(
-        _route_kernel, k=k, capacity=capacity, batch_priority=batch_priority, renormalize=renormalize
-    )
+        _route_kernel, k=k, capacity=capacity, batch_priority=batch_priority, renormalize=renormalize,
+        num_tokens=num_tokens,
+    )  # fmt: skip
     make_call = functools.partial(
         pl.pallas_call,
         kernel,
-        grid=(num_groups, num_tokens // block),
-        in_specs=[pl.BlockSpec((None, num_tokens, num_experts), lambda g, r: (g, 0, 0))],
+        grid=(num_groups, padded_tokens // block),
+        in_specs=[pl.BlockSpec((None, padded_tokens, padded_experts), lambda g, r: (g, 0, 0))],
         out_specs=[out_spec, out_spec, out_spec],
         out_shape=[
-            jax.ShapeDtypeStruct((num_groups, k, num_tokens), jnp.int32),
-            jax.ShapeDtypeStruct((num_groups, k, num_tokens), jnp.int32),
-            jax.ShapeDtypeStruct((num_groups, k, num_tokens), gates.dtype),
+            jax.ShapeDtypeStruct((num_groups, k, padded_tokens), jnp.int32),
+            jax.ShapeDtypeStruct((num_groups, k, padded_tokens), jnp.int32),
+            jax.ShapeDtypeStruct((num_groups, k, padded_tokens), gates.dtype),
         ],
         compiler_params=_TRITON,
         name="fused_top_k_routing",
     )
     expert, slot, weight = _run_kernel(lambda interp: make_call(interpret=interp), interpret, gates)
-    return tuple(jnp.swapaxes(a, -1, -2) for a in (expert, slot, weight))
+    return tuple(jnp.swapaxes(a[..., :num_tokens], -1, -2) for a in (expert, slot, weight))
 
 
 def _weights_of(gates: Array, expert: Array, slot: Array, capacity: int, renormalize: bool) -> Array:
@@ -588,13 +599,14 @@ def fused_top_k_routing(
     return Assignment(expert=expert, slot=slot, weight=weight)
 
 
-def _row_choice_kernel(expert_ref, slot_ref, row_choice_ref, *, capacity):
+def _row_choice_kernel(expert_ref, slot_ref, row_choice_ref, *, capacity, num_tokens):
     """One program: which choice fills each of a block of R buffer rows of one group. ``expert_ref`` and
-    ``slot_ref`` ``[K, S]``; ``row_choice_ref[R]``: ``s * K + k``, or S * K for an empty row."""
-    num_choices, num_tokens = expert_ref.shape
+    ``slot_ref`` ``[K, S']`` (padded with dropped choices); ``row_choice_ref[R]``: ``s * K + k``, or S * K
+    (``num_tokens`` x K) for an empty row."""
+    num_choices, padded_tokens = expert_ref.shape
     rows = row_choice_ref.shape[0]
     row = pl.program_id(1) * rows + jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0)  # [R, 1]
-    block = _block(num_tokens)
+    block = min(padded_tokens, _ROW_BLOCK)
 
     def match_block(step, found):
         start = step * block
@@ -609,7 +621,7 @@ def _row_choice_kernel(expert_ref, slot_ref, row_choice_ref, *, capacity):
         return found
 
     empty = jnp.full((rows,), num_tokens * num_choices, jnp.int32)
-    row_choice_ref[:] = jax.lax.fori_loop(0, num_tokens // block, match_block, empty)
+    row_choice_ref[:] = jax.lax.fori_loop(0, padded_tokens // block, match_block, empty)
 
 
 def choice_of_buffer_row(
@@ -619,23 +631,28 @@ def choice_of_buffer_row(
     (int32; S * K for empty rows), by a Pallas kernel: the map the "pallas" dispatch and combine gather by
     (the "indices" backend scatters it). ``interpret``: Pallas interpret mode (None: on CPU only)."""
     lead, (num_tokens, k) = assignment.expert.shape[:-2], assignment.expert.shape[-2:]
-    expert = jnp.swapaxes(assignment.expert.reshape(-1, num_tokens, k), -1, -2)  # [G, K, S]
+    padding = ((0, 0), (0, 0), (0, _padded(num_tokens) - num_tokens))  # padded tokens: dropped choices
+    expert = jnp.pad(
+        jnp.swapaxes(assignment.expert.reshape(-1, num_tokens, k), -1, -2), padding
+    )  # [G, K, S']
     slot = jnp.swapaxes(assignment.slot.reshape(-1, num_tokens, k), -1, -2)
+    slot = jnp.pad(slot, padding, constant_values=capacity)
     num_rows = num_experts * capacity
-    rows = _block(num_rows)
-    in_spec = pl.BlockSpec((None, k, num_tokens), lambda g, r: (g, 0, 0))
+    padded_rows = _padded(num_rows)
+    rows = min(padded_rows, _ROW_BLOCK)
+    in_spec = pl.BlockSpec((None, k, expert.shape[-1]), lambda g, r: (g, 0, 0))
     make_call = functools.partial(
         pl.pallas_call,
-        functools.partial(_row_choice_kernel, capacity=capacity),
-        grid=(expert.shape[0], num_rows // rows),
+        functools.partial(_row_choice_kernel, capacity=capacity, num_tokens=num_tokens),
+        grid=(expert.shape[0], padded_rows // rows),
         in_specs=[in_spec, in_spec],
         out_specs=pl.BlockSpec((None, rows), lambda g, r: (g, r)),
-        out_shape=jax.ShapeDtypeStruct((expert.shape[0], num_rows), jnp.int32),
+        out_shape=jax.ShapeDtypeStruct((expert.shape[0], padded_rows), jnp.int32),
         compiler_params=_TRITON,
         name="choice_of_buffer_row",
     )
     row_choice = _run_kernel(lambda interp: make_call(interpret=interp), interpret, expert, slot)
-    return row_choice.reshape(*lead, num_rows)
+    return row_choice[:, :num_rows].reshape(*lead, num_rows)
 
 
 def _dispatch_by_row_choice(x: Array, flat_index: Array, row_choice: Array) -> Array:
