@@ -24,7 +24,13 @@ def test_dry_run_lists_the_gpu_tests_then_notebooks_00_to_04_under_gpu_embedded(
     assert done.returncode == 0, done.stderr
     steps = [line for line in done.stdout.splitlines() if line.startswith("== gpu-ci: ")]
     assert [s.split(":")[1].strip() for s in steps] == ["environment", "tests", "notebooks"]
-    for name in ("test_routing.py", "test_moe.py", "test_trainer.py", "test_sharding.py"):
+    for name in (
+        "test_routing.py",
+        "test_routing_pallas.py",
+        "test_moe.py",
+        "test_trainer.py",
+        "test_sharding.py",
+    ):
         assert name in steps[1]
     assert "-m sparse_experts.workbook run --preset gpu_embedded" in steps[2]
     assert "--only 00 --only 01 --only 02 --only 03 --only 04" in steps[2]
