@@ -81,6 +81,7 @@ PRESETS = {
     "cpu": dict(_COMMON, steps=40, batch_size=64, device_counts=(2, 4, 8)),
     "gpu": dict(_COMMON, steps=40, batch_size=64, device_counts=(2, 4, 8)),
     "tpu": dict(_COMMON, steps=40, batch_size=64, device_counts=(2, 4, 8)),
+    "gpu_embedded": dict(_COMMON, steps=40, batch_size=64, device_counts=(2, 4, 8)),
 }  # fmt: skip
 
-EXPECTED_SECONDS = {"smoke": None, "cpu": 240, "gpu": None, "tpu": None}
+EXPECTED_SECONDS = {"smoke": None, "cpu": 240, "gpu": None, "tpu": None, "gpu_embedded": None}
