@@ -269,7 +269,7 @@ class Study:
         ablation, record, affinity = self._ablated(), self.records[self.layer], self.affinity
         return {
             "model": self.name, "layer": self.layer,
-            "accuracy": analysis.accuracy(self.logits, self.data.labels),
+            "accuracy (these images)": analysis.accuracy(self.logits, self.data.labels),
             "dropped": record["dropped_fraction"], "entropy (nats)": analysis.router_entropy(record["gates"]),
             "class TV": affinity.get("tv_class"), "class TV shuffled": affinity.get("tv_class_shuffled"),
             "coarse TV": affinity.get("tv_coarse_class"),

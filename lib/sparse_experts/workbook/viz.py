@@ -674,6 +674,19 @@ def model_frontier(
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
     fig = go.Figure()
+    # models at nearly the same compute (within 5%) put their labels left, right, above, below their markers
+    groups: list[list[dict]] = []
+    for r in sorted(rows, key=lambda r: r["gflops_per_image"]):
+        if groups and r["gflops_per_image"] < 1.05 * groups[-1][-1]["gflops_per_image"]:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    sides = ("middle left", "middle right", "top center", "bottom center")
+    position = {
+        r["model"]: "top center" if len(group) == 1 else sides[i % len(sides)]
+        for group in groups
+        for i, r in enumerate(group)
+    }
     for family, color in FAMILY_COLORS.items():
         members = sorted((r for r in rows if r["family"] == family), key=lambda r: r["gflops_per_image"])
         if not members:
@@ -682,7 +695,8 @@ def model_frontier(
         y = [r["test_accuracy"] for r in members]
         errors = [r["test_accuracy_std"] or 0.0 for r in members]
         fig.add_scatter(
-            x=x, y=y, mode="markers+text", text=[r["model"] for r in members], textposition="top center",
+            x=x, y=y, mode="markers+text", text=[r["model"] for r in members],
+            textposition=[position[r["model"]] for r in members],
             marker=dict(size=12, color=color), error_y=dict(type="data", array=errors, visible=True),
             name=family, hovertemplate="%{text}<br>%{x:.4g} GFLOPs<br>accuracy %{y:.3f}<extra></extra>",
         )  # fmt: skip
@@ -701,7 +715,11 @@ def model_frontier(
             x=[r["gflops_per_image"] for r in frontier], y=[r["test_accuracy"] for r in frontier],
             mode="lines", line=dict(color=color, dash="dot"), name=f"{family} frontier",
         )  # fmt: skip
-    fig.update_xaxes(title_text="GFLOPs per image (inference)", type="log")
+    xs = np.log10([r["gflops_per_image"] for r in rows])
+    pad = 0.12 * max(xs.max() - xs.min(), 0.3)  # room for the labels left and right of the end markers
+    fig.update_xaxes(
+        title_text="GFLOPs per image (inference)", type="log", range=[xs.min() - pad, xs.max() + pad]
+    )
     fig.update_yaxes(title_text="test accuracy")
     fig.update_layout(title=title, height=460, width=820)
     return accuracy_in_context(fig, chance=chance, band=band, band_label=band_label)
@@ -756,17 +774,18 @@ def accuracy_in_context(
     if band is not None:
         out.add_hrect(
             y0=centre - half, y1=centre + half, fillcolor="gray", opacity=0.18, line_width=0, row=1, col=1,
-            annotation_text=band_label, annotation_position="top left", annotation_font_size=11,
+            annotation_text=band_label, annotation_position="bottom right", annotation_font_size=11,
         )  # fmt: skip
     if chance is not None:
-        label = dict(annotation_text=f"chance {fmt.percent(chance)}", annotation_position="bottom right")
+        label = dict(annotation_text=f"chance {fmt.percent(chance)}", annotation_position="top left")
         out.add_hline(y=chance, line_dash="dot", line_color="black", row=2, col=1, **label)
         if zoom[0] <= chance <= zoom[1]:
             out.add_hline(y=chance, line_dash="dot", line_color="black", row=1, col=1, **label)
-    x_type = fig.layout.xaxis.type
-    out.update_xaxes(type=x_type, row=1, col=1)
-    out.update_xaxes(type=x_type, title_text=fig.layout.xaxis.title.text, row=2, col=1)
-    out.update_yaxes(title_text=f"{fig.layout.yaxis.title.text} (zoomed)", range=zoom, row=1, col=1)
+    x_type, x_range = fig.layout.xaxis.type, fig.layout.xaxis.range
+    out.update_xaxes(type=x_type, range=x_range, row=1, col=1)
+    out.update_xaxes(type=x_type, range=x_range, title_text=fig.layout.xaxis.title.text, row=2, col=1)
+    out.update_yaxes(title_text=f"{fig.layout.yaxis.title.text} (zoomed)", range=zoom, tickformat=".1%",
+                     row=1, col=1)  # fmt: skip
     out.update_yaxes(title_text="full scale", range=[0, 1.02], tickformat=".0%", row=2, col=1)
     out.update_layout(
         title=fig.layout.title.text, width=fig.layout.width, height=(fig.layout.height or 440) + 150
