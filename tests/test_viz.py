@@ -109,7 +109,11 @@ def test_affinity_heatmap():
     rel = viz.affinity_heatmap(
         analysis.expert_class_affinity(COMBINE, labels, 2, relative=True), ["a", "b"], relative=True
     )
-    assert rel.data[0].zmid == 1.0
+    ratios = analysis.expert_class_affinity(COMBINE, labels, 2, relative=True)
+    assert rel.data[0].zmid == 0.0  # log2 of the ratio: x1 is white, x2 as red as x1/2 is blue
+    np.testing.assert_allclose(rel.data[0].z, np.clip(np.log2(ratios), -3, 3))
+    np.testing.assert_allclose(rel.data[0].customdata, ratios)  # the ratios themselves on hover
+    assert list(rel.data[0].colorbar.ticktext) == ["x1/8", "x1/4", "x1/2", "x1", "x2", "x4", "x8"]
     with pytest.raises(ValueError, match="class_names"):
         viz.affinity_heatmap(affinity, ["cat"])
 

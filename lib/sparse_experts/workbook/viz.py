@@ -22,6 +22,7 @@ from sparse_experts.workbook import fmt
 PANEL_PIXELS = 300  # the side of one image panel of the routing figures
 MAX_FIGURE_PIXELS = 1100  # no figure is wider: it must fit a notebook column and a projector
 MAX_LABELLED_COLUMNS = 60  # heatmap columns above half of this get upright labels in a small font
+RELATIVE_OCTAVES = 3  # relative affinity heatmaps span x1/8 to x8 (log2 colours); beyond is clipped
 
 
 def _check_array(name: str, value, shape_text: str, ndim: int) -> np.ndarray:
@@ -462,22 +463,26 @@ def affinity_heatmap(
 ) -> go.Figure:
     """Heatmap of ``affinity`` ``[E, Y]`` (``analysis.expert_class_affinity``): rows experts, columns
     classes. ``relative=False``: shares (each column sums to 1), colour from 0; ``relative=True``: ratios to
-    the expert's overall share, diverging colours centred on 1."""
+    the expert's overall share, drawn as log2 of the ratio (clipped to +-:data:`RELATIVE_OCTAVES`) in
+    diverging colours centred on x1, ratios on hover and on the colour bar's ticks."""
     affinity = _check_array("affinity", affinity, "[E, Y]", 2)
     E, Y = affinity.shape
     if len(class_names) != Y:
         raise ValueError(f"{len(class_names)} class_names for {Y} affinity columns")
-    colors = dict(colorscale="RdBu_r", zmid=1.0) if relative else dict(colorscale="Viridis", zmin=0.0)
-    fig = go.Figure(
-        go.Heatmap(
-            z=affinity,
-            x=list(class_names),
-            y=[f"expert {e}" for e in range(E)],
-            hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
-            colorbar=dict(title="x overall share" if relative else "share of class"),
-            **colors,
-        )
-    )
+    if relative:  # ratios on a log2 scale centred on 1: "half as much" is as blue as "twice as much" is red
+        ticks = np.arange(-RELATIVE_OCTAVES, RELATIVE_OCTAVES + 1)
+        labels = [f"x{2.0**t:g}" if t >= 0 else f"x1/{2**-t:g}" for t in ticks]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.clip(np.log2(affinity), -RELATIVE_OCTAVES, RELATIVE_OCTAVES)
+        bar = dict(title="x overall share", tickvals=ticks.tolist(), ticktext=labels)
+        colors = dict(colorscale="RdBu_r", zmid=0.0, zmin=-RELATIVE_OCTAVES, zmax=RELATIVE_OCTAVES,
+                      customdata=affinity, hovertemplate="%{y}, %{x}: x%{customdata:.2f}<extra></extra>",
+                      colorbar=bar)  # fmt: skip
+    else:
+        z = affinity
+        colors = dict(colorscale="Viridis", zmin=0.0, hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+                      colorbar=dict(title="share of class"))  # fmt: skip
+    fig = go.Figure(go.Heatmap(z=z, x=list(class_names), y=[f"expert {e}" for e in range(E)], **colors))
     many = Y > MAX_LABELLED_COLUMNS // 2  # narrow columns: upright labels in a small font
     fig.update_xaxes(title_text="class", tickangle=-90 if many else (-45 if Y > 6 else 0),
                      tickfont_size=9 if many else 12)  # fmt: skip
