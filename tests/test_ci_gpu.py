@@ -36,6 +36,12 @@ def test_dry_run_lists_the_gpu_tests_then_notebooks_00_to_04_under_gpu_embedded(
     assert "--only 00 --only 01 --only 02 --only 03 --only 04" in steps[2]
     assert done.stdout.splitlines()[-1] == "gpu-ci: dry run (GPU_CI_DRY=1): nothing ran"
     assert not (tmp_path / "ci").exists()
+    for skipped, kept in (("GPU_CI_TESTS", "notebooks"), ("GPU_CI_NOTEBOOKS", "tests")):  # two shorter calls
+        done = run_ci(tmp_path, GPU_CI_DRY="1", **{skipped: "none"})
+        steps = [
+            line.split(":")[1].strip() for line in done.stdout.splitlines() if line.startswith("== gpu-ci")
+        ]
+        assert done.returncode == 0 and steps == ["environment", kept], (skipped, steps)
 
 
 def test_refuses_a_machine_without_gpu_unless_told(tmp_path):
