@@ -193,7 +193,7 @@ def test_foreground_patches_and_split_by_hand():
     image[0, 4:8, 4:8] = 255
     image[0, 0:4, 8:12] = 12  # a faint corner: 15.6 from the corners' mean colour (3, 3, 3), under 24
     np.testing.assert_array_equal(
-        explorer.foreground_patches(image, 4),
+        analysis.routes.foreground_patches(image, 4),
         [[False, False, False, False, True, False, False, False, False]],
     )
     # 2 images x 3 patches x E=2: object patches send all their weight to expert 0, background to expert 1

@@ -312,6 +312,12 @@ def test_compute_against_looks():
     r = analysis.routes.compute_against_looks(np.array([1.0, 2.0, 3.0, 4.0]), images)
     assert r["brightness"] == pytest.approx(1.0) and r["contrast"] == pytest.approx(1.0)
     assert analysis.routes.compute_against_looks(np.ones(4), images) == {"brightness": None, "contrast": None}
+    # object size: 3 images of 3x3 patches of one pixel, black corners: none, the centre, the middle row
+    big = np.zeros((3, 3, 3, 1), np.uint8)
+    big[1, 1, 1] = 200  # image 1: the centre patch is object
+    big[2, 1, :] = 200  # image 2: the middle row is object
+    r = analysis.routes.compute_against_looks(np.array([0.0, 1.0, 2.0]), big, patch_size=1)
+    assert r["object size"] == pytest.approx(np.corrcoef([0, 1, 2], [0, 1 / 9, 3 / 9])[0, 1])
 
 
 def test_kept_dropped_bars_show_demand_and_the_capacity_line():
@@ -365,8 +371,8 @@ def test_dropped_patch_rows_mark_lost_patches():
 def test_looks_sentence():
     text = analysis.routes.looks_sentence("BPR", {"brightness": 0.01, "contrast": -0.45})
     assert text == (
-        "BPR: compute per image against brightness r = +0.01, contrast r = -0.45: compute partly follows how "
-        "bright or contrasted an image is."
+        "BPR: compute per image against brightness r = +0.01, contrast r = -0.45: compute partly follows "
+        "brightness or contrast."
     )
     assert "barely" in analysis.routes.looks_sentence("x", {"brightness": 0.1, "contrast": None})
     assert "nothing to relate" in analysis.routes.looks_sentence("x", {"brightness": None, "contrast": None})

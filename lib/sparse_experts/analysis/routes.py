@@ -504,17 +504,36 @@ def top_gate_patches(gates: np.ndarray, count: int, *, skip_tokens: int = 0) -> 
     }
 
 
-def compute_against_looks(compute: np.ndarray, images: np.ndarray) -> dict[str, float | None]:
+def foreground_patches(images: np.ndarray, patch_size: int, threshold: float = 24.0) -> np.ndarray:
+    """``[B, P]``: whether each patch of ``images`` ``[B, H, W, C]`` (uint8) shows the object rather than the
+    background: its mean colour lies more than ``threshold`` (0-255 units, Euclidean over channels) from
+    the mean colour of the image's four corner patches, which the embedded datasets leave to the background
+    (their objects sit near the centre). Patches in rows, top to bottom."""
+    images = np.asarray(images, np.float64)
+    B, H, W, C = images.shape
+    rows, cols = H // patch_size, W // patch_size
+    patches = images.reshape(B, rows, patch_size, cols, patch_size, C).mean(axis=(2, 4))  # [B, rows, cols, C]
+    corners = patches[:, [0, 0, -1, -1], [0, -1, 0, -1]].mean(axis=1)  # [B, C]
+    distance = np.linalg.norm(patches - corners[:, None, None], axis=-1)
+    return (distance > threshold).reshape(B, rows * cols)
+
+
+def compute_against_looks(
+    compute: np.ndarray, images: np.ndarray, patch_size: int | None = None
+) -> dict[str, float | None]:
     """Pearson correlation over images of the expert compute each got (``compute`` ``[B]``, e.g. from
-    :func:`compute_per_image`) with how it looks: ``"brightness"`` (mean pixel value) and ``"contrast"``
-    (standard deviation of its pixel values); None when either side does not vary. ``images``
+    :func:`compute_per_image`) with how it looks: ``"brightness"`` (mean pixel value), ``"contrast"``
+    (standard deviation of its pixel values) and, given ``patch_size``, ``"object size"`` (the share of its
+    patches that :func:`foreground_patches` calls object); None when either side does not vary. ``images``
     ``[B, H, W, C]``."""
     compute = np.asarray(compute, np.float64)
-    images = np.asarray(images, np.float64)
+    images = np.asarray(images)
     if compute.ndim != 1 or len(images) != len(compute) or images.ndim < 2:
         fail("images", f"<array of shape {images.shape}>", f"one image per compute value ({compute.shape})")
-    pixels = images.reshape(len(images), -1)
+    pixels = images.reshape(len(images), -1).astype(np.float64)
     looks = {"brightness": pixels.mean(axis=1), "contrast": pixels.std(axis=1)}
+    if patch_size is not None:
+        looks["object size"] = foreground_patches(images, patch_size).mean(axis=1)
     result: dict[str, float | None] = {}
     for name, value in looks.items():
         varies = compute.std() > 0 and value.std() > 0
@@ -523,13 +542,14 @@ def compute_against_looks(compute: np.ndarray, images: np.ndarray) -> dict[str, 
 
 
 def looks_sentence(routing: str, correlations: Mapping[str, float | None]) -> str:
-    """One sentence on how ``routing``'s compute per image follows brightness and contrast
-    (:func:`compute_against_looks`): |r| under 0.3 is "barely", under 0.6 "partly", else "closely"."""
+    """One sentence on how ``routing``'s compute per image follows how images look
+    (:func:`compute_against_looks`), by the strongest |r|: under 0.3 "barely", under 0.6 "partly", else
+    "closely"."""
     known = {name: r for name, r in correlations.items() if r is not None}
     if not known:
         return f"{routing}: every image got the same compute (or looks alike), so there is nothing to relate."
     values = ", ".join(f"{name} r = {r:+.2f}" for name, r in known.items())
     strongest = max(abs(r) for r in known.values())
     how = "barely" if strongest < 0.3 else ("partly" if strongest < 0.6 else "closely")
-    follows = f"compute {how} follows how bright or contrasted an image is"
+    follows = f"compute {how} follows {' or '.join(known)}"
     return f"{routing}: compute per image against {values}: {follows}."

@@ -305,20 +305,6 @@ def entropy_sentence(study: Study) -> str:
     )
 
 
-def foreground_patches(images: np.ndarray, patch_size: int, threshold: float = 24.0) -> np.ndarray:
-    """``[B, P]``: whether each patch of ``images`` ``[B, H, W, C]`` (uint8) shows the object rather than the
-    background: its mean colour lies more than ``threshold`` (0-255 units, Euclidean over channels) from
-    the mean colour of the image's four corner patches, which the embedded datasets leave to the background
-    (their objects sit near the centre). Patches in rows, top to bottom."""
-    images = np.asarray(images, np.float64)
-    B, H, W, C = images.shape
-    rows, cols = H // patch_size, W // patch_size
-    patches = images.reshape(B, rows, patch_size, cols, patch_size, C).mean(axis=(2, 4))  # [B, rows, cols, C]
-    corners = patches[:, [0, 0, -1, -1], [0, -1, 0, -1]].mean(axis=1)  # [B, C]
-    distance = np.linalg.norm(patches - corners[:, None, None], axis=-1)
-    return (distance > threshold).reshape(B, rows * cols)
-
-
 def foreground_split(weights: np.ndarray, foreground: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """How differently object and background patches use the experts: the total-variation distance between
     the experts' shares of the routed weight (``weights [B, P, E]``, patches only) of the ``foreground``
@@ -338,8 +324,8 @@ def foreground_split(weights: np.ndarray, foreground: np.ndarray, seed: int = 0)
 
 def foreground_sentence(study: Study) -> str:
     """What to notice about object against background patches in ``study``'s layer, from its numbers
-    (:func:`foreground_patches`, :func:`foreground_split`)."""
-    foreground = foreground_patches(study.data.images, study.config.patch_size)
+    (``analysis.routes.foreground_patches``, :func:`foreground_split`)."""
+    foreground = analysis.routes.foreground_patches(study.data.images, study.config.patch_size)
     weights = np.asarray(study.records[study.layer]["combine_weights"])[:, int(study.config.pool == "cls") :]
     where = f"In layer {study.layer} of {study.name}"
     if foreground.all() or not foreground.any():
@@ -432,14 +418,15 @@ def drop_summary(pair: Mapping[str, Study]) -> dict[str, dict[str, float | None]
     """Per routing of ``pair``, over all evaluated images in its layer: ``lost_every`` (share of patches that
     lost every choice), ``gate_lost`` and ``gate_kept`` (mean top gate of those patches and of the patches
     that kept every choice; None when there are none), ``background_lost`` (share of background among the
-    patches that lost every choice, :func:`foreground_patches`) and ``background_all`` (among all patches)."""
+    patches that lost every choice, ``analysis.routes.foreground_patches``) and ``background_all`` (among
+    all patches)."""
     result = {}
     for word, study in pair.items():
         kept = _kept_patches(study)
         k = analysis.shown_choices(study.config.moe, study.settings["k"])
         start = int(study.config.pool == "cls")
         top_gate = np.asarray(study.records[study.layer]["gates"])[:, start:].max(axis=-1)  # [B, P]
-        background = ~foreground_patches(study.data.images, study.config.patch_size)
+        background = ~analysis.routes.foreground_patches(study.data.images, study.config.patch_size)
         lost, full = kept <= 0, kept >= k
         result[word] = {
             "lost_every": float(lost.mean()),

@@ -560,7 +560,9 @@ def accuracy_vs_gflops(
     ``points``: {name: (gflops, accuracy)}, drawn as single large markers (e.g. the dense model, Soft MoE).
     With ``chance`` or ``band`` (centre, half-width), see :func:`accuracy_in_context`."""
     fig = go.Figure()
-    for name, curve in dict(curves).items():
+    # curves that share their x values (vanilla and BPR at one capacity factor) label on different sides
+    sides = ("bottom right", "top left", "middle right", "middle left")
+    for i, (name, curve) in enumerate(dict(curves).items()):
         x, y = np.asarray(curve[0], np.float64), np.asarray(curve[1], np.float64)
         order = np.argsort(x, kind="stable")
         labels = [f"{float(c):g}" for c in np.asarray(curve[2])[order]] if len(curve) == 3 else None
@@ -569,7 +571,8 @@ def accuracy_vs_gflops(
             y=y[order],
             mode="lines+markers+text" if labels else "lines+markers",
             text=labels,
-            textposition="top center",
+            textposition=sides[i % len(sides)],
+            textfont=dict(size=10),
             name=name,
             hovertemplate=f"{name}<br>%{{x:.4g}} GFLOPs<br>accuracy %{{y:.3f}}<extra></extra>",
         )
