@@ -135,6 +135,7 @@ def test_checkpoint_of_one_process_resumes_on_two(runs):
 def test_a_killed_process_ends_the_run_within_a_minute(runs, case, victim):
     result = runs[case]
     other = 1 - victim
+    print(f"{case}:\n{result.report()}")  # the timings, shown with pytest -s
     assert result.first_failure == victim and result.returncodes[victim] == -9, result.report()
     assert result.returncodes[other] != 0 and other not in result.ended_by_launcher, result.report()
     assert result.seconds_after_first_failure()[other] < FAULT_SECONDS, result.report()

@@ -15,6 +15,7 @@ from sparse_experts.workbook.configs import (
     ensembles,
     expert_models,
     routing_explorer,
+    scale_out,
     tour,
     train_vmoe,
     vit22b_recipe,
@@ -59,6 +60,7 @@ NOTEBOOKS: dict[str, ModuleType] = {
         adaptive_compute,
         ensembles,
         expert_models,
+        scale_out,
     )
 }
 
