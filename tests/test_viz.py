@@ -376,3 +376,23 @@ def test_looks_sentence():
     )
     assert "barely" in analysis.routes.looks_sentence("x", {"brightness": 0.1, "contrast": None})
     assert "nothing to relate" in analysis.routes.looks_sentence("x", {"brightness": None, "contrast": None})
+
+
+def test_ensemble_frontier_draws_the_binomial_noise():
+    rows = [
+        {
+            "task": "t",
+            "method": m,
+            "members": ["a"],
+            "gflops_per_image": g,
+            "accuracy": a,
+            "correct": [1] * 100,
+        }
+        for m, g, a in (("greedy top-K", 0.02, 0.8), ("seed ensemble", 0.03, 0.5))
+    ]
+    fig = viz.ensemble_frontier(rows)
+    greedy, seeds = fig.data
+    assert greedy.error_y.array[0] == pytest.approx(200 * np.sqrt(0.8 * 0.2 / 100))  # 8 points
+    assert seeds.error_y.array[0] == pytest.approx(10.0) and seeds.error_y.visible
+    without = viz.ensemble_frontier([dict(rows[0], correct=None)])
+    assert not without.data[0].error_y.visible

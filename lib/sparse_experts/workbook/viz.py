@@ -916,7 +916,9 @@ def ranking_scatter(tables, estimator: str = "knn", title: str = "") -> go.Figur
 
 def ensemble_frontier(rows, title: str = "Test accuracy against inference GFLOPs per image") -> go.Figure:
     """Notebook 05: singles and ensembles, one panel per task: each method a point at (its members' summed
-    GFLOPs per image, its test accuracy). ``rows``: :func:`transfer_study.ensembles_for_task` rows."""
+    GFLOPs per image, its test accuracy), with a bar of +-2 binomial standard errors over the row's test
+    images (``"correct"``) so a gap inside the bars reads as noise. ``rows``:
+    :func:`transfer_study.ensembles_for_task` rows."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cols = min(4, len(tasks))
@@ -928,10 +930,13 @@ def ensemble_frontier(rows, title: str = "Test accuracy against inference GFLOPs
         for j, method in enumerate(methods):
             r = next(r for r in rows if r["task"] == task and r["method"] == method)
             hover = f"{method}<br>{', '.join(r['members'])}<br>%{{x:.4f}} GFLOPs, %{{y:.1f}}%<extra></extra>"
+            count = len(r.get("correct") or [])  # test images: a binomial +-2 SE bar when known
+            noise = 200 * np.sqrt(r["accuracy"] * (1 - r["accuracy"]) / count) if count else None
             fig.add_trace(go.Scatter(
                 x=[r["gflops_per_image"]], y=[100 * r["accuracy"]], mode="markers", name=method,
                 legendgroup=method, showlegend=i == 0, marker=dict(size=10, color=palette[j % len(palette)]),
-                hovertemplate=hover,
+                hovertemplate=hover, error_y=dict(type="data", array=[noise], visible=noise is not None,
+                                                  thickness=1, width=3),
             ), row=i // cols + 1, col=i % cols + 1)  # fmt: skip
     fig.update_xaxes(title_text="GFLOPs / image", title_font_size=11)
     fig.update_yaxes(title_text="test accuracy (%)", title_font_size=11, col=1)
