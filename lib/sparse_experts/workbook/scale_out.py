@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import re
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -359,6 +360,46 @@ def run_layouts(params: Mapping[str, Any], out_dir: str | Path, output=None) -> 
     return runs
 
 
+def fault_demo(params: Mapping[str, Any], out_dir: str | Path, output=None) -> dict[str, Any]:
+    """A host dies: notebook 07's multi-process run with checkpoints (every quarter of the steps) has its last
+    process killed (SIGKILL) once it reached the step after the second checkpoint; then the run restarts on
+    one process with all the devices, from the last complete checkpoint (written by several processes).
+    Returns the launcher's report, the exit codes, how long after the kill each other process ended, the
+    checkpoints left, the step the restart resumed from and its result (compare it with the uninterrupted
+    run)."""
+    total, n = max(params["device_counts"]), params["processes"]
+    every = max(1, params["steps"] // 4)
+    kill_at = 2 * every + 1
+    if kill_at >= params["steps"]:
+        raise ValueError(
+            f"steps={params['steps']} is too few for the fault demo; expected at least {kill_at + 1}"
+        )
+    out = Path(out_dir)
+    shutil.rmtree(out, ignore_errors=True)  # checkpoints of an earlier demo would be resumed, not killed
+    spec = spec_of(params, out / "killed", total)
+    spec = dataclasses.replace(spec, checkpoint_dir=str(out / "checkpoints"), checkpoint_every=every)
+    job = launch_run(spec, n, total // n, output=output, start_only=True)
+    try:
+        job.wait_for_line(rf"^step {kill_at}$", process=n - 1, timeout=900)
+        job.kill(n - 1)
+    finally:
+        killed = job.wait(timeout=1200)
+    left = train.Checkpoints(spec.checkpoint_dir).all_steps()
+    restart = dataclasses.replace(spec, out_dir=str(out / "restarted"))
+    again = launch_run(restart, 1, total, output=output)
+    if not again.ok:
+        raise RuntimeError(f"the restart failed:\n{again.report()}")
+    return {
+        "killed_process": n - 1,
+        "killed_at_step": kill_at,
+        "report": killed.report(),
+        "returncodes": killed.returncodes,
+        "seconds_to_exit_after_kill": killed.seconds_after_first_failure(),
+        "checkpoints_left": left,
+        "restart": load_result(restart.out_dir),
+    }
+
+
 def all_to_all_bytes(config: models.VitConfig, batch_size: int, experts_axis: int, data_axis: int = 1,
                      itemsize: int = 4) -> dict[str, float]:  # fmt: skip
     """On paper: the bytes each device sends with all_to_all in one training step of the V-MoE ``config``
@@ -465,6 +506,63 @@ def headlines(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: str)
         "all_to_all_bytes_between_processes": result["all_to_all"]["bytes_between_processes"],
         "tokens_to_other_process": sum(layer["other_process"] for layer in tokens) / max(1, routed),
     }
+
+
+def fault_summary(fault: Mapping[str, Any], reference: tuple[dict, dict]) -> dict[str, Any]:
+    """The plain figures of :func:`fault_demo` (no parameters): who was killed, how the others ended and
+    when, which checkpoints were left, where the restart resumed, and its distance from ``reference`` (the
+    uninterrupted run, :func:`compare`)."""
+    restart = fault["restart"][0]
+    return {
+        "killed_process": fault["killed_process"],
+        "killed_at_step": fault["killed_at_step"],
+        "exits": [launcher.describe_exit(code) for code in fault["returncodes"]],
+        "seconds_to_exit_after_kill": {str(k): v for k, v in fault["seconds_to_exit_after_kill"].items()},
+        "checkpoints_left": fault["checkpoints_left"],
+        "restart_processes": restart["processes"],
+        "restart_resumed_from": restart["start_step"],
+        "restart_against_uninterrupted": compare(reference, fault["restart"]),
+        "report": fault["report"],
+    }
+
+
+def closing_note(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: str,
+                 fault: Mapping[str, Any] | None = None) -> str:  # fmt: skip
+    """Notebook 07's closing note (Markdown), every number computed from the runs (and the fault summary)."""
+    head = headlines(runs, reference, multi)
+    others = [row["params"] for row in equality_rows(runs, reference) if row["run"] != multi]
+    result = runs[multi][0]
+    volume = result["all_to_all"]
+    steps = len(result["history"]["metrics"])
+    same = (
+        f"- **Same code, same numbers.** Run {multi} ({result['processes']} processes) against {reference} "
+        f"after {steps} steps: losses within {head['max_loss_difference']:.1e}, parameters within "
+        f"{head['max_param_difference']:.1e}"
+    )
+    if others:
+        same += (
+            f"; the one-process runs on fewer devices differ from {reference} by up to {max(others):.1e}: "
+            "float rounding in another order of reduction, not the processes"
+        )
+    travel = (
+        f"- **What travels.** Each step's {volume['count']} all_to_all move "
+        f"{volume['bytes_between_devices']:,.0f} bytes between devices, "
+        f"{volume['bytes_between_processes']:,.0f} of them between processes; "
+        f"{head['tokens_to_other_process']:.0%} of batch 0's routed tokens met an expert in another process."
+    )
+    lines = [same + ".", travel]
+    if fault is not None:
+        ended = [f"process {k} after {v:.1f} s ({fault['exits'][int(k)]})"
+                 for k, v in fault["seconds_to_exit_after_kill"].items()]  # fmt: skip
+        gap = fault["restart_against_uninterrupted"]
+        lines.append(
+            f"- **A host dies.** Process {fault['killed_process']} was killed (SIGKILL) at step "
+            f"{fault['killed_at_step']}; the others ended on their own: {', '.join(ended)}. Checkpoints "
+            f"left: {fault['checkpoints_left']}. The restart on {fault['restart_processes']} process resumed "
+            f"from step {fault['restart_resumed_from']} and ended within {gap['loss']:.1e} (losses) and "
+            f"{gap['params']:.1e} (parameters) of the uninterrupted run."
+        )
+    return "\n".join(lines)
 
 
 def headline_labels(reference: str, multi: str, steps: int) -> dict[str, str]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import NotebookConfig, dataset_name, fail, integer, knob, real
+from .base import NotebookConfig, boolean, dataset_name, fail, integer, knob, real
 
 
 def _device_counts(name, value):
@@ -53,6 +53,9 @@ class Config(NotebookConfig):
     batch_size: int = knob("global batch B (divisible by every device count)", integer(1, 4096))
     device_counts: tuple[int, ...] = knob("devices of the one-process launches", _device_counts)
     processes: int = knob("processes sharing the largest device count in the last launch", integer(2, 8))
+    fault_demo: bool = knob(
+        "kill a process of the multi-process run, then restart it on one process", boolean
+    )
     pod_devices: int = knob("TPU chips of the paper-scale plan (a multiple of 32)", integer(32, 65536))
     pod_batch_size: int = knob("global batch of the paper-scale plan", integer(32, 1 << 20))
 
@@ -81,11 +84,12 @@ _COMMON = dict(
     capacity_factor=1.0,
     learning_rate=3e-3,
     processes=2,
+    fault_demo=True,
     pod_devices=1024,
     pod_batch_size=4096,
 )
 PRESETS = {
-    "smoke": dict(_COMMON, steps=3, batch_size=16, device_counts=(4,)),
+    "smoke": dict(_COMMON, steps=3, batch_size=16, device_counts=(4,), fault_demo=False),
     "cpu": dict(_COMMON, steps=40, batch_size=64, device_counts=(2, 4, 8)),
     # The launches run on this machine's CPU devices under every preset; gpu/tpu only train on catalog data
     # (a multi-host accelerator runtime starts the worker on each host itself: README).
