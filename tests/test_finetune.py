@@ -74,3 +74,15 @@ def test_seeds_make_different_copies_and_bad_input_is_refused():
         finetune.fine_tune(model, _task(8, 0), sets, learning_rates=[1e-3], **(kw | dict(batch_size=7)))
     with pytest.raises(ValueError, match="learning_rates is empty"):
         finetune.fine_tune(model, _task(8, 0), sets, learning_rates=[], **kw)
+
+
+def test_models_fine_tuned_together_compute_what_each_computes_alone():
+    a, b = _tiny(), models.ViT(_tiny().config.replace(num_classes=3), rngs=nnx.Rngs(1))  # other heads, weights
+    sets = {"test": _task(40, 2)}
+    options = dict(num_classes=2, learning_rates=[1e-3, 3e-3], seeds=[0, 1], steps=8, batch_size=16)
+    together = finetune.fine_tune_many([a, b], _task(64, 0), sets, **options)
+    for model, sweep in zip([a, b], together, strict=True):
+        alone = finetune.fine_tune(model, _task(64, 0), sets, **options)
+        np.testing.assert_allclose(sweep.probs["test"], alone.probs["test"], atol=2e-5)
+        assert sweep.learning_rates == alone.learning_rates and sweep.seeds == alone.seeds
+    assert not np.allclose(together[0].probs["test"], together[1].probs["test"], atol=1e-3)

@@ -5,17 +5,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import nnx
 
+from sparse_experts import models
 from sparse_experts.transfer import finetune
 from sparse_experts.workbook import pool, presets, transfer_study, zoo
 
 
 def _tuned(name, val_probs, test_probs, val_acc, test_acc):
     return transfer_study.FineTuned(
-        member=name, task="t", learning_rates=(1e-3,), seeds=(0,), accuracy={"validation": [val_acc],
-        "test": [test_acc]}, nll={"validation": [1.0], "test": [1.0]}, chosen=0,
-        all_probs={"validation": val_probs[None], "test": test_probs[None]}, seconds=1.0, made_now=False,
-    )  # fmt: skip
+        member=name,
+        task="t",
+        learning_rates=(1e-3,),
+        seeds=(0,),
+        accuracy={"validation": [val_acc], "test": [test_acc]},
+        nll={"validation": [1.0], "test": [1.0]},
+        chosen=0,
+        all_probs={"validation": val_probs[None], "test": test_probs[None]},
+        seconds=1.0,
+        made_now=False,
+    )
 
 
 def _probs(labels, classes, right, rng):
@@ -104,8 +113,13 @@ def test_pooled_and_claim_verdicts():
         "not tested",
     ]
     claims = transfer_study.claim_checks(transfer_study.pooled([0.1], [0.2]), 30.0, level, level, level)
-    assert [c.verdict for c in claims] == ["within noise", "not reproduced", "within noise", "within noise",
-                                           "within noise"]  # fmt: skip
+    assert [c.verdict for c in claims] == [
+        "within noise",
+        "not reproduced",
+        "within noise",
+        "within noise",
+        "within noise",
+    ]
     assert "30x less wall time" in claims[1].sentence and "+0.1 points" in claims[2].sentence
 
 
@@ -134,3 +148,35 @@ def test_pool_members_differ_as_documented():
         presets.ParameterError, match="ensemble_size=5 is not allowed; expected at most the pool's 4"
     ):
         presets.resolve("05_ensembles", "cpu", members=["dense", "vmoe", "dense_s1", "dense_coarse"])
+
+
+def test_models_fine_tuned_together_are_cached_one_by_one(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def labelled(n):
+        labels = rng.integers(0, 2, n)
+        images = rng.normal(0, 0.3, (n, 8, 8, 3)) + np.where(labels, 0.6, -0.6)[:, None, None, None]
+        return finetune.LabelledSet(images.astype(np.float32), labels)
+
+    task = transfer_study.Task("toy", 2, labelled(32), labelled(16), labelled(16))
+    config = models.vit_config(
+        "mu/4", image_size=8, num_classes=3, depth=2, width=16, mlp_dim=32, num_heads=2
+    )
+    a, b = (models.ViT(config, rngs=nnx.Rngs(s)) for s in (0, 1))
+    c = models.ViT(config.replace(depth=1), rngs=nnx.Rngs(2))  # another architecture: its own program
+    params = dict(
+        learning_rates=(1e-3,),
+        seed=0,
+        train_examples=32,
+        finetune_steps=3,
+        finetune_batch_size=8,
+        finetune_warmup=0,
+        eval_batch_size=16,
+    )
+    entries = [("a", "key-a", a), ("b", "key-b", b), ("c", "key-c", c)]
+    together = transfer_study.fine_tune_together(entries, task, params, root=tmp_path)
+    assert all(t.made_now for t in together.values())
+    alone = transfer_study.fine_tune_cached("b", "key-b", b, task, params, root=tmp_path)
+    assert not alone.made_now  # the entry fine_tune_together wrote
+    np.testing.assert_array_equal(alone.probs["test"], together["b"].probs["test"])
+    assert len(list((tmp_path / "finetune").glob("[0-9a-f]*"))) == 3

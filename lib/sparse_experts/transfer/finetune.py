@@ -95,12 +95,42 @@ def fine_tune(
     side by side (``seeds``: one data seed per copy, default all 0), AdamW with linear warmup and cosine
     decay for ``steps`` steps of ``batch_size`` examples; evaluate every copy on each of ``eval_sets``.
     Raises ValueError before any work when labels fall outside ``num_classes`` or sizes disagree."""
+    (sweep,) = fine_tune_many(
+        [model], train_set, eval_sets, num_classes=num_classes, learning_rates=learning_rates, seeds=seeds,
+        steps=steps, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        eval_batch_size=eval_batch_size, progress=progress, description=description,
+    )  # fmt: skip
+    return sweep
+
+
+def fine_tune_many(
+    pretrained: Sequence[models.ViT],
+    train_set: LabelledSet,
+    eval_sets: Mapping[str, LabelledSet],
+    *,
+    num_classes: int,
+    learning_rates: Sequence[float],
+    seeds: Sequence[int] | None = None,
+    steps: int,
+    batch_size: int,
+    warmup_steps: int = 0,
+    weight_decay: float = 1e-4,
+    eval_batch_size: int = 500,
+    progress: bool = False,
+    description: str = "fine-tune",
+) -> list[Sweep]:
+    """:func:`fine_tune` of M pre-trained models of one architecture (heads aside) at once: M x R copies in
+    one vmapped program, copy (m, r) computing what model m's copy r computes alone (to float rounding).
+    Returns one :class:`Sweep` per model; each one's ``seconds`` is its share (1/M) of the program's wall
+    time."""
     rates = [float(r) for r in learning_rates]
     if not rates:
         raise ValueError("learning_rates is empty; give at least one learning rate")
     seeds = [0] * len(rates) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != len(rates):
         raise ValueError(f"seeds has {len(seeds)} values and learning_rates {len(rates)}: one seed per copy")
+    if not pretrained:
+        raise ValueError("pretrained is empty; give at least one model")
     check_int("steps", steps)
     check_int("batch_size", batch_size)
     check_int("eval_batch_size", eval_batch_size)
@@ -111,21 +141,22 @@ def fine_tune(
                 f"{name} has labels in [{labels.min()}, {labels.max()}]; "
                 f"expected [0, num_classes={num_classes})"
             )
-    group = model.config.moe.group_size if model.config.moe is not None else 1
+    group = pretrained[0].config.moe.group_size if pretrained[0].config.moe is not None else 1
     for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if value % group:
             raise ValueError(f"{name}={value} is not a multiple of the model's routing group_size={group}")
     started = time.perf_counter()
-    net = with_new_head(model, num_classes)
+    nets = [with_new_head(m, num_classes) for m in pretrained]
     config = train.TrainConfig(
         learning_rate=rates[0], total_steps=steps, warmup_steps=warmup_steps, weight_decay=weight_decay
     )
-    R = len(rates)
-    trainer = train.Trainer([net] * R, config, copies=train.Copies(learning_rate=rates, seed=seeds))
+    R, M = len(rates), len(nets)
+    copies = train.Copies(learning_rate=rates * M, seed=seeds * M)
+    trainer = train.Trainer([net for net in nets for _ in range(R)], copies=copies, config=config)
     images, labels = np.asarray(train_set.images, np.float32), np.asarray(train_set.labels, np.int32)
 
     def batch_fn(step: int) -> dict:
-        picks = [np.random.default_rng([s, step]).integers(0, len(labels), batch_size) for s in seeds]
+        picks = [np.random.default_rng([s, step]).integers(0, len(labels), batch_size) for s in seeds] * M
         return {"image": np.stack([images[i] for i in picks]), "label": np.stack([labels[i] for i in picks])}
 
     trainer.fit(batch_fn, steps, progress=progress, description=description)
@@ -143,7 +174,16 @@ def fine_tune(
         p = _softmax(np.asarray(jax.device_get(logits), np.float64)[:, :n])
         truth = np.asarray(data.labels)
         picked = np.take_along_axis(p, truth[None, :, None], axis=-1)[..., 0]
-        accuracy[name] = tuple(float(v) for v in (p.argmax(-1) == truth).mean(-1))
-        nll[name] = tuple(float(v) for v in -np.log(np.maximum(picked, 1e-12)).mean(-1))
+        accuracy[name] = [float(v) for v in (p.argmax(-1) == truth).mean(-1)]
+        nll[name] = [float(v) for v in -np.log(np.maximum(picked, 1e-12)).mean(-1)]
         probs[name] = p
-    return Sweep(tuple(rates), tuple(seeds), accuracy, nll, probs, time.perf_counter() - started)
+    share = (time.perf_counter() - started) / M
+    part = lambda values, m: values[m * R : (m + 1) * R]  # noqa: E731  model m's R copies
+    sweeps = []
+    for m in range(M):
+        acc = {k: tuple(part(v, m)) for k, v in accuracy.items()}
+        losses = {k: tuple(part(v, m)) for k, v in nll.items()}
+        sweeps.append(
+            Sweep(tuple(rates), tuple(seeds), acc, losses, {k: part(v, m) for k, v in probs.items()}, share)
+        )
+    return sweeps

@@ -480,6 +480,26 @@ def _exclusive(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _made_key(payload: Any) -> tuple[dict[str, Any], str]:
+    record = {"payload": json.loads(canonical_json(payload)), "code": code_hash()}
+    return record, hashlib.sha256(canonical_json(record).encode()).hexdigest()
+
+
+def find_made(
+    kind: str, payload: Any, *, required: tuple[str, ...] = ("payload.json",), root: str | Path | None = None
+) -> Path | None:
+    """The folder :func:`get_or_make` would return for ``payload`` when it exists and passes verification,
+    else None (a folder that fails is left for :func:`get_or_make` to set aside and make again)."""
+    entry = Path(root or cache_dir()) / kind / _made_key(payload)[1]
+    if not entry.exists():
+        return None
+    try:
+        verify(entry, required=required)
+    except CorruptEntryError:
+        return None
+    return entry
+
+
 def get_or_make(
     kind: str,
     payload: Any,
@@ -494,8 +514,7 @@ def get_or_make(
     and the manifest are added and the folder is renamed into place (a failure leaves nothing behind). A
     folder that fails verification (``required`` files listed in its manifest) is set aside and made again.
     """
-    record = {"payload": json.loads(canonical_json(payload)), "code": code_hash()}
-    key = hashlib.sha256(canonical_json(record).encode()).hexdigest()
+    record, key = _made_key(payload)
     root = Path(root or cache_dir()) / kind
     entry = root / key
     (root / ".partial").mkdir(parents=True, exist_ok=True)

@@ -447,23 +447,25 @@ def study_task(
         fine_to_coarse,
         params,
     )
-    tuned = {
-        n: transfer_study.fine_tune_cached(n, pool.keys[n], m, task, params) for n, m in pool.models.items()
-    }
+    entries = [(n, pool.keys[n], m) for n, m in pool.models.items()]
+    tuned = transfer_study.fine_tune_together(entries, task, params)  # one program for the ones not cached
     family = ALIGNED.get(task_name)
     replicates = {}
     if family is not None and family in pool.adapters:
         adapter = expert_name(family, adapter=True)
-        tuned[adapter] = transfer_study.fine_tune_cached(
-            adapter, pool.keys[adapter], pool.adapters[family], task, params
+        models_of = {**pool.models, adapter: pool.adapters[family]}
+        tuned |= transfer_study.fine_tune_together(
+            [(adapter, pool.keys[adapter], models_of[adapter])], task, params
         )
         K = params["seed_replicates"]
         seeds = [params["seed"] + i for i in range(K)]
-        for name in (GENERALIST, CONTROL, expert_name(family), adapter):
-            model = pool.adapters[family] if name == adapter else pool.models[name]
-            rates = [tuned[name].learning_rate] * K
-            replicates[name] = transfer_study.fine_tune_cached(
-                name, pool.keys[name], model, task, params, learning_rates=rates, seeds=seeds
+        by_rate: dict[float, list[str]] = {}
+        for name in (GENERALIST, CONTROL, expert_name(family), adapter):  # each at its chosen learning rate
+            by_rate.setdefault(tuned[name].learning_rate, []).append(name)
+        for rate, names in by_rate.items():
+            entries = [(n, pool.keys[n], models_of[n]) for n in names]
+            replicates |= transfer_study.fine_tune_together(
+                entries, task, params, learning_rates=[rate] * K, seeds=seeds
             )
     return TaskStudy(task_name, family, scores, tuned, replicates, np.asarray(task.test.labels))
 

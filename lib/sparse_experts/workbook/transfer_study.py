@@ -160,31 +160,90 @@ def fine_tune_cached(
     """``model`` (named ``name``; ``key`` says what it is, e.g. its cache key) fine-tuned on ``task`` with the
     fine-tuning knobs of ``params`` (those of notebook 05, which 06 shares), cached under (key, task, sweep):
     the same model and sweep in notebooks 05 and 06 is one cache entry."""
+    return fine_tune_together(
+        [(name, key, model)], task, params, learning_rates=learning_rates, seeds=seeds, root=root
+    )[name]
+
+
+def fine_tune_together(
+    entries: Sequence[tuple[str, str, models.ViT]],
+    task: Task,
+    params: Mapping[str, Any],
+    *,
+    learning_rates: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    root: str | Path | None = None,
+) -> dict[str, FineTuned]:
+    """:func:`fine_tune_cached` of several ``(name, key, model)`` at once: those found in the cache are read;
+    the others are fine-tuned side by side, one vmapped program per architecture (heads aside; each copy
+    computes what it would alone, to float rounding; each sweep's ``seconds`` is its share of the program's
+    wall time), and each is cached under its own key."""
     rates = tuple(float(r) for r in (learning_rates or params["learning_rates"]))
     seeds = tuple(int(s) for s in (seeds or [params["seed"]] * len(rates)))
-    settings = {k: params[k] for k in ("train_examples", "finetune_steps", "finetune_batch_size",
-                                       "finetune_warmup", "eval_batch_size")}  # fmt: skip
-    payload = {"member": key, "task": task.name, "learning_rates": rates, "seeds": seeds, **settings}
-
-    def make(work: Path) -> None:
-        sweep = finetune.fine_tune(
-            model, task.train, {s: task.split(s) for s in SPLITS}, num_classes=task.num_classes,
-            learning_rates=rates, seeds=seeds, steps=params["finetune_steps"],
-            batch_size=params["finetune_batch_size"], warmup_steps=params["finetune_warmup"],
-            eval_batch_size=params["eval_batch_size"], description=f"fine-tune {name} on {task.name}",
-        )  # fmt: skip
-        for split in SPLITS:
-            np.save(work / f"probs_{split}.npy", sweep.probs[split].astype(np.float32))
-        record = {"accuracy": sweep.accuracy, "nll": sweep.nll, "seconds": sweep.seconds}
-        (work / "sweep.json").write_text(json.dumps(record))
-
+    settings = {
+        k: params[k]
+        for k in (
+            "train_examples",
+            "finetune_steps",
+            "finetune_batch_size",
+            "finetune_warmup",
+            "eval_batch_size",
+        )
+    }
+    payloads = {
+        name: {"member": key, "task": task.name, "learning_rates": rates, "seeds": seeds, **settings}
+        for name, key, _ in entries
+    }
     required = ("payload.json", "sweep.json", *(f"probs_{s}.npy" for s in SPLITS))
-    folder, made = cache.get_or_make("finetune", payload, make, required=required, root=root)
-    record = json.loads((folder / "sweep.json").read_text())
-    accuracy, nll = record["accuracy"], record["nll"]
-    probs = {split: np.load(folder / f"probs_{split}.npy") for split in SPLITS}
-    chosen = finetune.Sweep(rates, seeds, accuracy, nll, probs, record["seconds"]).best("validation")
-    return FineTuned(name, task.name, rates, seeds, accuracy, nll, chosen, probs, record["seconds"], made)
+    missing = [
+        e
+        for e in entries
+        if cache.find_made("finetune", payloads[e[0]], required=required, root=root) is None
+    ]
+    groups: dict[str, list[tuple[str, str, models.ViT]]] = {}
+    for entry in missing:  # one program per architecture once the head is replaced
+        groups.setdefault(entry[2].config.replace(num_classes=task.num_classes).to_json(), []).append(entry)
+    computed = {}
+    for group in groups.values():
+        what = group[0][0] if len(group) == 1 else f"{len(group)} models"
+        sweeps = finetune.fine_tune_many(
+            [m for _, _, m in group],
+            task.train,
+            {s: task.split(s) for s in SPLITS},
+            num_classes=task.num_classes,
+            learning_rates=rates,
+            seeds=seeds,
+            steps=params["finetune_steps"],
+            batch_size=params["finetune_batch_size"],
+            warmup_steps=params["finetune_warmup"],
+            eval_batch_size=params["eval_batch_size"],
+            description=f"fine-tune {what} on {task.name}",
+        )
+        computed.update({name: sweep for (name, _, _), sweep in zip(group, sweeps, strict=True)})
+
+    def writer(name: str):
+        def make(work: Path) -> None:
+            sweep = computed.get(name)
+            if sweep is None:  # it was in the cache a moment ago
+                raise RuntimeError(f"the cached fine-tuning of {name} on {task.name} vanished; run again")
+            for split in SPLITS:
+                np.save(work / f"probs_{split}.npy", sweep.probs[split].astype(np.float32))
+            record = {"accuracy": sweep.accuracy, "nll": sweep.nll, "seconds": sweep.seconds}
+            (work / "sweep.json").write_text(json.dumps(record))
+
+        return make
+
+    out = {}
+    for name, _, _ in entries:
+        folder, _ = cache.get_or_make("finetune", payloads[name], writer(name), required=required, root=root)
+        record = json.loads((folder / "sweep.json").read_text())
+        accuracy, nll = record["accuracy"], record["nll"]
+        probs = {split: np.load(folder / f"probs_{split}.npy") for split in SPLITS}
+        chosen = finetune.Sweep(rates, seeds, accuracy, nll, probs, record["seconds"]).best("validation")
+        out[name] = FineTuned(
+            name, task.name, rates, seeds, accuracy, nll, chosen, probs, record["seconds"], name in computed
+        )
+    return out
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
