@@ -18,11 +18,15 @@ class Checkpoints:
     save never shows up as a step.
 
     Restoring places every array by the *restoring* trainer's shardings: a checkpoint written on 8 devices
-    restores on 1, and the reverse.
+    restores on 1, and the reverse; written by 2 processes, it restores on 1, and the reverse
+    (tests/test_scale_out.py). With several processes every process calls :meth:`save` and :meth:`restore`
+    together, each writing its own shards, and ``directory`` must be storage every process reaches (a shared
+    file system or a bucket); a save cut short leaves only orbax's temporary folder, which is never listed.
     """
 
     def __init__(self, directory, max_to_keep: int = 2):
-        self.directory = Path(directory).absolute()
+        text = str(directory)  # a bucket (gs://...) stays a URL (orbax reads it); a local folder: absolute
+        self.directory = text if "://" in text else Path(text).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -288,6 +288,9 @@ class Trainer:
         many = list(model) if isinstance(model, list | tuple) else None
         if many is not None and copies is None:
             copies = Copies()
+        if copies is not None and jax.process_count() > 1:
+            raise ValueError(f"copies={copies!r} with {jax.process_count()} processes: R copies run on one "
+                             "process only; train one copy at a time across processes")  # fmt: skip
         if copies is not None and (mesh is not None or rules is not None):
             raise ValueError(
                 f"mesh={mesh!r} and rules={rules!r} given with copies={copies!r}: R copies run on the "

@@ -581,10 +581,13 @@ def headline_labels(reference: str, multi: str, steps: int) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    auto = "--auto" in argv
+    argv = [a for a in argv if a != "--auto"]
     if len(argv) != 1:
-        sys.exit("usage: python -m sparse_experts.workbook.scale_out <spec.json> (see RunSpec)")
+        sys.exit("usage: python -m sparse_experts.workbook.scale_out <spec.json> [--auto] (see RunSpec; "
+                 "--auto: let JAX detect a Cloud TPU, Slurm or Open MPI cluster)")  # fmt: skip
     spec = RunSpec.from_json(Path(argv[0]).read_text())
-    parallel.initialize()
+    parallel.initialize(auto=auto)
     train_run(spec)
     return 0
 
