@@ -91,7 +91,7 @@ def make_layer_loss(
     def loss(x, w_router, w_in, w_out):
         gates = jax.nn.softmax(x @ w_router, axis=-1)  # [S, E]
         assignment = routing.top_k_routing(
-            gates, k, cap, batch_priority=batch_priority, bpr_method=bpr_method
+            gates, k, cap, batch_priority=batch_priority, bpr_method=bpr_method, backend=backend
         )
         buffers = routing.dispatch(x, assignment, num_experts, cap, backend=backend)  # [E, C, D]
         out = routing.combine(expert_mlp(buffers, w_in, w_out), assignment, backend=backend)  # [S, D]

@@ -77,7 +77,8 @@ def test_seeds_make_different_copies_and_bad_input_is_refused():
 
 
 def test_models_fine_tuned_together_compute_what_each_computes_alone():
-    a, b = _tiny(), models.ViT(_tiny().config.replace(num_classes=3), rngs=nnx.Rngs(1))  # other heads, weights
+    a = _tiny()
+    b = models.ViT(a.config.replace(num_classes=3), rngs=nnx.Rngs(1))  # another head, other weights
     sets = {"test": _task(40, 2)}
     options = dict(num_classes=2, learning_rates=[1e-3, 3e-3], seeds=[0, 1], steps=8, batch_size=16)
     together = finetune.fine_tune_many([a, b], _task(64, 0), sets, **options)

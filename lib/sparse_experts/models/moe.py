@@ -218,7 +218,9 @@ class MoeMlp(nnx.Module):
             "z_loss": router_z_loss(logits),
         }
         if self.router == "top_k":
-            routing = top_k_routing(gates, k, C, batch_priority=batch_priority, renormalize=self.renormalize)
+            routing = top_k_routing(
+                gates, k, C, batch_priority=batch_priority, renormalize=self.renormalize, backend=self.backend
+            )
             kept = (routing.slot < C).astype(jnp.float32)  # [G, S, K]
             expert_one_hot = jax.nn.one_hot(routing.expert, E, dtype=jnp.float32)  # [G, S, K, E]
             combine_weights = jnp.einsum("GSK,GSKE->GSE", routing.weight, expert_one_hot, precision=_EXACT)
