@@ -225,8 +225,10 @@ def test_accuracy_plots_carry_a_noise_band_a_chance_line_and_a_range_wider_than_
     assert [(s.y0, s.yref) for s in chance] == [(pytest.approx(1 / 60), "y2")]  # off the zoomed range
     assert tuple(full.range) == (0, 1.02)
     assert "chance 1.7%" in [a.text for a in fig.layout.annotations]
-    # every trace twice: zoomed above, full scale below (no legend entry, no text)
-    assert len(fig.data) == 6 and [t.showlegend for t in fig.data[1::2]] == [False] * 3
+    # every trace twice: zoomed above, full scale below (no legend entry, no text); the band's label is the
+    # last legend entry, not an annotation over the points
+    assert len(fig.data) == 7 and [t.showlegend for t in fig.data[1:6:2]] == [False] * 3
+    assert fig.data[-1].name == "noise: ± 2 standard errors" and fig.data[-1].marker.symbol == "square"
     # 02's frontier: error bars count in the range, the x axis stays logarithmic
     rows = [
         {"model": "dense", "family": "dense", "gflops_per_image": 0.01, "test_accuracy": 0.87,

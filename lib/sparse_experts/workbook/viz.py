@@ -561,7 +561,7 @@ def accuracy_vs_gflops(
     With ``chance`` or ``band`` (centre, half-width), see :func:`accuracy_in_context`."""
     fig = go.Figure()
     # curves that share their x values (vanilla and BPR at one capacity factor) label on different sides
-    sides = ("bottom right", "top left", "middle right", "middle left")
+    sides = ("bottom right", "top left", "bottom left", "middle right")
     for i, (name, curve) in enumerate(dict(curves).items()):
         x, y = np.asarray(curve[0], np.float64), np.asarray(curve[1], np.float64)
         order = np.argsort(x, kind="stable")
@@ -582,7 +582,7 @@ def accuracy_vs_gflops(
         fig.add_scatter(x=[float(x)], y=[float(y)], mode="markers", marker=marker, name=name)
     fig.update_xaxes(title_text="GFLOPs per image")
     fig.update_yaxes(title_text="top-1 accuracy")
-    fig.update_layout(title=title, height=440, width=760)
+    fig.update_layout(title=title, height=440, width=860)
     return accuracy_in_context(fig, chance=chance, band=band, band_label=band_label)
 
 
@@ -748,6 +748,7 @@ def accuracy_in_context(
       than the noise;
     - below, a thin panel of the same traces on the full scale (0 to 1) with a dotted line at ``chance``.
 
+    The band's label is a legend entry (a grey square), so it never covers a point or a label.
     Without ``chance`` and ``band`` the figure is returned as it is."""
     if chance is None and band is None:
         return fig
@@ -780,10 +781,10 @@ def accuracy_in_context(
             small.mode = small.mode.replace("+text", "")
         out.add_trace(small, row=2, col=1)
     if band is not None:
-        out.add_hrect(
-            y0=centre - half, y1=centre + half, fillcolor="gray", opacity=0.18, line_width=0, row=1, col=1,
-            annotation_text=band_label, annotation_position="bottom right", annotation_font_size=11,
-        )  # fmt: skip
+        out.add_hrect(y0=centre - half, y1=centre + half, fillcolor="gray", opacity=0.18, line_width=0,
+                      row=1, col=1)  # fmt: skip
+        square = dict(symbol="square", size=14, color="gray", opacity=0.35)
+        out.add_scatter(x=[None], y=[None], mode="markers", marker=square, name=band_label, row=1, col=1)
     if chance is not None:
         label = dict(annotation_text=f"chance {fmt.percent(chance)}", annotation_position="top left")
         out.add_hline(y=chance, line_dash="dot", line_color="black", row=2, col=1, **label)
