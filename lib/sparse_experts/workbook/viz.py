@@ -931,7 +931,8 @@ def ensemble_frontier(rows, title: str = "Test accuracy against inference GFLOPs
         for j, method in enumerate(methods):
             r = next(r for r in rows if r["task"] == task and r["method"] == method)
             hover = f"{method}<br>{', '.join(r['members'])}<br>%{{x:.4f}} GFLOPs, %{{y:.1f}}%<extra></extra>"
-            count = len(r.get("correct") or [])  # test images: a binomial +-2 SE bar when known
+            correct = r.get("correct")  # per test image (an array): a binomial +-2 SE bar when known
+            count = 0 if correct is None else len(correct)
             noise = 200 * np.sqrt(r["accuracy"] * (1 - r["accuracy"]) / count) if count else None
             fig.add_trace(go.Scatter(
                 x=[r["gflops_per_image"]], y=[100 * r["accuracy"]], mode="markers", name=method,
