@@ -388,7 +388,7 @@ def test_ensemble_frontier_draws_the_binomial_noise():
             "members": ["a"],
             "gflops_per_image": g,
             "accuracy": a,
-            "correct": [1] * 100,
+            "correct": np.ones(100, bool),
         }
         for m, g, a in (("greedy top-K", 0.02, 0.8), ("seed ensemble", 0.03, 0.5))
     ]
