@@ -73,6 +73,8 @@ OVER_TIME_FACTOR = 1.5
 HEADLINE_LABELS = "headline_labels"
 # The figure in which a notebook saves its main plot (:func:`figure_record`), drawn small on the index page.
 MAIN_FIGURE = "main_figure"
+# {key: "percent" | "points"}: how the index prints a headline fraction (87.1%) or difference (+1.6 points)
+HEADLINE_UNITS = "headline_units"
 THUMBNAIL = dict(
     width=320, height=230, showlegend=False, font=dict(size=8), margin=dict(l=36, r=6, t=18, b=28)
 )
@@ -367,8 +369,10 @@ def write_index(out: Path, preset: str, status: dict[str, Any]) -> Path:
                 picture = f'<div id="{key}"></div><div class=cap>{html.escape(_title_of(main))}</div>'
 
             labels = saved["figures"].get(HEADLINE_LABELS) or {}
+            units = saved["figures"].get(HEADLINE_UNITS) or {}
             headline = "<br>".join(
-                _headline_line(k, saved["figures"].get(k), labels.get(k)) for k in saved.get("headline", [])
+                _headline_line(k, saved["figures"].get(k), labels.get(k), units.get(k))
+                for k in saved.get("headline", [])
             )
             commit = (saved.get("provenance", {}).get("git", {}).get("commit") or "")[:10]
         if rec is None:
@@ -421,7 +425,7 @@ def _picture_script(out: Path, pictures: dict[str, Any]) -> str:
     target = out / "plotly.min.js"
     if not target.exists() or target.stat().st_size != library.stat().st_size:
         shutil.copyfile(library, target)
-    small = {key: {"data": f.get("data", []), "layout": {**f.get("layout", {}), **THUMBNAIL, "title": ""}}
+    small = {key: {"data": f.get("data", []), "layout": _small_layout(f.get("layout", {}))}
              for key, f in pictures.items()}  # fmt: skip
     payload = json.dumps(small).replace("</", "<\\/")
     return (
@@ -431,14 +435,23 @@ def _picture_script(out: Path, pictures: dict[str, Any]) -> str:
     )
 
 
-def _headline_line(key: str, value: Any, label: str | None) -> str:
+def _small_layout(layout: dict[str, Any]) -> dict[str, Any]:
+    """A main figure's layout drawn as a thumbnail: :data:`THUMBNAIL`, no title, panel titles and other
+    annotations in a small font so they do not run into each other."""
+    notes = [{**note, "font": {**note.get("font", {}), "size": 7}} for note in layout.get("annotations", [])]
+    return {**layout, **THUMBNAIL, "title": "", "annotations": notes}
+
+
+def _headline_line(key: str, value: Any, label: str | None, unit: str | None = None) -> str:
     """One headline figure: its label (what it is, over which seeds and images; the key on hover) or, for
-    a notebook that gives none, its key; then its value."""
+    a notebook that gives none, its key; then its value, in its ``unit`` (see :data:`HEADLINE_UNITS`)."""
     name = f'<span title="{html.escape(key)}">{html.escape(label)}</span>' if label else html.escape(key)
-    return f"{name}: <b>{html.escape(_fmt(value))}</b>"
+    return f"{name}: <b>{html.escape(_fmt(value, unit))}</b>"
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, unit: str | None = None) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool) and unit in ("percent", "points"):
+        return fmt.percent(value) if unit == "percent" else fmt.points(value)
     return fmt.number(value, digits=4) if isinstance(value, float) else fmt.number(value)
 
 
