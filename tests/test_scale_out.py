@@ -11,8 +11,9 @@ Run (experts E=8 over mesh {"expert": 8}, batch B=32, 6 steps, checkpoints every
 
 - ``one``: 1 process x 8 devices, checkpoints at 3 and 6: the reference;
 - ``two``: 2 processes x 4 devices from scratch;
-- ``worker_killed``: 2 x 4, process 1 killed (SIGKILL) once it reached step 4 (after checkpoint 3); then a
-  half-written checkpoint 6 is planted (orbax's temporary folder) and ``two_to_one`` restarts on 1 x 8;
+- ``worker_killed``: 2 x 4, process 1 killed (SIGKILL) once it reached step 4 (after checkpoint 3); then two
+  half-written checkpoints are planted (orbax's temporary folder of step 6, a folder 5 with part of a state
+  and no metadata) and ``two_to_one`` restarts on 1 x 8;
 - ``coordinator_killed``: 2 x 4 starting from ``one``'s checkpoint 3 (written by 1 process), process 0
   killed at step 4; ``one_to_two`` restarts on 2 x 4.
 """
@@ -72,6 +73,9 @@ def runs(tmp_path_factory):
     out["steps_after_worker_killed"] = train.Checkpoints(ck).all_steps()
     (ck / "6.orbax-checkpoint-tmp-1764460000000000").mkdir()  # a save cut short: orbax's temporary folder
     (ck / "6.orbax-checkpoint-tmp-1764460000000000" / "_CHECKPOINT_METADATA").write_text("{")
+    (ck / "5" / "state").mkdir(parents=True)  # a step folder cut short (no metadata, no history)
+    (ck / "5" / "state" / "d").write_text("partial")
+    out["steps_listed_with_partial_folders"] = train.Checkpoints(ck).all_steps()
     out["two_to_one"] = _run(dataclasses.replace(spec("worker"), out_dir=str(root / "two_to_one")), 1, 8)
     shutil.copytree(root / "one" / "ck" / "3", root / "coordinator" / "ck" / "3")
     out["coordinator_killed"] = _killed(spec("coordinator"), 2, 4, victim=0)
@@ -148,6 +152,7 @@ def test_a_killed_process_ends_the_run_within_a_minute(runs, case, victim):
 
 def test_half_written_checkpoint_is_never_used(runs):
     assert runs["steps_after_worker_killed"] == [3]  # the kill came after checkpoint 3, before 6
+    assert runs["steps_listed_with_partial_folders"] == [3]  # not the temporary 6, not the partial 5
     # the planted temporary folder of step 6 was ignored: the restart began at 3 and reached the reference
     assert runs["two_to_one"][0]["start_step"] == 3
 

@@ -10,6 +10,8 @@ import orbax.checkpoint as ocp
 
 from sparse_experts.train.history import History, SweepResult
 
+_METADATA = "_CHECKPOINT_METADATA"  # orbax writes it when a step's folder is finished
+
 
 class Checkpoints:
     """Orbax checkpoints of a :class:`~sparse_experts.train.Trainer`'s state and its :class:`History` (or
@@ -21,7 +23,8 @@ class Checkpoints:
     restores on 1, and the reverse; written by 2 processes, it restores on 1, and the reverse
     (tests/test_scale_out.py). With several processes every process calls :meth:`save` and :meth:`restore`
     together, each writing its own shards, and ``directory`` must be storage every process reaches (a shared
-    file system or a bucket); a save cut short leaves only orbax's temporary folder, which is never listed.
+    file system or a bucket). A save cut short leaves orbax's temporary folder or an incomplete step folder:
+    neither is listed (:meth:`all_steps`), so neither is ever restored.
     """
 
     def __init__(self, directory, max_to_keep: int = 2):
@@ -31,12 +34,20 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
-        self.manager.reload()
-        return self.manager.latest_step()
+        """The newest complete step (:meth:`all_steps`), or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def all_steps(self) -> list[int]:
+        """The steps whose folder is complete: orbax's metadata file and both items (state, history) are in
+        it. A folder cut short (copied in part, or written in place on storage without atomic renames) is
+        left out, never restored."""
         self.manager.reload()
-        return list(self.manager.all_steps())
+        return sorted(step for step in self.manager.all_steps() if self._complete(step))
+
+    def _complete(self, step: int) -> bool:
+        folder = self.manager.directory / str(step)
+        return all((folder / name).exists() for name in (_METADATA, "state", "history"))
 
     def save(self, trainer: Any, history: History | SweepResult) -> None:
         """Write ``trainer.state`` and ``history`` as the checkpoint of ``trainer.step``."""
