@@ -181,7 +181,7 @@ def _routing_panel(fig, col: int, image, experts, dropped, gates, *, patch_size:
     rows, cols = H // patch_size, W // patch_size
     E = num_experts
     colorscale = [[(e + i) / E, expert_color(e)] for e in range(E) for i in (0, 1)]  # z = e gets exactly e's
-    style = dict(zmin=-0.5, zmax=E - 0.5, colorscale=colorscale, opacity=0.7, hoverinfo="text")
+    style = dict(zmin=-0.5, zmax=E - 0.5, colorscale=colorscale, opacity=0.85, hoverinfo="text")
     style["colorbar"] = dict(title="expert", tickvals=list(range(E)))
     centres = np.arange(cols) * patch_size + (patch_size - 1) / 2
     vcentres = np.arange(rows) * patch_size + (patch_size - 1) / 2
