@@ -112,6 +112,15 @@ def test_a_failed_process_is_named_and_a_lingering_one_ended(tmp_path):
     assert result.seconds_after_first_failure()[0] < 30
 
 
+def test_the_telling_error_line_is_quoted():
+    output = ["F1129 client.h:80] Terminating process because the JAX distributed service detected errors.",
+              "Additional GRPC error information from remote target while calling /PollForError:",
+              "    @     0x7f86f06ecd5b  (unknown)"]  # fmt: skip
+    result = launch.LaunchResult([-6, -9], [3.0, 1.0], [output, ["ValueError: bad", "x error: y"]], 1)
+    assert result.error_line(0).startswith("F1129 client.h:80] Terminating process because")
+    assert result.error_line(1) == "ValueError: bad"
+
+
 def test_process_rows_and_batch_on_one_process():
     mesh = parallel.make_mesh()
     assert parallel.process_rows(mesh, 12) == (0, 12)

@@ -147,7 +147,7 @@ def test_a_killed_process_ends_the_run_within_a_minute(runs, case, victim):
     assert report.startswith(f"process {victim} failed first: killed by SIGKILL"), report
     # JAX's own error: the coordination service saw the peer die, or the collective's connection broke
     error = result.error_line(other) or ""
-    assert re.search(r"JAX distributed service detected fatal errors|Gloo \w+ failed", error), report
+    assert re.search(r"JAX distributed service detected fatal errors|Gloo \w+ failed", error), (error, report)
 
 
 def test_half_written_checkpoint_is_never_used(runs):
@@ -164,3 +164,26 @@ def test_all_to_all_on_paper_equals_the_lowered_program(runs):
     measured = runs["two"][0]["all_to_all"]
     assert estimate["ops"] == measured["count"]
     assert estimate["bytes_sent_per_device"] * 8 == pytest.approx(measured["bytes_between_devices"])
+
+
+def test_notebook_tables_and_closing_note_from_the_runs(runs):
+    """Notebook 07's tables and computed note (scale_out's functions) on this module's runs."""
+    named = {"1x8": runs["one"], "2x4": runs["two"]}
+    (equal,) = scale_out.equality_rows(named, "1x8")
+    assert equal["run"] == "2x4" and equal["params"] < PARAM_TOLERANCE
+    traffic = {row["run"]: row for row in scale_out.traffic_rows(named)}
+    assert traffic["2x4"]["bytes_between_processes"] > 0 == traffic["1x8"]["bytes_between_processes"]
+    assert all(row["median_step_seconds"] > 0 for row in scale_out.timing_rows(named))
+    killed = runs["worker_killed"]
+    fault = scale_out.fault_summary(
+        {"killed_process": 1, "killed_at_step": 4, "returncodes": killed.returncodes,
+         "report": killed.report(),
+         "seconds_to_exit_after_kill": killed.seconds_after_first_failure(), "checkpoints_left": [3],
+         "restart": runs["two_to_one"]},
+        runs["one"],
+    )  # fmt: skip
+    assert fault["restart_resumed_from"] == 3 and fault["exits"][1] == "killed by SIGKILL"
+    note = scale_out.closing_note(named, "1x8", "2x4", fault)
+    moved = runs["two"][0]["all_to_all"]["bytes_between_processes"]
+    assert "Run 2x4 (2 processes) against 1x8 after 6 steps" in note and f"{moved:,.0f} of them" in note
+    assert "resumed from step 3" in note

@@ -39,8 +39,13 @@ from sparse_experts.parallel.processes import COORDINATOR_ENV, NUM_PROCESSES_ENV
 
 GRACE_SECONDS = 60  # after a process fails, how long the others get to end before the launcher kills them
 _DEVICE_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S+")
-# A line worth quoting from a failed process's output: JAX's fatal error, a Python exception.
-_ERROR_LINE = re.compile(r"Terminating process because|unhealthy|Error:|Exception:|error:|Killed")
+# Lines worth quoting from a failed process's output, best first: JAX's fatal error, a Python exception,
+# anything else that reads like an error.
+_ERROR_LINES = (
+    re.compile(r"Terminating process because"),
+    re.compile(r"^[\w.]*(Error|Exception): "),
+    re.compile(r"unhealthy|Error:|Exception:|error:|Killed"),
+)
 
 
 def check_plan(
@@ -120,9 +125,13 @@ class LaunchResult:
         return all(code == 0 for code in self.returncodes)
 
     def error_line(self, process: int) -> str | None:
-        """The last line of ``process``'s output that reads like an error (JAX's fatal error, exceptions)."""
-        lines = [line for line in self.output[process] if _ERROR_LINE.search(line)]
-        return lines[-1].strip()[:400] if lines else None
+        """The line of ``process``'s output that says best why it failed: the last of JAX's fatal errors, else
+        the last Python exception, else the last line that reads like an error."""
+        for pattern in _ERROR_LINES:
+            lines = [line for line in self.output[process] if pattern.search(line)]
+            if lines:
+                return lines[-1].strip()[:400]
+        return None
 
     def seconds_after_first_failure(self) -> dict[int, float]:
         """How long after the first failed process ended each other process ended."""

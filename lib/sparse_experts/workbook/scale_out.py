@@ -526,6 +526,10 @@ def fault_summary(fault: Mapping[str, Any], reference: tuple[dict, dict]) -> dic
     }
 
 
+def _within(gap: float) -> str:
+    return "identical" if gap == 0 else f"within {gap:.1e}"
+
+
 def closing_note(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: str,
                  fault: Mapping[str, Any] | None = None) -> str:  # fmt: skip
     """Notebook 07's closing note (Markdown), every number computed from the runs (and the fault summary)."""
@@ -536,8 +540,8 @@ def closing_note(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: s
     steps = len(result["history"]["metrics"])
     same = (
         f"- **Same code, same numbers.** Run {multi} ({result['processes']} processes) against {reference} "
-        f"after {steps} steps: losses within {head['max_loss_difference']:.1e}, parameters within "
-        f"{head['max_param_difference']:.1e}"
+        f"after {steps} steps: losses {_within(head['max_loss_difference'])}, parameters "
+        f"{_within(head['max_param_difference'])}"
     )
     if others:
         same += (
