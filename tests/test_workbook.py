@@ -220,16 +220,18 @@ def test_index_labels_headline_figures_and_draws_main_figures(tmp_path):
         "verdict": "reproduced",
         "gap": 0.016,
         runner.HEADLINE_LABELS: {"accuracy": "test accuracy, mean over 5 seeds, 20,000 images"},
-        runner.HEADLINE_UNITS: {"gap": "points"},
+        "noise": 0.0128,
+        runner.HEADLINE_UNITS: {"gap": "points", "noise": "noise"},
         runner.MAIN_FIGURE: runner.figure_record(figure),
     }
-    saved = {"figures": figures, "headline": ["accuracy", "verdict", "gap"], "provenance": {}}
+    saved = {"figures": figures, "headline": ["accuracy", "verdict", "gap", "noise"], "provenance": {}}
     (out / "02_train_vmoe.json").write_text(json.dumps(saved))
     status = {"02_train_vmoe": {"status": "ok", "wall_time_s": 1.0}}
     page = runner.write_index(out, "smoke", status).read_text()
     label = '<span title="accuracy">test accuracy, mean over 5 seeds, 20,000 images</span>: <b>0.8712</b>'
     assert label in page and "verdict: <b>reproduced</b>" in page  # no label: the key
     assert "gap: <b>+1.6 points</b>" in page  # a unit: a difference of fractions in points
+    assert "noise: <b>± 1.3 points</b>" in page  # a noise half-width, unsigned
     assert '<div id="figure-0"></div>' in page and "Plotly.newPlot" in page
     assert "accuracy&lt;/script&gt;" in page and "accuracy</script>" not in page  # escaped everywhere
     assert (out / "plotly.min.js").stat().st_size > 1_000_000  # offline: plotly.js next to the page

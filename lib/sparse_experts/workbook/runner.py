@@ -73,7 +73,8 @@ OVER_TIME_FACTOR = 1.5
 HEADLINE_LABELS = "headline_labels"
 # The figure in which a notebook saves its main plot (:func:`figure_record`), drawn small on the index page.
 MAIN_FIGURE = "main_figure"
-# {key: "percent" | "points"}: how the index prints a headline fraction (87.1%) or difference (+1.6 points)
+# {key: "percent" | "points" | "noise"}: how the index prints a headline fraction (87.1%), a difference of
+# fractions (+1.6 points) or a noise half-width (± 1.3 points)
 HEADLINE_UNITS = "headline_units"
 THUMBNAIL = dict(
     width=320, height=230, showlegend=False, font=dict(size=8), margin=dict(l=36, r=6, t=18, b=28)
@@ -450,7 +451,13 @@ def _headline_line(key: str, value: Any, label: str | None, unit: str | None = N
 
 
 def _fmt(value: Any, unit: str | None = None) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool) and unit in ("percent", "points"):
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and unit in ("percent", "points", "noise")
+    ):
+        if unit == "noise":
+            return f"± {100 * float(value):.1f} points"
         return fmt.percent(value) if unit == "percent" else fmt.points(value)
     return fmt.number(value, digits=4) if isinstance(value, float) else fmt.number(value)
 
