@@ -37,7 +37,7 @@ def test_cpu_expected_times_are_the_readme_measurements():
         "03_routing_explorer": 60,
         "04_adaptive_compute": 120,
         "05_ensembles": 2400,
-        "06_expert_models": 1800,
+        "06_expert_models": 1710,
         "07_scale_out": 420,
     }
 
