@@ -275,15 +275,28 @@ def _set_aside(entry: Path, root: Path, reason: str) -> Path:
     return target
 
 
-def _load_entry(entry: Path, spec: TrainSpec) -> Trained:
-    verify(entry, spec)
-    model = models.ViT(spec.model, rngs=nnx.Rngs(spec.seed))
+def save_params(folder: Path, params: Any) -> None:
+    """Write a parameter pytree (e.g. ``nnx.to_pure_dict`` of a model's ``nnx.Param`` state) to ``folder``
+    as an orbax checkpoint."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(Path(folder).absolute(), params)
+
+
+def restore_params(model: nnx.Module, folder: Path) -> nnx.Module:
+    """Set ``model``'s parameters to those saved by :func:`save_params` in ``folder`` (shapes from the
+    model); returns the model."""
     target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore((entry / "params").absolute(), target)
+        params = checkpointer.restore(Path(folder).absolute(), target)
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
+    return model
+
+
+def _load_entry(entry: Path, spec: TrainSpec) -> Trained:
+    verify(entry, spec)
+    model = restore_params(models.ViT(spec.model, rngs=nnx.Rngs(spec.seed)), entry / "params")
     history, metrics = (json.loads((entry / f"{name}.json").read_text()) for name in ("history", "metrics"))
     return Trained(spec, model, train.History.from_dict(history), metrics, entry, trained_now=False)
 
@@ -380,8 +393,7 @@ def _train_entries(specs: list[TrainSpec], work: Path, *, progress: bool, descri
         if entry.exists():
             shutil.rmtree(entry)
         entry.mkdir(parents=True)
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save((entry / "params").absolute(), params)
+        save_params(entry / "params", params)
         np.save(entry / "test_predictions.npy", logits[r].argmax(-1).astype(np.int16))
         write_json_atomic(entry / "spec.json", {"spec": spec.to_dict(), "code": code_hash()})
         write_json_atomic(entry / "history.json", own.to_dict())
