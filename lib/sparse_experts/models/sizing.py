@@ -1,8 +1,9 @@
 """Sizing on paper, on abstract shapes (nothing allocated): parameters, forward FLOPs per image, and bytes per
-device of a training step on a mesh.
+device of a training step on a mesh, MoE layers included.
 
 Shape letters (../../../shared/DESIGN.md): B batch, N tokens, P patches, D width, H MLP/expert hidden width,
-L layers, A heads, E experts, C capacity, G images per routing group, Y classes; X pixels per patch.
+L layers, A heads, E experts, K choices per token, C capacity (slots per expert), G images per routing group,
+S = G x N tokens per group, M = E x C slots per image (Soft MoE), Y classes; X pixels per patch.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from sparse_experts.parallel.mesh import (
 from sparse_experts.routing import layer_capacity
 
 
+@functools.lru_cache(maxsize=8)
 def _abstract_state(config: VitConfig) -> nnx.State:
-    """The parameters of ``config`` as shapes; identical layers are traced as their scanned twin (the same
-    arrays, stacked on a replicated "layers" axis), one block instead of L."""
+    """The parameters of ``config`` as shapes (read-only: cached, V-MoE-15B takes ~10 s); identical layers
+    are traced as their scanned twin (the same arrays, stacked on a replicated "layers" axis), one block
+    instead of L."""
     if config.moe is None and not config.adapter_dim:
         config = dataclasses.replace(config, scan_layers=True)
     return nnx.state(nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0))), nnx.Param)
@@ -112,7 +115,8 @@ class MemoryPlan:
     gradients: int
     activations: int
     params_unsharded: int
-    activations_per_layer: int = 0
+    activations_per_layer: int = 0  # the largest layer's share (an MoE layer's, when larger)
+    expert_params: int = 0  # bytes of expert weights per device (part of ``params``)
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -166,23 +170,74 @@ def _shard_elements(shape: Sequence[int], spec: PartitionSpec, sizes: Mapping[st
     return count
 
 
+def moe_layer_activation_bytes(
+    config: VitConfig, model_shards: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Activation bytes one MoE layer of ``config`` keeps for the backward pass of a training step, per
+    routing group, in place of the dense MLP's (:func:`activation_bytes` adds them); c the compute dtype's
+    bytes, f = 4 (the router runs in float32), the training capacity C of :func:`layer_capacity`.
+
+    "top_k" and "expert_choice", per group of G = ``moe.group_size`` images (S = G x N tokens):
+
+    - "router": the tokens' float32 copy [S, D] (only when c < f), logits and gates [S, E] in float32;
+    - "routing": the assignment, expert, slot and weight [S, K] (top-k; expert choice: token and weight
+      [E, C]), 4 bytes each;
+    - "buffers": the experts' inputs and outputs [E, C, D] (a device holds E / X experts for X groups
+      after the all_to_all, the same count), indices dispatch and combine;
+    - "hidden": the experts' hidden units [E, C, H], three times (pre-gelu, gelu's tanh, gelu output, as
+      the dense MLP), split over "mlp" (``model_shards["mlp"]``).
+
+    "soft" (per image, G = 1, M = E x C slots): "router" the L2-normalised tokens [N, D], logits and both
+    softmaxes [N, M] in float32; no "routing"; "buffers" [M, D] twice; "hidden" [M, H] three times.
+    Not counted: the one-hot dispatch and combine tensors [S, E, C] of the "einsum" backend (TPU's default;
+    the plan follows the "indices" backend), the auxiliary losses' scalars. Also returns "images" (G) and
+    "capacity" (C)."""
+    moe = config.moe
+    if moe is None:
+        raise ValueError(f"config {config.name!r} has no MoE layers (moe=None); nothing to size here")
+    shards = {"mlp": 1, **(model_shards or {})}
+    c, f = jnp.dtype(config.dtype).itemsize, 4
+    N, D, H, E = config.num_tokens, config.width, config.mlp_dim, moe.num_experts
+    copy = D * f if c < f else 0  # per token: the router's float32 copy of its input
+    if moe.router == "soft":
+        G = 1
+        C = layer_capacity("soft", N, E, 1, moe.capacity_factor)
+        router, routing = N * D * f + 3 * N * E * C * f, 0
+    else:
+        G = moe.group_size
+        S = G * N
+        C = layer_capacity(moe.router, S, E, moe.k, moe.capacity_factor)
+        router = S * copy + 2 * S * E * f
+        routing = 3 * S * moe.k * 4 if moe.router == "top_k" else 2 * E * C * 4
+    return {
+        "router": router,
+        "routing": routing,
+        "buffers": 2 * E * C * D * c,
+        "hidden": 3 * E * C * H * c // shards["mlp"],
+        "images": G,
+        "capacity": C,
+    }
+
+
 def activation_bytes(
     config: VitConfig, images: int, model_shards: Mapping[str, int] | None = None, *, remat: bool = False
 ) -> tuple[int, int]:
-    """Activation bytes a training step keeps for the backward pass of ``images`` images, and a layer's share.
+    """Activation bytes a training step keeps for the backward pass of ``images`` images, and the largest
+    layer's share.
 
     Per image and layer, c the compute dtype's bytes, f = 4 (norm statistics and softmax in float32), fused
     elementwise chains counted once: the residual stream, replicated over "model" (block input and, in a
     sequential block, the mid-block residual, ND each; per norm ND (f + c)); attention, split over the heads'
     mesh axes (q, k, v, output 4ND; with qk_norm 2ND (f + c); weights [A, N, N] in float32, plus a copy when
     c < 4); the MLP, split over "mlp" (3NH: hidden, gelu's tanh, output); a parallel block's fused input
-    N (D + H). Outside the blocks: patches, the final norm, pooled features, float32 logits. With remat each
-    block keeps only its input and one block is recomputed. Half a layer more for gradients in flight is an
-    empirical term fitted to XLA's buffer assignment on CPU, within ~10% for float32 ViTs except scanned
-    layers without remat (~1.6x more measured). ``model_shards``: {"heads": ..., "mlp": ...} divisors.
+    N (D + H). An MoE layer keeps, instead of its MLP's 3NH (and a parallel block's NH), the bytes of
+    :func:`moe_layer_activation_bytes` per routing group (``images`` must fill whole groups). Outside the
+    blocks: patches, the final norm, pooled features, float32 logits. With remat each block keeps only its
+    input and one block (the largest) is recomputed. Half a layer more (the largest) for gradients in flight
+    is an empirical term fitted to XLA's buffer assignment on CPU, within ~10% for float32 ViTs except
+    scanned layers without remat (~1.6x more measured). ``model_shards``: {"heads": ..., "mlp": ...}
+    divisors.
     """
-    if config.moe is not None:
-        raise NotImplementedError("activation sizes of MoE layers arrive with the routing issue")
     shards = {"heads": 1, "mlp": 1, **(model_shards or {})}
     c, f = jnp.dtype(config.dtype).itemsize, 4
     N, D, H, A, L = config.num_tokens, config.width, config.mlp_dim, config.num_heads, config.depth
@@ -193,11 +248,26 @@ def activation_bytes(
     if config.parallel_block:
         attention, mlp = attention + N * D * c, mlp + N * H * c
     per_layer = stream + attention // shards["heads"] + mlp // shards["mlp"]
+    num_moe = len(moe_layers(config))
+    layers = [(L - num_moe, images * per_layer, images * (per_layer // 2))]  # (count, bytes, half) per kind
+    if num_moe:
+        moe = moe_layer_activation_bytes(config, shards)
+        G = moe["images"]
+        if isinstance(images, bool) or not isinstance(images, int) or images < 1 or images % G:
+            raise ValueError(
+                f"images={images!r} does not fill whole routing groups of {G} images "
+                f"(MoeConfig.group_size={config.moe.group_size}); use a positive multiple of {G}"
+            )
+        group = moe["router"] + moe["routing"] + moe["buffers"] + moe["hidden"]
+        moe_layer = images * (per_layer - mlp // shards["mlp"]) + images // G * group
+        layers.append((num_moe, moe_layer, moe_layer // 2))
+    layers = [layer for layer in layers if layer[0]]
+    largest = max(size for _, size, _ in layers)
+    working = max(half for _, _, half in layers)  # gradients in flight (empirical, see above)
+    kept = images * L * N * D * c + largest if remat else sum(count * size for count, size, _ in layers)
     patches = config.num_patches * config.patch_size**2 * config.channels
     outside = (patches + N * D + D) * c + N * D * (f + c) + 4 * config.num_classes
-    working = per_layer // 2  # gradients in flight during one layer's backward (empirical, see above)
-    saved = (L * N * D * c + per_layer if remat else L * per_layer) + working
-    return images * (saved + outside), images * per_layer
+    return kept + working + images * outside, largest
 
 
 def memory_plan(
@@ -217,6 +287,13 @@ def memory_plan(
     as optax's); gradients: one copy; activations: :func:`activation_bytes` for the images per device, split
     as the "heads"/"mlp" weights are (``remat`` defaults to ``config.remat``). Not counted: XLA temporaries,
     weights gathered under FSDP, the input pipeline, collective buffers. A plan, not a measurement.
+
+    MoE layers: every expert weight ([E, D, H], [E, H], [E, H, D], [E, D]; Soft MoE's slots [E, C, D]) is
+    split over the "expert" mesh axis by the rules, so a device holds E / (expert axis size) experts' weights,
+    their gradients and optimizer state (``MemoryPlan.expert_params``); the router [D, E] is replicated like
+    the other dense weights. Their activations are :func:`moe_layer_activation_bytes` per routing group at
+    the training capacity factor. The expert axis size must divide E, and the images per device must fill
+    whole routing groups (``MoeConfig.group_size``), as the expert-parallel layer requires.
     """
     if optimizer not in OPTIMIZER_MOMENTS:
         raise ValueError(
@@ -231,14 +308,32 @@ def memory_plan(
             f"batch_size={batch_size} is not divisible by the {shards} data shards of mesh {sizes} "
             f"(axes {data_axes(sizes)}); use a multiple of {shards}"
         )
+    moe, images = config.moe, batch_size // shards
+    if moe is not None:
+        experts_axis = sizes.get("expert", 1)
+        if moe.num_experts % experts_axis:
+            divisors = [d for d in range(1, moe.num_experts + 1) if moe.num_experts % d == 0]
+            raise ValueError(
+                f"mesh_shape['expert']={experts_axis} does not divide "
+                f"MoeConfig.num_experts={moe.num_experts}; use an expert axis size in {divisors}"
+            )
+        group = 1 if moe.router == "soft" else moe.group_size
+        if images % group:
+            raise ValueError(
+                f"batch_size={batch_size} gives {images} images per device ({shards} data shards), not a "
+                f"multiple of MoeConfig.group_size={group}; use a batch_size that is a multiple of "
+                f"{shards * group}, or a smaller group_size"
+            )
     remat = config.remat if remat is None else bool(remat)
     state = _abstract_state(config)
     specs = partition_specs(state, rules, sizes)
-    params = unsharded = count = optimizer_state = 0
+    params = unsharded = count = optimizer_state = expert_params = 0
     for (_, variable), (_, spec) in zip(nnx.to_flat_state(state), nnx.to_flat_state(specs), strict=True):
         itemsize = jnp.dtype(variable.dtype).itemsize
         shard = _shard_elements(variable.shape, spec.get_value(), sizes)
         params += shard * itemsize
+        if "expert" in (variable.get_metadata().get("out_sharding") or ()):
+            expert_params += shard * itemsize
         moment_size = jnp.dtype(moment_dtype or variable.dtype).itemsize
         optimizer_state += OPTIMIZER_MOMENTS[optimizer] * shard * moment_size
         unsharded += math.prod(variable.shape) * itemsize
@@ -248,12 +343,19 @@ def memory_plan(
         return dim // _shard_elements([dim], partition_spec_for([logical], [dim], rules, sizes), sizes)
 
     model_shards = {"heads": divisor("heads", config.num_heads), "mlp": divisor("mlp", config.mlp_dim)}
-    images = batch_size // shards
     activations, per_layer = activation_bytes(config, images, model_shards, remat=remat)
     notes = (
         f"activations for {images} images per device, attention split {model_shards['heads']} ways, "
         f"MLP {model_shards['mlp']} ways; compute dtype {config.dtype}, parameters {config.param_dtype}",
     )
+    if moe is not None:
+        slots = moe_layer_activation_bytes(config, model_shards)
+        notes += (
+            f"{len(moe_layers(config))} MoE layers ({moe.router}, E={moe.num_experts}, k={moe.k}, capacity "
+            f"factor {moe.capacity_factor}): C={slots['capacity']} slots per expert per group of "
+            f"{slots['images']} image(s); {moe.num_experts // sizes.get('expert', 1)} experts per device, "
+            f"their weights {_gib(expert_params)} of the {_gib(params)} of parameters",
+        )
     return MemoryPlan(
         config=config.name,
         mesh_shape=sizes,
@@ -268,5 +370,6 @@ def memory_plan(
         activations=activations,
         params_unsharded=unsharded,
         activations_per_layer=per_layer,
+        expert_params=expert_params,
         notes=notes,
     )
