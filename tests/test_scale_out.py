@@ -26,7 +26,7 @@ import shutil
 
 import pytest
 
-from sparse_experts import train
+from sparse_experts import models, train
 from sparse_experts.workbook import scale_out
 
 LOSS_TOLERANCE = 1e-5  # per-step losses (about 1.1 here)
@@ -187,3 +187,36 @@ def test_notebook_tables_and_closing_note_from_the_runs(runs):
     moved = runs["two"][0]["all_to_all"]["bytes_between_processes"]
     assert "Run 2x4 (2 processes) against 1x8 after 6 steps" in note and f"{moved:,.0f} of them" in note
     assert "resumed from step 3" in note
+
+
+def test_paper_scale_memory_of_vmoe_15b():
+    """Notebook 07's paper-scale table on its default pod (1024 devices, batch 4096): V-MoE-15B's memory
+    per device, its experts' share by hand, the assumptions that fit a TPUv3 core; ViT-22B unchanged."""
+    paper = {row["model"]: row for row in scale_out.paper_rows(4096, 1024)}
+    vmoe = paper["V-MoE-15B"]
+    D, H, E, layers = 1664, 8192, 32, 16  # ViT-G width and MLP; 32 experts in every third of 48 layers
+    expert = 2 * D * H + H + D  # wi, wo and their biases
+    assert vmoe["mesh"] == "data=32 x expert=32" and vmoe["batch_size"] == 4096
+    assert vmoe["expert_weights_gib_per_device"] * 2**30 == layers * expert * 4  # one of each layer, float32
+    dense = vmoe["parameters"] - layers * E * expert  # replicated on every device
+    # float32 weights + gradients + Adam's two moments: 16 bytes per parameter held, plus the activations
+    plan = models.memory_plan(
+        scale_out.paper_config("V-MoE-15B"), {"data": 32, "expert": 32}, 4096, remat=True
+    )
+    assert plan.params == 4 * (dense + layers * expert) and plan.total == 4 * plan.params + plan.activations
+    assert vmoe["memory_gib_per_device"] == plan.total / 2**30
+    # It does not fit a TPUv3 core, and the replicated dense weights alone (1.41B parameters) explain why.
+    replicated_gib = 16 * dense / 2**30
+    assert vmoe["memory_gib_per_device"] > replicated_gib > scale_out.TPU_V3_CORE_GIB
+    assert paper["ViT-22B"]["memory_gib_per_device"] == 6_961_235_360 / 2**30  # as before MoE sizing
+    options = {row["assumption"]: row for row in scale_out.vmoe_memory_rows(4096, 1024)}
+    assert options["float32, Adam, remat (the table's)"]["total"] == vmoe["memory_gib_per_device"]
+    fitting = [name for name, row in options.items() if row["fits 16 GiB"]]
+    assert fitting == [
+        "bfloat16 parameters, moments and compute",
+        "dense weights split over 'data' too (FSDP)",
+    ]
+    note = scale_out.paper_note(list(paper.values()), list(options.values()))
+    assert f"needs {vmoe['memory_gib_per_device']:.1f} GiB per device" in note and "more than" in note
+    labels = scale_out.headline_labels("1x8", "2x4", 6, list(paper.values()))
+    assert "data=32 x expert=32, batch 4096, float32, Adam, remat" in labels["vmoe15b_memory_gib_per_device"]

@@ -454,48 +454,93 @@ def timing_rows(runs: Mapping[str, tuple[dict, dict]]) -> list[dict[str, Any]]:
 
 
 PAPER_MODELS = {
-    # V-MoE-15B: ViT-G/14 with E=32 experts, k=2, in 16 layers (every third); 15.3B parameters here, the
-    # paper reports 14.7B (its exact placement and head are not reproduced).
+    # V-MoE-15B: ViT-G/14 with E=32 experts, k=2, in 16 layers (every third); 15.4B parameters here, the
+    # paper reports 14.7B (its exact placement and head are not reproduced). Routing groups of one image.
     "V-MoE-15B": dict(size="G/14", moe=dict(num_experts=32, k=2, placement="every-3", capacity_factor=1.05)),
     "ViT-22B": dict(size="22B/14", moe=None),
 }
+TPU_V3_CORE_GIB = 16  # HBM of one TPUv3 core (V-MoE's devices)
+
+
+def paper_config(name: str, image_size: int = 224) -> models.VitConfig:
+    """The :data:`PAPER_MODELS` entry ``name`` as a config (float32 parameters and compute; V-MoE routing
+    groups of one image)."""
+    recipe = PAPER_MODELS[name]
+    moe = None if recipe["moe"] is None else models.MoeConfig(**recipe["moe"], group_size=1)
+    return models.vit_config(recipe["size"], image_size=image_size, moe=moe)
+
+
+def paper_mesh(name: str, devices: int) -> dict[str, int]:
+    """The mesh of a paper-scale plan on ``devices`` devices: V-MoE-15B one expert per device of an "expert"
+    axis of 32 ({"data": devices / 32, "expert": 32}); ViT-22B {"data": devices / 4, "model": 4}."""
+    return (
+        {"data": devices // 32, "expert": 32}
+        if PAPER_MODELS[name]["moe"]
+        else {"data": devices // 4, "model": 4}
+    )
 
 
 def paper_rows(batch_size: int, devices: int, image_size: int = 224) -> list[dict[str, Any]]:
-    """The paper-scale models (:data:`PAPER_MODELS`) on paper on a TPU pod of ``devices`` chips: parameters
-    (all, and active per token), the mesh, memory per device of a training step and the all_to_all bytes
-    each device sends per step. V-MoE-15B: experts one per device group on {"data": devices / 32,
-    "expert": 32}, bfloat16 buffers (:func:`all_to_all_bytes`); its memory plan is not given
-    (``models.memory_plan`` has no activation model for MoE layers yet). ViT-22B: {"data": devices / 4,
-    "model": 4} with FSDP rules and remat (``models.memory_plan``); it has no all_to_all."""
+    """The paper-scale models (:data:`PAPER_MODELS`) on paper on a TPU pod of ``devices`` devices
+    (:func:`paper_mesh`): parameters (all, and active per token), the mesh and how the weights are split,
+    memory per device of an Adam training step (``models.memory_plan``: float32 parameters, moments and
+    compute, remat on) and the all_to_all bytes each device sends per step. V-MoE-15B: the experts split over
+    "expert" (E / 32 = 1 per device per MoE layer), every other weight replicated, as data parallelism does
+    (the TP rules: the mesh has no "model" axis); its all_to_all buffers in bfloat16
+    (:func:`all_to_all_bytes`). ViT-22B: FSDP rules (weights split over "data" and "model"); no all_to_all."""
     rows = []
-    for name, recipe in PAPER_MODELS.items():
-        moe = None if recipe["moe"] is None else models.MoeConfig(**recipe["moe"], group_size=1)
-        config = models.vit_config(recipe["size"], image_size=image_size, moe=moe)
-        sizes = {"data": devices // 32, "expert": 32} if moe else {"data": devices // 4, "model": 4}
-        row = {
+    for name in PAPER_MODELS:
+        config, sizes = paper_config(name, image_size), paper_mesh(name, devices)
+        moe = config.moe is not None
+        rules = parallel.TP_RULES if moe else parallel.FSDP_RULES
+        plan = models.memory_plan(config, sizes, batch_size, rules=rules, remat=True)
+        sent = (
+            all_to_all_bytes(config, batch_size, sizes["expert"], sizes["data"], itemsize=2) if moe else None
+        )
+        rows.append({
             "model": name,
             "parameters": models.param_count(config),
             "active_parameters": models.param_count(config, active=True),
             "mesh": " x ".join(f"{k}={v}" for k, v in sizes.items()),
+            "weights": "experts over 'expert', the rest replicated" if moe else "FSDP over 'data', 'model'",
             "batch_size": batch_size,
-        }
-        if moe is None:
-            plan = models.memory_plan(config, sizes, batch_size, rules=parallel.FSDP_RULES, remat=True)
-            row.update(memory_gib_per_device=plan.total / 2**30, all_to_all_gib_per_device=0.0)
-        else:
-            sent = all_to_all_bytes(config, batch_size, sizes["expert"], sizes["data"], itemsize=2)
-            row.update(
-                memory_gib_per_device=None, all_to_all_gib_per_device=sent["bytes_sent_per_device"] / 2**30
-            )
-        rows.append(row)
+            "memory_gib_per_device": plan.total / 2**30,
+            "expert_weights_gib_per_device": plan.expert_params / 2**30,
+            "all_to_all_gib_per_device": 0.0 if sent is None else sent["bytes_sent_per_device"] / 2**30,
+        })  # fmt: skip
     return rows
 
 
-def headlines(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: str) -> dict[str, Any]:
+def vmoe_memory_rows(batch_size: int, devices: int, image_size: int = 224) -> list[dict[str, Any]]:
+    """V-MoE-15B's memory per device on :func:`paper_mesh` under other assumptions than :func:`paper_rows`'s
+    (the first row), each against a TPUv3 core's :data:`TPU_V3_CORE_GIB`: the optimizer's moments in
+    bfloat16; one bfloat16 moment (Adafactor-like, its factored second moment left out); parameters and
+    compute in bfloat16; no remat; the dense weights split over "data" too (FSDP rules). GiB per part."""
+    config, sizes = paper_config("V-MoE-15B", image_size), paper_mesh("V-MoE-15B", devices)
+    tp, half = parallel.TP_RULES, config.replace(param_dtype="bfloat16", dtype="bfloat16")
+    options = {
+        "float32, Adam, remat (the table's)": (config, dict(rules=tp)),
+        "Adam moments in bfloat16": (config, dict(rules=tp, moment_dtype="bfloat16")),
+        "one bfloat16 moment (Adafactor-like)": (config, dict(rules=tp, optimizer="momentum",
+                                                               moment_dtype="bfloat16")),
+        "bfloat16 parameters, moments and compute": (half, dict(rules=tp)),
+        "float32, Adam, no remat": (config, dict(rules=tp, remat=False)),
+        "dense weights split over 'data' too (FSDP)": (config, dict(rules=parallel.FSDP_RULES)),
+    }  # fmt: skip
+    rows = []
+    for label, (cfg, kwargs) in options.items():
+        plan = models.memory_plan(cfg, sizes, batch_size, **{"remat": True, **kwargs})
+        gib = {name: value / 2**30 for name, value in plan.rows()}
+        rows.append({"assumption": label, **gib, "expert weights": plan.expert_params / 2**30,
+                     f"fits {TPU_V3_CORE_GIB} GiB": gib["total"] <= TPU_V3_CORE_GIB})  # fmt: skip
+    return rows
+
+
+def headlines(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: str,
+              paper: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """Notebook 07's headline figures: the multi-process run against the one-process reference (largest
     loss and parameter differences), the all_to_all bytes per step between processes, the share of routed
-    tokens that changed process."""
+    tokens that changed process; with ``paper`` (:func:`paper_rows`) V-MoE-15B's GiB per device."""
     gap = compare(runs[reference], runs[multi])
     result = runs[multi][0]
     tokens = list(result["tokens"].values())
@@ -505,7 +550,16 @@ def headlines(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: str)
         "max_param_difference": gap["params"],
         "all_to_all_bytes_between_processes": result["all_to_all"]["bytes_between_processes"],
         "tokens_to_other_process": sum(layer["other_process"] for layer in tokens) / max(1, routed),
+        **(
+            {}
+            if paper is None
+            else {"vmoe15b_memory_gib_per_device": _vmoe_row(paper)["memory_gib_per_device"]}
+        ),
     }
+
+
+def _vmoe_row(paper: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    return next(row for row in paper if row["model"] == "V-MoE-15B")
 
 
 def fault_summary(fault: Mapping[str, Any], reference: tuple[dict, dict]) -> dict[str, Any]:
@@ -531,8 +585,10 @@ def _within(gap: float) -> str:
 
 
 def closing_note(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: str,
-                 fault: Mapping[str, Any] | None = None) -> str:  # fmt: skip
-    """Notebook 07's closing note (Markdown), every number computed from the runs (and the fault summary)."""
+                 fault: Mapping[str, Any] | None = None, paper: Sequence[Mapping[str, Any]] | None = None,
+                 options: Sequence[Mapping[str, Any]] | None = None) -> str:  # fmt: skip
+    """Notebook 07's closing note (Markdown), every number computed from the runs (and the fault summary;
+    the paper-scale rows of :func:`paper_rows` and :func:`vmoe_memory_rows`)."""
     head = headlines(runs, reference, multi)
     others = [row["params"] for row in equality_rows(runs, reference) if row["run"] != multi]
     result = runs[multi][0]
@@ -566,12 +622,37 @@ def closing_note(runs: Mapping[str, tuple[dict, dict]], reference: str, multi: s
             f"from step {fault['restart_resumed_from']} and ended within {gap['loss']:.1e} (losses) and "
             f"{gap['params']:.1e} (parameters) of the uninterrupted run."
         )
+    if paper is not None:
+        lines.append(paper_note(paper, options))
     return "\n".join(lines)
 
 
-def headline_labels(reference: str, multi: str, steps: int) -> dict[str, str]:
-    """What each headline figure is (the index page)."""
-    return {
+def paper_note(paper: Sequence[Mapping[str, Any]], options: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The closing note's paper-scale line: V-MoE-15B's and ViT-22B's GiB per device (:func:`paper_rows`)
+    against a TPUv3 core, and which of :func:`vmoe_memory_rows`' assumptions fit one."""
+    vmoe = _vmoe_row(paper)
+    dense = next(row for row in paper if row["model"] != "V-MoE-15B")
+    total, experts = vmoe["memory_gib_per_device"], vmoe["expert_weights_gib_per_device"]
+    fits = total <= TPU_V3_CORE_GIB
+    line = (
+        f"- **At paper scale, on paper.** V-MoE-15B on {vmoe['mesh']} (batch {vmoe['batch_size']}; float32, "
+        f"Adam, remat; experts split, the rest replicated) needs {total:.1f} GiB per device, "
+        f"{experts:.1f} GiB of it its experts' weights: {'within' if fits else 'more than'} a TPUv3 core's "
+        f"{TPU_V3_CORE_GIB} GiB"
+    )
+    if not fits:
+        line += ", because every device holds the replicated dense weights with their gradients and moments"
+    if options:
+        fitting = [row["assumption"] for row in options if row[f"fits {TPU_V3_CORE_GIB} GiB"]]
+        line += f". Fitting a core: {'; '.join(fitting) if fitting else 'none of the other assumptions'}"
+    return line + f". ViT-22B on {dense['mesh']}: {dense['memory_gib_per_device']:.2f} GiB per device."
+
+
+def headline_labels(reference: str, multi: str, steps: int,
+                    paper: Sequence[Mapping[str, Any]] | None = None) -> dict[str, str]:  # fmt: skip
+    """What each headline figure is (the index page); with ``paper`` (:func:`paper_rows`) the V-MoE-15B
+    memory plan's too."""
+    labels = {
         "max_loss_difference": f"largest per-step loss difference, run {multi} against {reference} ({steps} "
         "steps)",
         "max_param_difference": f"largest parameter difference after {steps} steps, {multi} against "
@@ -581,6 +662,13 @@ def headline_labels(reference: str, multi: str, steps: int) -> dict[str, str]:
         "tokens_to_other_process": f"share of routed tokens of batch 0 whose expert is in another process "
         f"({multi})",
     }
+    if paper is not None:
+        vmoe = _vmoe_row(paper)
+        labels["vmoe15b_memory_gib_per_device"] = (
+            f"GiB per device of a V-MoE-15B training step, on paper ({vmoe['mesh']}, batch "
+            f"{vmoe['batch_size']}, float32, Adam, remat)"
+        )
+    return labels
 
 
 def main(argv: Sequence[str] | None = None) -> int:

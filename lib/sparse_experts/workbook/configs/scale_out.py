@@ -7,6 +7,18 @@ CPU devices, then on ``processes`` processes sharing the largest count (``jax.di
 Every device here shares the same 2 cores: communication volume, not speed-up, is the figure that carries
 over to a real cluster.
 
+Paper scale, on paper (``scale_out.paper_rows``, the same under every preset): ``pod_devices`` devices (on
+TPUv3 a device is a core, 16 GiB) and a global batch of ``pod_batch_size`` images (1024 and 4096 in every
+preset). V-MoE-15B on {"data": 32, "expert": 32}: 4 images per device in routing groups of one image,
+capacity factor 1.05 (C = 17), float32 parameters, compute and Adam moments, remat, experts split over
+"expert" (one of each MoE layer per device, 1.63 GiB) and every other weight replicated: 28.3 GiB per device
+(parameters 6.87, Adam moments 13.75, gradients 6.87, activations 0.79), more than a TPUv3 core holds; the
+replicated dense weights (1.41B parameters, 16 bytes each with gradients and moments: 21.0 GiB) alone are
+over. ``scale_out.vmoe_memory_rows``: bfloat16 parameters, moments and compute give 14.2 GiB, the dense
+weights split over "data" (FSDP) 1.65 GiB; bfloat16 moments alone 21.4, one bfloat16 moment 18.0, no remat
+38.1. The all_to_all: 0.418 GiB sent per device per step. ViT-22B on {"data": 256, "model": 4} (FSDP rules,
+float32, Adam, remat): 6.48 GiB per device.
+
 Expected run time: cpu about 7 min (four launches: 1 process x 2, 4, 8 devices and 2 x 4, then the fault
 demo: a 2 x 4 run killed at step 21 and its restart on 1 x 8; measured 394 s while other jobs kept the
 2-core machine at a load of 7-10); smoke about 1.5 min (1 x 4 and 2 x 2, 3 steps, no fault demo; measured
@@ -60,7 +72,7 @@ class Config(NotebookConfig):
     fault_demo: bool = knob(
         "kill a process of the multi-process run, then restart it on one process", boolean
     )
-    pod_devices: int = knob("TPU chips of the paper-scale plan (a multiple of 32)", integer(32, 65536))
+    pod_devices: int = knob("TPU devices of the paper-scale plan (a multiple of 32)", integer(32, 65536))
     pod_batch_size: int = knob("global batch of the paper-scale plan", integer(32, 1 << 20))
 
     def __post_init__(self) -> None:
