@@ -21,12 +21,15 @@ float32, Adam, remat): 6.48 GiB per device.
 
 Expected run time: cpu about 7 min (four launches: 1 process x 2, 4, 8 devices and 2 x 4, then the fault
 demo: a 2 x 4 run killed at step 21 and its restart on 1 x 8; measured 394 s while other jobs kept the
-2-core machine at a load of 7-10); smoke about 1.5 min (1 x 4 and 2 x 2, 3 steps, no fault demo; measured
-96 s under the same load); gpu, tpu: the launcher runs on one machine's CPU devices (see the README for a
-multi-host runtime), not measured.
+2-core machine at a load of 7-10; 318 s on 2026-11-30 at a load of 5-6, with the paper-scale memory table);
+smoke about 1.5 min (1 x 4 and 2 x 2, 3 steps, no fault demo; measured 96 s under the same load, 87 s on
+2026-11-30); gpu, tpu: the launcher runs on one machine's CPU devices (see the README for a multi-host
+runtime), not measured.
 
 Headline figures on cpu (measured 2026-11-29, `python -m sparse_experts.workbook run --preset cpu --only 07`,
-40 steps of batch 64 on digits): the 2 x 4 run against 1 x 8: ``max_loss_difference`` 3.2e-5,
+40 steps of batch 64 on digits; the run of 2026-11-30 repeated every figure below to the digits shown
+except two timings, 0.31 s per step on 2 x 4 and process 0 ending 13.9 s after the kill, and added
+``vmoe15b_memory_gib_per_device`` 28.28): the 2 x 4 run against 1 x 8: ``max_loss_difference`` 3.2e-5,
 ``max_param_difference`` 9.1e-4 (largest parameter 1.09; 1 x 2 and 1 x 4 differ from 1 x 8 by 7.9e-4 and
 7.6e-4: float rounding in another reduction order, amplified over 40 Adam steps); the all_to_all move
 1,146,880 bytes between devices per step, ``all_to_all_bytes_between_processes`` 655,360;
