@@ -8,7 +8,13 @@ Layer: imports :mod:`sparse_experts.routing` and :mod:`sparse_experts.parallel`,
 from sparse_experts.models.adapters import AdapterExperts, combine, transplant, with_adapters
 from sparse_experts.models.mlp import Mlp
 from sparse_experts.models.moe import MoeMlp, apply_stacked, stacked_experts
-from sparse_experts.models.sizing import activation_bytes, flops_per_image, memory_plan, param_count
+from sparse_experts.models.sizing import (
+    activation_bytes,
+    flops_per_image,
+    memory_plan,
+    moe_layer_activation_bytes,
+    param_count,
+)
 from sparse_experts.models.vit import (
     SIZES,
     MoeConfig,
