@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
 import pytest
 from flax import nnx
 from hypothesis import HealthCheck, settings
@@ -19,6 +23,23 @@ from sparse_experts.workbook import presets
 # before anything imports jax; subprocesses and notebook kernels inherit it.
 if (smoke_flags := presets.PRESET_XLA_FLAGS["smoke"]) not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {smoke_flags}".strip()
+
+# One persistent XLA compilation cache for the session, shared by every process the tests start (notebook
+# kernels, subprocesses, launched processes): a notebook's "try this" reruns and the other runs that compile
+# the same programs again read them back instead of compiling. An entry's key is the program's HLO with the
+# jax version, backend, devices, compile options and XLA flags. The folder is new for each session and removed
+# at exit, so no entry outlives the code that made it; a pytest started by a test reuses its session's folder
+# (this variable); SPARSE_EXPERTS_TEST_XLA_CACHE=0 turns the cache off.
+XLA_CACHE_ENV = "SPARSE_EXPERTS_TEST_XLA_CACHE"
+if os.environ.get(XLA_CACHE_ENV) != "0":
+    if not os.path.isdir(os.environ.get(XLA_CACHE_ENV, "")):
+        os.environ[XLA_CACHE_ENV] = tempfile.mkdtemp(prefix="sparse-experts-tests-xla-cache-")
+        atexit.register(shutil.rmtree, os.environ[XLA_CACHE_ENV], ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=os.environ[XLA_CACHE_ENV], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+    )
+    jax.config.update("jax_compilation_cache_dir", os.environ[XLA_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # Nothing downloads in tests: every non-loopback connection fails, here and in every process the tests
 # start (papermill kernels, subprocesses) through the sitecustomize on PYTHONPATH.
