@@ -9,6 +9,7 @@ import hashlib
 import importlib
 import inspect
 import io
+import multiprocessing
 import os
 import socket
 from pathlib import Path
@@ -106,6 +107,28 @@ def test_prepare_generates_once_then_reuses(data_dir):
     assert ds.prepare("digits", data_dir=data_dir) == path
     assert builders.GENERATION_COUNTS["sew_digits"] == before + 1
     assert info_file.stat().st_mtime_ns == mtime
+
+
+def _prepare_at_once(barrier, results, data_dir):  # in a spawned process
+    barrier.wait()
+    path = ds.prepare("digits", data_dir=data_dir)
+    results.put((str(path), builders.GENERATION_COUNTS["sew_digits"]))
+
+
+def test_two_processes_preparing_one_dataset_generate_it_once(tmp_path):
+    """Two kernels (or test workers) that ask for the same missing dataset at once: one generates it, the
+    other waits for it (without the lock, TFDS's final rename of the second fails: FileExistsError)."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_prepare_at_once, args=(barrier, results, tmp_path)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    (path_a, made_a), (path_b, made_b) = results.get(timeout=5), results.get(timeout=5)
+    assert path_a == path_b and made_a + made_b == 1  # one generated, the other reused its result
+    assert len(ds.load_split("digits", "test", data_dir=tmp_path)) == ds.info("digits").splits["test"]
 
 
 # ----------------------------------------------------------------------------------------------------------

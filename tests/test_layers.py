@@ -27,7 +27,8 @@ LAYERS = {
 # Imports allowed inside a function, each with its reason (module prefix -> why).
 LAZY_ALLOWED = {
     "tensorflow": "optional (gpu/tpu extras only): the catalog builders need it to prepare data",
-    "fcntl": "POSIX only: the cache's file lock; Windows users can still import the package",
+    "fcntl": "POSIX only: atomic.exclusive's file lock (cache entries, dataset generation); Windows users "
+    "can still import the package",
 }
 
 

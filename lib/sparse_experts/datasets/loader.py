@@ -25,6 +25,7 @@ from PIL import Image
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from sparse_experts import paths
+from sparse_experts.atomic import exclusive
 from sparse_experts.datasets import builders, tasks
 from sparse_experts.datasets import splits as split_plans
 from sparse_experts.datasets.digits import DIGITS_CLASS_NAMES, DIGITS_SIZES
@@ -255,6 +256,15 @@ def _prepare(name: str, ddir: Path, embedded: bool) -> Path:
     if builder.is_prepared():
         log.info("dataset %s: reusing %s", name, builder.data_dir)
         return Path(builder.data_dir)
+    with exclusive(Path(ddir) / ".locks" / f"{name}.lock"):  # two processes: one generates, one waits
+        builder = _builder(name, ddir)  # afresh: the other process may have prepared it meanwhile
+        if builder.is_prepared():
+            log.info("dataset %s: reusing %s (prepared by another process)", name, builder.data_dir)
+            return Path(builder.data_dir)
+        return _generate(name, builder, ddir, embedded)
+
+
+def _generate(name: str, builder, ddir: Path, embedded: bool) -> Path:
     if not embedded and importlib.util.find_spec("tensorflow") is None:
         raise DatasetNotPreparedError(_not_prepared_message(name, ddir, "TensorFlow is not installed"))
     how = "generating offline from the embedded recipe (nothing is downloaded)" if embedded else "preparing"

@@ -49,7 +49,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from sparse_experts import models, paths, train
-from sparse_experts.atomic import write_json_atomic
+from sparse_experts.atomic import exclusive, write_json_atomic
 from sparse_experts.datasets import loader
 
 log = logging.getLogger(__name__)
@@ -436,7 +436,7 @@ def get_or_train_seeds(
     (root / ".partial").mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:  # one process trains a key at a time; locks in a fixed order
         for key in sorted(keys):
-            stack.enter_context(_exclusive(root / ".partial" / f"{key}.lock"))
+            stack.enter_context(exclusive(root / ".partial" / f"{key}.lock"))
         found: dict[str, Trained] = {}
         for spec, key in zip(specs, keys, strict=True):
             entry = root / key
@@ -478,20 +478,6 @@ def get_or_train(
     return get_or_train_seeds([spec], **kwargs)[0]
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    """An advisory lock (``fcntl.flock``) on ``path``, held for the block: two notebooks asking for the same
-    untrained model do not train it twice or race on the final rename."""
-    import fcntl
-
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _made_key(payload: Any) -> tuple[dict[str, Any], str]:
     record = {"payload": json.loads(canonical_json(payload)), "code": code_hash()}
     return record, hashlib.sha256(canonical_json(record).encode()).hexdigest()
@@ -530,7 +516,7 @@ def get_or_make(
     root = Path(root or cache_dir()) / kind
     entry = root / key
     (root / ".partial").mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / ".partial" / f"{key}.lock"):
+    with exclusive(root / ".partial" / f"{key}.lock"):
         if entry.exists():
             try:
                 verify(entry, required=required)
