@@ -6,15 +6,13 @@ mostly one kernel compiling and running Python on one core, so two at a time kee
 module's first test starts every run that its selected tests need; each test waits for its own run and
 checks it. Notebooks 02 to 06 run one after another in one output folder (03-06 read the models 02 trained
 there), as ``make run`` runs them; every other run has a folder of its own. The prompts of 02-06 start once
-02 has finished, so that they reuse the models it put in the data cache. ``datasets.prepare`` is not safe for
-two processes at once (two runs generating the same dataset in a fresh data folder collide), so the embedded
-datasets that the runs name are prepared first, here.
+02 has finished, so that they reuse the models it put in the data cache. Two runs that need the same missing
+dataset generate it once: ``datasets.prepare`` holds a file lock while it generates.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import multiprocessing
 import sys
@@ -26,7 +24,6 @@ import _smoke_runs
 import nbformat
 import pytest
 
-from sparse_experts import datasets
 from sparse_experts.workbook import presets, runner
 
 NOTEBOOKS = [nb.name for nb in runner.discover()]
@@ -89,16 +86,6 @@ def prompt_key(name: str, knobs: dict[str, Any]) -> str:
     return f"{name} {json.dumps(knobs, sort_keys=True)}"
 
 
-def datasets_named(name: str, knobs: dict[str, Any]) -> set[str]:
-    """The datasets that the parameters of a smoke run of notebook ``name`` with ``knobs`` name."""
-    known, found = set(datasets.list_datasets()), set()
-    config = presets.resolve(name, "smoke", **knobs)
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        found |= {v for v in (value if isinstance(value, list | tuple) else [value]) if str(v) in known}
-    return found
-
-
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory):
     """Starts every run that this module's selected tests need, in the order of the module docstring."""
@@ -123,12 +110,6 @@ def runs(request, tmp_path_factory):
             root = tmp_path_factory.mktemp("tour-gpu")
             data = {"SPARSE_EXPERTS_DATA_DIR": str(root / "data")}
             alone.append(("00 gpu", dict(name="00", out=root / "out", preset="gpu", env=data)))
-    needed = [
-        (run["name"], run.get("knobs") or {}) for _, run in chain + alone + after_02 if "preset" not in run
-    ]
-    needed += [("02_train_vmoe", {})] if chain or after_02 else []  # 03-06 read 02's data too
-    for dataset in sorted(set().union(*(datasets_named(name, knobs) for name, knobs in needed))):
-        datasets.prepare(dataset)
     started = Runs()
     if chain:
         started.add(sorted(chain))

@@ -555,13 +555,6 @@ def claim_checks(studies: Sequence[TaskStudy], pool: Pool, params: Mapping[str, 
             for s in aligned
         }
         full_resolved = {t: g.resolved for t, g in gaps_over[GENERALIST].items()}  # the full gain, as above
-        low = min(k["fraction"] - 2 * k["se"] for k in kept.values())
-        high = max(k["fraction"] + 2 * k["se"] for k in kept.values())
-        text = "; ".join(
-            f"{t}: {100 * k['fraction']:.0f}% of {100 * k['gain_full']:+.1f} points "
-            f"(2 SE {200 * k['se']:.0f}%)"
-            for t, k in kept.items()
-        )
         if not all(g > 0 for g in (k["gain_full"] for k in kept.values())) or not all(full_resolved.values()):
             verdict = "not tested"
             text = "; ".join(
@@ -574,7 +567,14 @@ def claim_checks(studies: Sequence[TaskStudy], pool: Pool, params: Mapping[str, 
                 "every aligned task, so there is no gain whose share could be measured"
             )
         else:
+            low = min(k["fraction"] - 2 * k["se"] for k in kept.values())
+            high = max(k["fraction"] + 2 * k["se"] for k in kept.values())
             verdict = "reproduced" if low >= 0.7 else "not reproduced" if high < 0.7 else "within noise"
+            text = "; ".join(
+                f"{t}: {100 * k['fraction']:.0f}% of {100 * k['gain_full']:+.1f} points "
+                f"(2 SE {200 * k['se']:.0f}%)"
+                for t, k in kept.items()
+            )
         out.append(
             analysis.Claim(
                 CLAIMS_06["adapter_gain"],
