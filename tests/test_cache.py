@@ -213,6 +213,45 @@ def test_seeds_trained_together_equal_seeds_trained_alone(trained, tmp_path):
         cache.get_or_train_seeds([SPEC, SPEC], root=tmp_path)
 
 
+def test_groups_trained_by_two_worker_processes_equal_groups_trained_here(trained, tmp_path):
+    """get_or_train_groups with workers=2: two groups (SPEC alone; its dense twin with seeds 0 and 1) are
+    trained by two spawned processes into the cache; SPEC equals the entry trained in this process (to
+    float rounding), the caller sees them as trained now, and asking again reads them back."""
+    root, alone = trained
+    dense = dataclasses.replace(SPEC, model=SPEC.model.replace(moe=None))
+    groups = [[SPEC], [dense, dataclasses.replace(dense, seed=1)]]
+    got = cache.get_or_train_groups(groups, workers=2, root=tmp_path, progress=False, descriptions=["a", "b"])
+    assert [[t.spec for t in g] for g in got] == groups
+    assert all(t.trained_now for g in got for t in g) and got[1][0].metrics["trained_with_seeds"] == [0, 1]
+    for a, b in zip(params_of(got[0][0].model), params_of(alone.model), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # atol: see the test above
+    np.testing.assert_array_equal(got[0][0].test_predictions, alone.test_predictions)
+    again = cache.get_or_train_groups(groups, workers=2, root=tmp_path, progress=False)
+    assert not any(t.trained_now for g in again for t in g)
+    assert not list((tmp_path / ".partial").glob("*/"))  # no work folder left behind
+    for bad, message in ((0, "workers=0 is not allowed"), (1.5, "workers=1.5 is not allowed")):
+        with pytest.raises((ValueError, TypeError), match=message):
+            cache.get_or_train_groups(groups, workers=bad, root=tmp_path)
+    with pytest.raises(ValueError, match="descriptions has 1 entries; expected one per group"):
+        cache.get_or_train_groups(groups, workers=2, root=tmp_path, descriptions=["a"])
+
+
+def test_an_error_in_a_worker_process_is_raised_and_writes_no_entry(tmp_path):
+    """A group that fails inside a worker (non-finite loss at a learning rate of 1e6) is raised here and
+    writes no entry; one whose evaluation batches would split a routing group fails before any process
+    starts."""
+    blow_up = dataclasses.replace(SPEC, train=dataclasses.replace(SPEC.train, learning_rate=1e6))
+    fine = dataclasses.replace(SPEC, seed=7)
+    with pytest.raises(train.NonFiniteError, match="non-finite loss=nan at step"):
+        cache.get_or_train_groups([[fine], [blow_up]], workers=2, root=tmp_path, progress=False)
+    assert not (tmp_path / blow_up.key()).exists()
+    moe = dataclasses.replace(SPEC.model.moe, group_size=4)  # 270 test images in 100s: a last batch of 70
+    too_big = dataclasses.replace(SPEC, model=SPEC.model.replace(moe=moe), eval_batch_size=100)
+    with pytest.raises(ValueError, match="eval_batch_size"):
+        cache.get_or_train_groups([[too_big], [fine]], workers=2, root=tmp_path / "other", progress=False)
+    assert not (tmp_path / "other" / too_big.key()).exists()
+
+
 def test_a_class_subset_with_augmentation_trains_and_evaluates_on_its_classes(tmp_path):
     """``classes`` keeps only those digits (relabelled 0, 1, 2) for training and evaluation; ``augment``
     changes the training batches; neither changes the key of a spec that leaves them at their defaults."""

@@ -25,6 +25,7 @@ again. Processes asking for the same key at once take turns (a file lock).
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -33,6 +34,7 @@ import importlib
 import inspect
 import json
 import logging
+import multiprocessing
 import os
 import pkgutil
 import shutil
@@ -47,10 +49,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from tqdm.auto import tqdm
 
 from sparse_experts import models, paths, train
 from sparse_experts.atomic import exclusive, write_json_atomic
 from sparse_experts.datasets import loader
+from sparse_experts.routing import check_int
 
 log = logging.getLogger(__name__)
 
@@ -331,11 +335,13 @@ def check_eval_split(spec: TrainSpec, split: str, num_examples: int | None = Non
         )
 
 
-def _train_entries(specs: list[TrainSpec], work: Path, *, progress: bool, description: str) -> list[Path]:
+def _train_entries(
+    specs: list[TrainSpec], work: Path, *, progress: bool, description: str, on_step: Callable | None = None
+) -> list[Path]:
     """Train ``specs`` (one spec, or the same spec with R seeds: side by side as one vmapped program,
     ``train.Copies``) with checkpoints under ``work/checkpoints`` (resuming there), evaluate, and assemble
-    one entry folder per spec, ``work/entry-<r>`` (with its manifest). The caller has checked the
-    evaluation splits (before anything is written)."""
+    one entry folder per spec, ``work/entry-<r>`` (with its manifest); ``on_step(step)`` is called before
+    each step. The caller has checked the evaluation splits (before anything is written)."""
     first, many = specs[0], len(specs) > 1
     nets = [models.ViT(s.model, rngs=nnx.Rngs(s.seed)) for s in specs]
     if many:
@@ -351,6 +357,8 @@ def _train_entries(specs: list[TrainSpec], work: Path, *, progress: bool, descri
         return {"image": batch["image"], "label": batch[first.label]}
 
     def batch_fn(step: int) -> dict:
+        if on_step is not None:
+            on_step(step)
         batches = [one_batch(s.seed, step) for s in specs]
         return train.stack_batches(batches) if many else batches[0]
 
@@ -410,13 +418,14 @@ def get_or_train_seeds(
     progress: bool = True,
     retrain: bool = False,
     description: str = "",
+    on_step: Callable[[int], None] | None = None,
 ) -> list[Trained]:
     """The trained models of ``specs``, the same spec with different seeds, in that order: verified
     entries from the cache, and the missing ones trained now side by side as one vmapped program
     (``train.Copies``; on 2 CPU cores about 1.3x the throughput of one seed after another for a small dense
     ViT), each stored under its own key. Copy r computes what :func:`get_or_train` of its spec computes, to
     float rounding; an interrupted attempt resumes from its checkpoints. ``retrain=True`` sets existing
-    entries aside and trains them all again."""
+    entries aside and trains them all again. ``on_step(step)`` is called before each training step."""
     specs = list(specs)
     if not specs:
         raise ValueError("specs is empty; expected at least one TrainSpec")
@@ -453,7 +462,11 @@ def get_or_train_seeds(
             work = root / ".partial" / (missing[0][1] if len(missing) == 1 else f"seeds-{group}")
             work.mkdir(parents=True, exist_ok=True)
             built = _train_entries(
-                [spec for spec, _ in missing], work, progress=progress, description=description
+                [spec for spec, _ in missing],
+                work,
+                progress=progress,
+                description=description,
+                on_step=on_step,
             )
             for (spec, key), folder in zip(missing, built, strict=True):
                 os.replace(folder, root / key)
@@ -461,6 +474,96 @@ def get_or_train_seeds(
                 found[key].trained_now = True
             shutil.rmtree(work, ignore_errors=True)
     return [found[key] for key in keys]
+
+
+def _train_group_in_worker(
+    specs: list[TrainSpec], root: str, description: str, index: int, ticks: Any
+) -> None:
+    """A worker process of :func:`get_or_train_groups`: train one group into the cache, telling ``ticks``
+    ``(index, steps done)`` every 10 steps."""
+
+    def on_step(step: int) -> None:
+        if step % 10 == 0:
+            ticks.put((index, step))
+
+    get_or_train_seeds(specs, root=root, progress=False, description=description, on_step=on_step)
+
+
+def get_or_train_groups(
+    groups: list[list[TrainSpec]],
+    *,
+    workers: int = 1,
+    root: str | Path | None = None,
+    progress: bool = True,
+    descriptions: list[str] | None = None,
+) -> list[list[Trained]]:
+    """:func:`get_or_train_seeds` of each group of ``groups``, with the groups that are not all in the cache
+    trained first by ``workers`` spawned processes at once, longest first (one progress bar over all their
+    steps). On 2 CPU cores two processes train two models about 1.2x faster than one process trains them in
+    turn: one small ViT's step leaves part of the second core idle. Use 1 on an accelerator (each process
+    would claim the device). An error or interrupt in any group stops every worker (interrupted groups
+    resume from their checkpoints next time) and is raised here."""
+    check_int("workers", workers)
+    descriptions = list(descriptions or [""] * len(groups))
+    if len(descriptions) != len(groups):
+        raise ValueError(
+            f"descriptions has {len(descriptions)} entries; expected one per group ({len(groups)})"
+        )
+    root = Path(root or cache_dir())
+    todo = [i for i, specs in enumerate(groups) if not all((root / s.key()).is_dir() for s in specs)]
+    if workers > 1 and len(todo) > 1:
+        _train_in_workers([groups[i] for i in todo], root, workers, progress, [descriptions[i] for i in todo])
+    results = []
+    for i, (specs, description) in enumerate(zip(groups, descriptions, strict=True)):
+        trained = get_or_train_seeds(specs, root=root, progress=progress, description=description)
+        for entry in trained:
+            entry.trained_now = entry.trained_now or (workers > 1 and len(todo) > 1 and i in todo)
+        results.append(trained)
+    return results
+
+
+def _train_in_workers(
+    groups: list[list[TrainSpec]], root: Path, workers: int, progress: bool, descriptions: list[str]
+) -> None:
+    for specs in groups:  # before any process starts
+        for split in ("validation", "test"):
+            check_eval_split(specs[0], split)
+    cost = [len(specs) * s.num_steps * models.flops_per_image(s.model) for specs in groups for s in specs[:1]]
+    order = sorted(range(len(groups)), key=lambda i: -cost[i])
+    steps = {i: groups[i][0].num_steps for i in order}
+    done = dict.fromkeys(order, 0)
+    context = multiprocessing.get_context("spawn")
+    bar = tqdm(
+        total=sum(steps.values()), disable=not progress, desc=f"{len(groups)} models in {workers} processes"
+    )
+    with context.Manager() as manager:
+        ticks = manager.Queue()
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(workers, len(groups)), mp_context=context
+        )
+        try:
+            futures = {
+                pool.submit(_train_group_in_worker, groups[i], str(root), descriptions[i], i, ticks): i
+                for i in order
+            }
+            pending = set(futures)
+            while pending:
+                finished, pending = concurrent.futures.wait(pending, timeout=1.0)
+                while not ticks.empty():
+                    i, step = ticks.get()
+                    done[i] = max(done[i], step)
+                for future in finished:
+                    future.result()  # a worker's error is raised here
+                    done[futures[future]] = steps[futures[future]]
+                bar.n = sum(done.values())
+                bar.refresh()
+        except BaseException:
+            for process in list(getattr(pool, "_processes", {}).values()):  # stop the others now
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
 
 
 def get_or_train(

@@ -77,9 +77,10 @@ def spec(name: str, params: Mapping[str, Any], seed: int | None = None) -> cache
     p = params
     knobs = "dataset batch_size preset image_size label eval_batch_size eval_every checkpoint_every".split()
     optimiser = {k: p[k] for k in ("learning_rate", "warmup_steps", "weight_decay")}
+    # The record of a run older than the adam_b2 knob has no such key: that run trained with Adam's 0.999.
     return cache.TrainSpec(
         model=model_config(name, p),
-        train=train.TrainConfig(total_steps=p["steps"], **optimiser),
+        train=train.TrainConfig(total_steps=p["steps"], b2=p.get("adam_b2", 0.999), **optimiser),
         num_steps=p["steps"],
         seed=p["seed"] if seed is None else seed,
         **{k: p[k] for k in knobs},  # notebook 02's knobs of the same name
@@ -295,14 +296,17 @@ def plan(params: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def train_all(params: Mapping[str, Any], log=print, **kwargs: Any) -> dict[tuple[str, int], cache.Trained]:
     """Every model of ``params["models"]`` with each of its seeds, from the cache or trained now (the
-    missing seeds of one model side by side as one program, :func:`cache.get_or_train_seeds`); ``log`` gets
-    one line per model and seed."""
+    missing seeds of one model side by side as one program, the missing models by ``params["train_workers"]``
+    processes at once: :func:`cache.get_or_train_groups`); ``log`` gets one line per model and seed."""
+    names = list(params["models"])
+    groups = [[spec(name, params, s) for s in seeds_of(name, params)] for name in names]
+    what = [f"{name} seed{'s' if len(g) > 1 else ''} {', '.join(str(s.seed) for s in g)}" for name, g in
+            zip(names, groups, strict=True)]  # fmt: skip
+    workers = params.get("train_workers", 1)
+    trained_groups = cache.get_or_train_groups(groups, workers=workers, descriptions=what, **kwargs)
     results = {}
-    for name in params["models"]:
-        seeds = seeds_of(name, params)
-        specs = [spec(name, params, s) for s in seeds]
-        what = f"{name} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-        trained_seeds = cache.get_or_train_seeds(specs, description=what, **kwargs)
+    for name, specs, trained_seeds in zip(names, groups, trained_groups, strict=True):
+        seeds = [s.seed for s in specs]
         for seed, trained in zip(seeds, trained_seeds, strict=True):
             results[(name, seed)] = trained
             how = "trained now" if trained.trained_now else "from the cache"
