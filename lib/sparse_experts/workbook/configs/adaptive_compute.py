@@ -5,11 +5,11 @@ Reads the models notebook 02 recorded in the same output folder (trains the pres
 Expected run time: cpu about 2 min with 02's models in the cache (measured 75 s on a 2-core machine, all
 20,000 test images); smoke about 11 s; gpu, tpu not measured.
 
-Headline figures on cpu (measured 2026-11-29 with `make run PRESET=cpu OFFLINE=1` from an empty cache, 2-core
-machine): ``claim_verdict`` "reproduced"; from capacity factor 1 (vanilla 89.2%, BPR 89.3%), vanilla
-routing loses 8.9 / 5.9 / 2.3 points at capacity factors 0.1 / 0.25 / 0.5 and BPR 5.0 / 2.5 / 0.8 (noise:
-2 standard errors on 20,000 images, 0.4 points); ``vanilla_accuracy_at_low`` 0.833, ``bpr_accuracy_at_low``
-0.868 at capacity factor 0.25.
+Headline figures on cpu (measured 2026-11-30 with `make run PRESET=cpu ONLY=02,03,04 OFFLINE=1` from an
+empty cache, quiet 2-core machine; 75 s): ``claim_verdict`` "reproduced"; from capacity factor 1 (vanilla
+87.5%, BPR 87.5%), vanilla routing loses 13.7 / 8.3 / 3.0 points at capacity factors 0.1 / 0.25 / 0.5 and
+BPR 8.2 / 4.3 / 1.6 (noise: 2 standard errors on 20,000 images, 0.5 points); ``vanilla_accuracy_at_low``
+0.791, ``bpr_accuracy_at_low`` 0.832 at capacity factor 0.25.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ Reads the models notebook 02 recorded in the same output folder (trains the pres
 Expected run time: cpu about 60 s with 02's models in the cache (measured 24 s); smoke about 11 s; gpu,
 tpu not measured.
 
-Headline figures on cpu (measured 2026-11-29 with `make run PRESET=cpu OFFLINE=1`, 02's models from an
-empty cache, 2-core machine; 02's models at 88-89% test accuracy; layer 3, the last MoE layer of depth 4):
-``main_dropped_fraction`` 0.178, ``main_specialisation`` "clear specialisation" (class TV 59% against 14%
-with shuffled labels, coarse 38% against 5%; expert 1 takes 30% of its weight from 'crosses'),
-``main_ablation_change`` -0.0035 (switching off expert 1 costs 0.3 points on 2,000 images; the most
-important expert of the layer, 6, costs 0.8).
+Headline figures on cpu (measured 2026-11-30 with `make run PRESET=cpu ONLY=02,03,04 OFFLINE=1`, 02's
+models from an empty cache, quiet 2-core machine, 25 s; 02's V-MoE seed 0 at 87.6% test accuracy; layer 3,
+the last MoE layer of depth 4): ``main_dropped_fraction`` 0.199, ``main_specialisation`` "clear
+specialisation" (class TV 66% against 16% with shuffled labels, coarse 49% against 6%; expert 6 takes 51%
+of its weight from 'polygons'), ``main_ablation_change`` -0.0045 (switching off expert 6 costs 0.5 points on
+2,000 images; the most important expert of the layer, 5, costs 1.0).
 """
 
 from __future__ import annotations
