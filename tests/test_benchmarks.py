@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
+import pytest
+
 from sparse_experts import paths, routing
 
 
@@ -85,3 +88,33 @@ def test_train_step_benchmark_quick(tmp_path, capsys):
     assert flops["dense"] < flops["moe_k1"] < flops["moe_k2"]
     assert set(result["targets"]) == {"moe_k1_ratio"}
     assert isinstance(result["targets"]["moe_k1_ratio"]["met"], bool)
+
+
+def test_recipe_seeds_benchmark_on_smoke(tmp_path, capsys):
+    """benchmarks/recipe_seeds.py on the smoke preset with two seeds: the preset and a changed model field,
+    each trained into a cache folder of its own, with per-seed accuracies, their spread and the paired gap;
+    bad recipes fail before anything trains."""
+    bench = _load_benchmark("recipe_seeds")
+    assert bench.parse_recipe("learning_rate=0.002,adam_b2=0.95,model.posemb=sincos2d,dataset=digits") == (
+        {"learning_rate": 0.002, "adam_b2": 0.95, "dataset": "digits"},
+        {"posemb": "sincos2d"},
+    )
+    out, root = tmp_path / "recipes.json", tmp_path / "cache"
+    recipes = ["seeds=2", "seeds=2,model.posemb=sincos2d"]
+    argv = ["--preset", "smoke", "--cache", str(root), "--workers", "1", "--out", str(out)]
+    bench.main([*argv, *(x for r in recipes for x in ("--recipe", r))])
+    assert "2 SE of the gap" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert [r["recipe"] for r in record["records"]] == recipes and "provenance" in record
+    plain, sincos = record["records"]
+    for r in (plain, sincos):
+        for name in ("dense", "vmoe_every2_k2"):
+            assert r[name]["seeds"] == [0, 1] and len(r[name]["validation_curves"]) == 2
+            assert np.isclose(r[name]["mean"], np.mean(r[name]["test_accuracy"]))
+        assert r["gap"]["gap_two_se"] > 0
+    assert plain["dense"]["test_accuracy"] != sincos["dense"]["test_accuracy"]  # another model was trained
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 8  # 2 recipes x 2 models x 2 seeds
+    for bad, message in (("widht=3", "widht"), ("model.posemb=polar", "posemb")):
+        with pytest.raises((ValueError, TypeError), match=message):
+            bench.main([*argv, "--recipe", bad])
