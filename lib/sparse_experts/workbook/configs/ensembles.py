@@ -11,12 +11,13 @@ a 2-core machine that a helper's smoke runs shared for part of it: the six pool 
 27 min once the pool is trained; a rerun with everything cached in about 2 min. smoke about 15 s warm;
 gpu, tpu not measured.
 
-Headline figures on cpu (measured 2026-11-29, `make run PRESET=cpu OFFLINE=1 ONLY=05` after 02; 13 members,
-7 tasks of 800 training and 2,000 test images): ``knn_spearman`` +0.69 (2 standard errors over the test
-images 0.05; LogME +0.67, H-score +0.60, LEEP +0.59, NCE +0.56); ``cost_ratio`` 75 (ranking the pool by kNN
-against fine-tuning it with its sweep); ``greedy_gain_over_seeds`` +0.001 (within noise, 2 standard errors
-0.6 points; -3.9 points on the shifted test split of ``shapes_shift``); the greedy ensemble beats the best
-single member chosen on validation by +3.8 points (2 standard errors 0.5).
+Headline figures on cpu (re-measured 2026-11-30 after 02's recipe changed, `python -m sparse_experts.workbook
+run --preset cpu --only 05` with 02's models cached, quiet 2-core machine, 2003 s; 13 members, 7 tasks of 800
+training and 2,000 test images): ``knn_spearman`` +0.68 (2 standard errors over the test images 0.04; LEEP
++0.66, H-score +0.65, LogME +0.61, NCE +0.53); ``cost_ratio`` 80 (ranking the pool by kNN against
+fine-tuning it with its sweep); ``greedy_gain_over_seeds`` -0.005 (within noise, 2 standard errors 0.7
+points; -13.6 points on the shifted test split of ``shapes_shift``); the greedy ensemble beats the best
+single member chosen on validation by +1.0 points (2 standard errors 0.6).
 """
 
 from __future__ import annotations
