@@ -29,10 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from sparse_experts import datasets
-from sparse_experts.analysis import bootstrap
 from sparse_experts.workbook import cache, presets, zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,22 +70,19 @@ def measure(recipe: str, preset: str, root: Path, workers: int) -> dict[str, Any
     started = time.perf_counter()
     trained = cache.get_or_train_groups(groups, workers=workers, root=root, descriptions=list(MODELS))
     seconds = time.perf_counter() - started
-    split = datasets.load_split(params["dataset"], "test", image_size=params["image_size"])
-    labels = np.asarray(split.coarse_labels if params["label"] == "coarse_label" else split.labels)
+    results = {(name, e.spec.seed): e for name, entries in zip(MODELS, trained, strict=True) for e in entries}
     record: dict[str, Any] = {"recipe": recipe, "knobs": knobs, "model": model, "wall_time_s": seconds}
-    correct = {}
-    for name, entries in zip(MODELS, trained, strict=True):
-        accuracies = [e.metrics["test"]["accuracy"] for e in entries]
-        record[name] = {
-            "seeds": [e.spec.seed for e in entries],
-            "test_accuracy": accuracies,
-            "mean": float(np.mean(accuracies)),
-            "std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
+    for row in zoo.summarize(results):
+        entries = [results[(row["model"], seed)] for seed in row["seeds"]]
+        record[row["model"]] = {
+            "seeds": row["seeds"],
+            "test_accuracy": row["test_accuracy_per_seed"],
+            "mean": row["test_accuracy"],
+            "std": row["test_accuracy_std"],
             "validation_curves": [[ev["accuracy"] for ev in e.history.evals] for e in entries],
             "trained_now": any(e.trained_now for e in entries),
         }
-        correct[name] = bootstrap.correct_matrix({e.spec.seed: e.test_predictions for e in entries}, labels)
-    gap = zoo.main_gap(correct)
+    gap = zoo.main_gap(zoo.correct_matrices(results, params))
     record["gap"] = None if gap is None else {"gap": gap.gap, "gap_two_se": 2 * gap.gap_se}
     return record
 

@@ -511,13 +511,14 @@ def get_or_train_groups(
         )
     root = Path(root or cache_dir())
     todo = [i for i, specs in enumerate(groups) if not all((root / s.key()).is_dir() for s in specs)]
-    if workers > 1 and len(todo) > 1:
+    by_workers = set(todo) if workers > 1 and len(todo) > 1 else set()
+    if by_workers:
         _train_in_workers([groups[i] for i in todo], root, workers, progress, [descriptions[i] for i in todo])
     results = []
     for i, (specs, description) in enumerate(zip(groups, descriptions, strict=True)):
         trained = get_or_train_seeds(specs, root=root, progress=progress, description=description)
         for entry in trained:
-            entry.trained_now = entry.trained_now or (workers > 1 and len(todo) > 1 and i in todo)
+            entry.trained_now = entry.trained_now or i in by_workers
         results.append(trained)
     return results
 
@@ -528,7 +529,7 @@ def _train_in_workers(
     for specs in groups:  # before any process starts
         for split in ("validation", "test"):
             check_eval_split(specs[0], split)
-    cost = [len(specs) * s.num_steps * models.flops_per_image(s.model) for specs in groups for s in specs[:1]]
+    cost = [len(g) * g[0].num_steps * models.flops_per_image(g[0].model) for g in groups]
     order = sorted(range(len(groups)), key=lambda i: -cost[i])
     steps = {i: groups[i][0].num_steps for i in order}
     done = dict.fromkeys(order, 0)
